@@ -1,0 +1,257 @@
+# Copyright 2026 The trl-opd developers. Licensed under the Apache License, Version 2.0.
+"""Memory-bounded student/teacher statistics computed from hidden states and `lm_head` weights.
+
+No function here ever materialises the `(B, T, V)` logits of a model: the projection runs on
+`[TOKEN_CHUNK_SIZE, VOCAB_CHUNK_SIZE]` tiles (TRL's own tiling, `trl.kernels.chunked_divergence`), and the backward
+recomputes the tiles. Inputs are flattened to `N = B·T` positions; callers mask afterwards.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.utils.checkpoint import checkpoint
+from trl.kernels.chunked_divergence import TOKEN_CHUNK_SIZE, VOCAB_CHUNK_SIZE, _jsd_tile, _project
+from trl.kernels.chunked_logprob import ChunkedLogProbFunction
+
+from .divergences import forward_kl
+
+
+def _divergence_mode(beta: float) -> int:
+    return 0 if beta == 0.0 else 1 if beta == 1.0 else 2
+
+
+class _Online:
+    """Online log-sum-exp statistics of one model over the vocabulary tiles of a token chunk of `n` positions.
+
+    Holds `max`, `Σe`, `Σe·z` (for the entropy), `Σe·gap` (for the KL) and the target's logit, each `(n,)`.
+    """
+
+    def __init__(self, n: int, device: torch.device):
+        self.max = torch.full((n,), -math.inf, device=device)
+        self.sum = torch.zeros(n, device=device)
+        self.x_sum = torch.zeros(n, device=device)
+        self.gap = torch.zeros(n, device=device)
+        self.target = torch.zeros(n, device=device)
+
+    def fold(self, z: torch.Tensor, gap: torch.Tensor, local_targets: torch.Tensor) -> None:
+        """Fold one tile `z` `(n, v)` with `gap = z_other − z` `(n, v)`; `local_targets` `(n,)` index into the tile."""
+        new_max = torch.maximum(self.max, z.amax(-1))
+        rescale = torch.exp(self.max - new_max)
+        e = torch.exp(z - new_max.unsqueeze(-1))
+        self.sum.mul_(rescale).add_(e.sum(-1))
+        self.x_sum.mul_(rescale).add_((e * z).sum(-1))
+        self.gap.mul_(rescale).add_((e * gap).sum(-1))
+        self.max = new_max
+        inside = (local_targets >= 0) & (local_targets < z.size(-1))
+        picked = z.gather(-1, local_targets.clamp(0, z.size(-1) - 1).unsqueeze(-1)).squeeze(-1)
+        self.target = torch.where(inside, picked, self.target)
+
+    def log_z(self) -> torch.Tensor:
+        return self.max + torch.log(self.sum)
+
+    def entropy(self) -> torch.Tensor:
+        return self.log_z() - self.x_sum / self.sum
+
+    def expected_gap(self) -> torch.Tensor:
+        """`E_p[z_other − z]`, so that `KL(p || p_other) = log Z_other − log Z − E_p[z_other − z]`."""
+        return self.gap / self.sum
+
+
+class FusedDistillationFunction(torch.autograd.Function):
+    """Per-token generalized JSD_β, both models' sampled-token log-probs and both entropies, in one tiled pass.
+
+    `(N, H_s), (V, H_s), (N, H_t), (V, H_t), (N,) -> 5 x (N,)`: divergence, `log p_S(y)`, `log p_T(y)`, `H(p_S)`,
+    `H(p_T)`, all at softmax temperature `temperature`. Gradients flow to the student's hidden states and `lm_head`
+    through the divergence and `log p_S(y)`; the teacher outputs and the entropies are constants.
+    """
+
+    @staticmethod
+    def forward(ctx, s_hidden, s_weight, t_hidden, t_weight, targets, beta, temperature):  # noqa: D102
+        ctx.set_materialize_grads(False)
+        n_tok, vocab, device = s_hidden.size(0), s_weight.size(0), s_hidden.device
+        inv_t, mode = 1.0 / temperature, _divergence_mode(beta)
+        outputs = torch.zeros((7, n_tok), device=device)  # div, s_logp, t_logp, s_ent, t_ent, s_log_z, t_log_z
+        aux = torch.zeros(n_tok, device=device)
+        rows = max(1, min(n_tok, TOKEN_CHUNK_SIZE))
+        s_buf = torch.empty((rows, min(vocab, VOCAB_CHUNK_SIZE)), device=device)
+        t_buf = torch.empty_like(s_buf)
+        for a in range(0, n_tok, TOKEN_CHUNK_SIZE):
+            sl = slice(a, min(a + TOKEN_CHUNK_SIZE, n_tok))
+            h_s, h_t, n = s_hidden[sl], t_hidden[sl], sl.stop - a
+            s, t = _Online(n, device), _Online(n, device)
+            for v0 in range(0, vocab, VOCAB_CHUNK_SIZE):
+                v1 = min(v0 + VOCAB_CHUNK_SIZE, vocab)
+                zs, zt = _tiles(s_buf, t_buf, h_s, s_weight, h_t, t_weight, v0, v1, inv_t)
+                s.fold(zs, zt - zs, targets[sl] - v0)
+                t.fold(zt, zs - zt, targets[sl] - v0)
+            s_log_z, t_log_z = s.log_z(), t.log_z()
+            if mode == 0:
+                div = -t.expected_gap() - t_log_z + s_log_z
+            elif mode == 1:
+                div = -s.expected_gap() - s_log_z + t_log_z
+            else:
+                div, kl_student = torch.zeros(n, device=device), torch.zeros(n, device=device)
+                for v0 in range(0, vocab, VOCAB_CHUNK_SIZE):
+                    v1 = min(v0 + VOCAB_CHUNK_SIZE, vocab)
+                    zs, zt = _tiles(s_buf, t_buf, h_s, s_weight, h_t, t_weight, v0, v1, inv_t)
+                    _jsd_tile(zs, 0, zt, 0, s_log_z, t_log_z, div, kl_student, v1 - v0, beta,
+                              1.0, 1.0, 1.0, 1.0, 1.0, False, False, 0)
+                aux[sl] = kl_student
+            outputs[:, sl] = torch.stack(
+                [div, s.target - s_log_z, t.target - t_log_z, s.entropy(), t.entropy(), s_log_z, t_log_z]
+            )
+            if mode != 2:
+                aux[sl] = div
+        divergence, s_logp, t_logp, s_entropy, t_entropy, s_log_z, t_log_z = outputs.unbind(0)
+        ctx.save_for_backward(s_hidden, s_weight, t_hidden, t_weight, targets, s_log_z, t_log_z, aux)
+        ctx.beta, ctx.mode, ctx.inv_t = beta, mode, inv_t
+        ctx.mark_non_differentiable(t_logp, s_entropy, t_entropy)
+        return divergence.clone(), s_logp.clone(), t_logp.clone(), s_entropy.clone(), t_entropy.clone()
+
+    @staticmethod
+    def backward(ctx, g_div, g_logp, *_):  # noqa: D102
+        s_hidden, s_weight, t_hidden, t_weight, targets, s_log_z, t_log_z, aux = ctx.saved_tensors
+        none = (None,) * 7
+        if g_div is None and g_logp is None:
+            return none
+        n_tok, vocab = s_hidden.size(0), s_weight.size(0)
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_h = torch.zeros_like(s_hidden, dtype=torch.float32) if need_h else None
+        grad_w = torch.zeros_like(s_weight, dtype=torch.float32) if need_w else None
+        rows = max(1, min(n_tok, TOKEN_CHUNK_SIZE))
+        s_buf = torch.empty((rows, min(vocab, VOCAB_CHUNK_SIZE)), device=s_hidden.device)
+        t_buf = torch.empty_like(s_buf)
+        for a in range(0, n_tok, TOKEN_CHUNK_SIZE):
+            sl = slice(a, min(a + TOKEN_CHUNK_SIZE, n_tok))
+            h_s = s_hidden[sl]
+            for v0 in range(0, vocab, VOCAB_CHUNK_SIZE):
+                v1 = min(v0 + VOCAB_CHUNK_SIZE, vocab)
+                zs, zt = _tiles(s_buf, t_buf, h_s, s_weight, t_hidden[sl], t_weight, v0, v1, ctx.inv_t)
+                grad = _logit_grad(ctx, zs, zt, s_log_z[sl], t_log_z[sl], aux[sl], targets[sl] - v0,
+                                   None if g_div is None else g_div[sl], None if g_logp is None else g_logp[sl])
+                if grad_h is not None:
+                    grad_h[sl].addmm_(grad, s_weight[v0:v1].float())
+                if grad_w is not None:
+                    grad_w[v0:v1].addmm_(grad.t(), h_s.float())
+        return (
+            grad_h.to(s_hidden.dtype) if grad_h is not None else None,
+            grad_w.to(s_weight.dtype) if grad_w is not None else None,
+            *none[:5],
+        )
+
+
+def _tiles(s_buf, t_buf, h_s, s_weight, h_t, t_weight, v0, v1, inv_t):
+    """Project one `(n, v1 − v0)` tile of both models into the fp32 buffers and scale by `1/T`; returns views."""
+    n = h_s.size(0)
+    s_tile, t_tile = s_buf[:n, : v1 - v0], t_buf[:n, : v1 - v0]
+    _project(s_tile, h_s, s_weight, None, v0, v1, h_s.dtype)
+    _project(t_tile, h_t, t_weight, None, v0, v1, h_t.dtype)
+    if inv_t != 1.0:
+        s_tile.mul_(inv_t)
+        t_tile.mul_(inv_t)
+    return s_tile, t_tile
+
+
+def _logit_grad(ctx, zs, zt, s_log_z, t_log_z, aux, local_targets, g_div, g_logp):
+    """Gradient of `g_div·D + g_logp·log p_S(y)` with respect to the raw student logits of one tile. `(n, v)`."""
+    log_ps = zs - s_log_z.unsqueeze(-1)
+    log_pt = zt - t_log_z.unsqueeze(-1)
+    ps = log_ps.exp()
+    grad = torch.zeros_like(zs)
+    if g_div is not None:
+        if ctx.mode == 0:
+            d = ps - log_pt.exp()
+        elif ctx.mode == 1:
+            d = ps * (log_ps - log_pt - aux.unsqueeze(-1))
+        else:
+            log_m = torch.logaddexp(log_ps + math.log(1 - ctx.beta), log_pt + math.log(ctx.beta))
+            d = (1 - ctx.beta) * ps * (log_ps - log_m - aux.unsqueeze(-1))
+        grad += d * g_div.float().unsqueeze(-1)
+    if g_logp is not None:
+        g = g_logp.float().unsqueeze(-1)
+        grad -= ps * g
+        inside = (local_targets >= 0) & (local_targets < zs.size(-1))
+        rows = inside.nonzero().squeeze(-1)
+        grad[rows, local_targets[rows]] += g.squeeze(-1)[rows]
+    return grad * ctx.inv_t
+
+
+def fused_distillation_stats(
+    student_hidden: torch.Tensor,
+    student_weight: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    teacher_weight: torch.Tensor,
+    targets: torch.Tensor,
+    beta: float,
+    temperature: float = 1.0,
+) -> dict[str, torch.Tensor]:
+    """Per-token student/teacher statistics for on-policy distillation, without full logits.
+
+    `(B, T, H_s), (V, H_s), (B, T, H_t), (V, H_t), (B, T) -> dict of (B, T)` with keys `divergence` (JSD_β, `β=0`
+    forward KL, `β=1` reverse KL), `student_logp` and `teacher_logp` (of `targets`), `student_entropy`,
+    `teacher_entropy`. The student's hidden states and head receive gradients through `divergence` and
+    `student_logp`. The teacher inputs should be detached.
+    """
+    shape = targets.shape
+    out = FusedDistillationFunction.apply(
+        student_hidden.reshape(-1, student_hidden.size(-1)),
+        student_weight,
+        teacher_hidden.reshape(-1, teacher_hidden.size(-1)),
+        teacher_weight,
+        targets.reshape(-1),
+        float(beta),
+        float(temperature),
+    )
+    names = ("divergence", "student_logp", "teacher_logp", "student_entropy", "teacher_entropy")
+    return {name: value.view(shape) for name, value in zip(names, out)}
+
+
+def token_logprobs_and_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probabilities of `targets` and the entropy of one model, chunked with TRL's `ChunkedLogProbFunction`.
+
+    `(B, T, H), (V, H), (B, T) -> (B, T), (B, T)`. Differentiable through the log-probs (and the entropy).
+    """
+    shape = targets.shape
+    logp, entropy, *_ = ChunkedLogProbFunction.apply(
+        hidden.reshape(-1, hidden.size(-1)), weight, None, targets.reshape(-1), temperature, VOCAB_CHUNK_SIZE,
+        None, 1.0, ("entropy",),
+    )
+    return logp.view(shape), entropy.view(shape)
+
+
+def chunked_topk_forward_kl(
+    student_hidden: torch.Tensor,
+    student_weight: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    teacher_weight: torch.Tensor,
+    k: int,
+    temperature: float = 1.0,
+    token_chunk_size: int = 256,
+) -> torch.Tensor:
+    """Forward KL over the teacher's top-k, renormalised (see [`topk_forward_kl`]), chunked over positions.
+
+    `(B, T, H_s), (V, H_s), (B, T, H_t), (V, H_t) -> (B, T)`. Each chunk's `(n, V)` logits live only inside a
+    checkpointed function, so at most one chunk of logits per model exists at a time, in forward and backward.
+    """
+    shape = student_hidden.shape[:-1]
+    h_s = student_hidden.reshape(-1, student_hidden.size(-1))
+    h_t = teacher_hidden.reshape(-1, teacher_hidden.size(-1))
+
+    def chunk_kl(hs: torch.Tensor, ht: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            top_t, idx = (ht.float() @ teacher_weight.float().t() / temperature).topk(k, dim=-1)
+        top_s = (hs.float() @ student_weight.float().t() / temperature).gather(-1, idx)
+        return forward_kl(top_t.log_softmax(-1), top_s.log_softmax(-1))
+
+    parts = []
+    for a in range(0, h_s.size(0), token_chunk_size):
+        hs, ht = h_s[a : a + token_chunk_size], h_t[a : a + token_chunk_size]
+        if torch.is_grad_enabled() and (hs.requires_grad or student_weight.requires_grad):
+            parts.append(checkpoint(chunk_kl, hs, ht, use_reentrant=False))
+        else:
+            parts.append(chunk_kl(hs, ht))
+    return torch.cat(parts).view(shape) if parts else h_s.new_zeros(shape)
