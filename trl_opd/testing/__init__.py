@@ -9,6 +9,7 @@ from .tiny import (
     qwen3_tokenizer_dir,
     save_tiny_pair,
     tiny_qwen3_config,
+    tiny_training_kwargs,
 )
 
 
@@ -20,4 +21,5 @@ __all__ = [
     "qwen3_tokenizer_dir",
     "save_tiny_pair",
     "tiny_qwen3_config",
+    "tiny_training_kwargs",
 ]

@@ -142,3 +142,22 @@ def qwen3_tokenizer_dir() -> Path | None:
     except ModuleNotFoundError:
         return None
     return path if (path / "tokenizer.json").is_file() else None
+
+
+def tiny_training_kwargs(output_dir: str | os.PathLike, **overrides) -> dict:
+    """Trainer-config keyword arguments for a few fast CPU steps on tiny models (tests and benchmarks)."""
+    kwargs = {
+        "output_dir": str(output_dir),
+        "max_steps": 2,
+        "per_device_train_batch_size": 4,
+        "max_completion_length": 12,
+        "learning_rate": 1e-3,
+        "report_to": "none",
+        "save_strategy": "no",
+        "logging_steps": 1,
+        "seed": 0,
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+    }
+    kwargs.update(overrides)
+    return kwargs

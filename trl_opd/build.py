@@ -1,0 +1,109 @@
+# Copyright 2026 The trl-opd developers. Licensed under the Apache License, Version 2.0.
+"""From parsed recipe to trainer: load and check the dataset, then build the method's trainer.
+
+Everything that can fail on bad input (columns, empty data, method, tokenizer) is checked before model weights load.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset, load_dataset
+from trl import ModelConfig, get_peft_config, get_quantization_config
+
+from .data import BOXED_INSTRUCTION, ColumnMap, DatasetValidationError, prepare_dataset
+from .methods import MethodSpec, get_spec, load_method
+from .recipe import ScriptArguments
+from .rewards import math_accuracy_reward
+
+
+_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+def load_raw_dataset(script_args: ScriptArguments, split: str) -> Dataset:
+    """Load one split from a Hub id, a local folder or a single data file."""
+    name = script_args.dataset_name
+    if not name:
+        raise DatasetValidationError("No dataset: set `dataset_name` in the recipe (Hub id, folder or data file).")
+    path = Path(name)
+    try:
+        if path.suffix in _FILE_BUILDERS:
+            if not path.is_file():
+                raise DatasetValidationError(f"Dataset file {name} does not exist.")
+            return load_dataset(_FILE_BUILDERS[path.suffix], data_files={split: str(path)}, split=split)
+        return load_dataset(name, script_args.dataset_config, split=split)
+    except DatasetValidationError:
+        raise
+    except Exception as err:  # datasets raises many types; the user needs the one line
+        raise DatasetValidationError(f"Could not load dataset {name!r} split {split!r}: {err}") from err
+
+
+def format_prompts(dataset: Dataset, script_args: ScriptArguments) -> Dataset:
+    """Wrap text prompts as a user message with the boxed-answer instruction (when `chat_prompt`)."""
+    if not script_args.chat_prompt or not isinstance(dataset[0]["prompt"], str):
+        return dataset
+    instruction = script_args.instruction
+
+    def wrap(row):
+        text = row["prompt"] if not instruction else f"{row['prompt']}\n\n{instruction}"
+        return {"prompt": [{"role": "user", "content": text}]}
+
+    return dataset.map(wrap)
+
+
+def training_dataset(script_args: ScriptArguments, spec: MethodSpec, split: str | None = None) -> Dataset:
+    """The checked, renamed, prompt-formatted dataset for a method."""
+    columns = ColumnMap(script_args.prompt_column, script_args.answer_column, script_args.solution_column)
+    split = split or script_args.dataset_train_split
+    dataset = load_raw_dataset(script_args, split)
+    dataset = prepare_dataset(dataset, list(spec.required_columns), columns, f"dataset split '{split}'")
+    if script_args.max_train_samples is not None:
+        dataset = dataset.select(range(min(script_args.max_train_samples, len(dataset))))
+    return format_prompts(dataset, script_args)
+
+
+def check_teacher(spec: MethodSpec, config) -> None:
+    if spec.needs_teacher and not getattr(config, "teacher_model_name_or_path", None):
+        raise ValueError(f"Method '{spec.name}' needs a teacher: set `teacher_model_name_or_path` in the recipe.")
+
+
+def _as_gkd_dataset(dataset: Dataset) -> Dataset:
+    """GKD trains off-policy batches on `messages`: the prompt plus the reference solution as the assistant turn."""
+    return dataset.map(lambda row: {"messages": list(row["prompt"]) + [{"role": "assistant", "content": row["solution"]}]})
+
+
+def model_init_kwargs(model_args: ModelConfig) -> dict[str, Any]:
+    kwargs = {"revision": model_args.model_revision, "attn_implementation": model_args.attn_implementation}
+    if model_args.dtype not in (None, "auto"):
+        kwargs["dtype"] = model_args.dtype
+    quantization = get_quantization_config(model_args)
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def build_trainer(script_args: ScriptArguments, config, model_args: ModelConfig, train_dataset=None, **extra):
+    """Build the trainer that `script_args.method` names. `train_dataset` overrides the recipe's dataset."""
+    spec = get_spec(script_args.method)
+    _, trainer_class = load_method(spec.name)
+    check_teacher(spec, config)
+    if not model_args.model_name_or_path:
+        raise ValueError("No student model: set `model_name_or_path` in the recipe.")
+    if train_dataset is None:
+        train_dataset = training_dataset(script_args, spec)
+    if getattr(config, "model_init_kwargs", None) is None:
+        config.model_init_kwargs = model_init_kwargs(model_args)
+    peft_config = get_peft_config(model_args)
+    model = model_args.model_name_or_path
+    if spec.family == "grpo":
+        return trainer_class(model=model, reward_funcs=[math_accuracy_reward], args=config,
+                             train_dataset=train_dataset, peft_config=peft_config, **extra)
+    if spec.family == "gkd":
+        return trainer_class(model=model, teacher_model=config.teacher_model_name_or_path, args=config,
+                             train_dataset=_as_gkd_dataset(train_dataset), peft_config=peft_config, **extra)
+    return trainer_class(model=model, teacher_model=getattr(config, "teacher_model_name_or_path", None),
+                         args=config, train_dataset=train_dataset, peft_config=peft_config, **extra)
+
+
+__all__ = ["BOXED_INSTRUCTION", "build_trainer", "check_teacher", "load_raw_dataset", "training_dataset"]

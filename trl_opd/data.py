@@ -1,0 +1,114 @@
+# Copyright 2026 The trl-opd developers. Licensed under the Apache License, Version 2.0.
+"""Dataset columns, validation, and the privileged-context (OPSD-style) teacher prompt.
+
+Every method reads the same columns: `prompt` (text or chat messages), `answer` (final answer) and `solution`
+(reference reasoning, the privileged context). A recipe can rename them (`prompt_column`, ...).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from .rewards import extract_boxed
+
+
+BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+REFERENCE_HEADER = "Here is a reference solution to this problem:"
+TRANSITION = (
+    "After understanding the reference solution, please try to solve this problem using your own approach below, "
+    "reasoning on your own to the same final answer."
+)
+
+
+class DatasetValidationError(ValueError):
+    """A dataset cannot be used as given (missing column, empty, ...). Its message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class ColumnMap:
+    """Dataset column names for the three canonical columns."""
+
+    prompt: str = "prompt"
+    answer: str = "answer"
+    solution: str = "solution"
+
+    def renames(self) -> dict[str, str]:
+        return {src: dst for dst, src in vars(self).items() if src != dst}
+
+
+def validate_columns(column_names: list[str], required: list[str], columns: ColumnMap, where: str = "dataset") -> None:
+    """Raise a one-line [`DatasetValidationError`] naming each required column that is missing (by its dataset name)."""
+    missing = [getattr(columns, name) for name in required if getattr(columns, name) not in column_names]
+    if missing:
+        hints = []
+        for name in missing:
+            close = difflib.get_close_matches(name, column_names, n=1)
+            hints.append(f"'{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+        raise DatasetValidationError(
+            f"The {where} has no column {', '.join(hints)}; it has {sorted(column_names)}. "
+            f"Rename it in the recipe with `prompt_column` / `answer_column` / `solution_column`."
+        )
+
+
+def prepare_dataset(dataset, required: list[str], columns: ColumnMap = ColumnMap(), where: str = "train dataset"):
+    """Check the required columns and non-emptiness, then rename to the canonical names. Returns the dataset."""
+    validate_columns(list(dataset.column_names), required, columns, where)
+    if len(dataset) == 0:
+        raise DatasetValidationError(f"The {where} is empty.")
+    renames = {src: dst for src, dst in columns.renames().items() if src in dataset.column_names}
+    for dst in renames.values():
+        if dst in dataset.column_names:
+            dataset = dataset.remove_columns(dst)
+    return dataset.rename_columns(renames) if renames else dataset
+
+
+def split_reasoning_segments(solution: str) -> list[str]:
+    """Reasoning segments of a reference solution: blank-line separated, stripped, empty ones dropped."""
+    return [s.strip() for s in re.split(r"\n\s*\n", solution or "") if s.strip()]
+
+
+def truncate_reference(solution: str, alpha: float) -> tuple[str, int, int] | None:
+    """The first `⌊α·m⌋` of the `m` reasoning segments, always followed by the boxed final answer.
+
+    Returns `(text, kept, m)`, or `None` when the reference has no `\\boxed{}` answer (the row cannot be used).
+    The segment that holds the box is not counted among the reasoning segments.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    answer = extract_boxed(solution or "")
+    if answer is None:
+        return None
+    segments = split_reasoning_segments(solution)
+    reasoning = [s for s in segments if "\\boxed" not in s and "\\fbox" not in s]
+    kept = int(alpha * len(reasoning) + 1e-9)
+    parts = reasoning[:kept] + [f"The final answer is \\boxed{{{answer}}}."]
+    return "\n\n".join(parts), kept, len(reasoning)
+
+
+def prompt_text(prompt: Any) -> str:
+    """The problem text of a prompt: the string, or the last user message's content."""
+    if isinstance(prompt, str):
+        return prompt
+    users = [m for m in prompt if m.get("role") == "user"]
+    return users[-1]["content"] if users else ""
+
+
+def privileged_prompt(prompt: Any, reference: str, instruction: str = BOXED_INSTRUCTION) -> Any:
+    """The teacher's view of a prompt: problem, reference, transition sentence, then the student's instruction.
+
+    The instruction to box the final answer closes both prompts: if the student's prompt ends with `instruction`,
+    it is moved after the reference; otherwise it is appended. Chat prompts keep their other messages.
+    """
+    problem = prompt_text(prompt).rstrip()
+    if instruction and problem.endswith(instruction):
+        problem = problem[: -len(instruction)].rstrip()
+    content = f"{problem}\n\n{REFERENCE_HEADER}\n{reference}\n\n{TRANSITION}"
+    if instruction:
+        content += f"\n\n{instruction}"
+    if isinstance(prompt, str):
+        return content
+    last_user = max(i for i, m in enumerate(prompt) if m.get("role") == "user")
+    return [dict(m, content=content) if i == last_user else dict(m) for i, m in enumerate(prompt)]

@@ -1,0 +1,80 @@
+# Copyright 2026 The trl-opd developers. Licensed under the Apache License, Version 2.0.
+"""Configuration of [`OPDTrainer`], the on-policy distillation base every DistillationTrainer-based method extends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import DistillationConfig
+
+from .runtime import CPUSafeConfigMixin
+from .teacher import QUANTIZATION_CHOICES, SELF_TEACHER_KINDS
+
+
+@dataclass
+class OPDConfig(CPUSafeConfigMixin, DistillationConfig):
+    r"""
+    Configuration for [`OPDTrainer`]: TRL's [`~trl.DistillationConfig`] plus the shared teacher layer.
+
+    With the defaults it is `trl.DistillationTrainer`'s objective exactly (generalized JSD with `beta`). Added:
+    the K1 policy-gradient form of the loss, a teacher with its own chat-template settings or quantisation, and a
+    self-teacher (the student's own weights) that can see the reference solution as privileged context.
+
+    On a machine without a GPU, `bf16` and gradient checkpointing are switched off (one log line).
+    """
+
+    _VALID_DICT_FIELDS = DistillationConfig._VALID_DICT_FIELDS + ["teacher_chat_template_kwargs"]
+
+    divergence: str = field(
+        default="jsd",
+        metadata={
+            "help": "Per-token objective on student tokens: `jsd` (generalized JSD with `beta`, as TRL's "
+            "DistillationTrainer: 0 forward KL, 1 reverse KL) or `k1` (policy-gradient form "
+            "`-sg(log p_T(y) - log p_S(y)) log p_S(y)`).",
+            "choices": ["jsd", "k1"],
+        },
+    )
+    teacher_chat_template_kwargs: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Chat-template kwargs for the teacher's prompt, e.g. `{\"enable_thinking\": true}`; None uses the "
+            "student's `chat_template_kwargs`."
+        },
+    )
+    teacher_quantization: str | None = field(
+        default=None,
+        metadata={
+            "help": "Load the external teacher in `4bit` (NF4) or `8bit` with bitsandbytes, independently of the "
+            "student.",
+            "choices": list(QUANTIZATION_CHOICES),
+        },
+    )
+    self_teacher: str = field(
+        default="frozen",
+        metadata={
+            "help": "When no teacher checkpoint is given, the teacher is the student's own weights: `frozen` "
+            "(initial weights; the PEFT adapter switched off, or a frozen copy), `live`, or `ema`.",
+            "choices": list(SELF_TEACHER_KINDS),
+        },
+    )
+    teacher_ema_decay: float = field(
+        default=0.99, metadata={"help": "Decay of the EMA self-teacher (`self_teacher: ema`)."}
+    )
+    privileged_context: bool = field(
+        default=False,
+        metadata={
+            "help": "Show the teacher the reference solution (`solution` column) as privileged context (OPSD style); "
+            "the student sees only the problem."
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.divergence not in ("jsd", "k1"):
+            raise ValueError(f"divergence must be 'jsd' or 'k1', got {self.divergence!r}")
+        if self.teacher_quantization not in QUANTIZATION_CHOICES:
+            raise ValueError(f"teacher_quantization must be one of {QUANTIZATION_CHOICES}, got {self.teacher_quantization!r}")
+        if self.self_teacher not in SELF_TEACHER_KINDS:
+            raise ValueError(f"self_teacher must be one of {SELF_TEACHER_KINDS}, got {self.self_teacher!r}")
+        if not 0.0 <= self.teacher_ema_decay < 1.0:
+            raise ValueError(f"teacher_ema_decay must be in [0, 1), got {self.teacher_ema_decay}")

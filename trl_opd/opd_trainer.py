@@ -1,0 +1,233 @@
+# Copyright 2026 The trl-opd developers. Licensed under the Apache License, Version 2.0.
+"""[`OPDTrainer`]: TRL's `DistillationTrainer` with the shared teacher layer, the base of MOTAB, TrOPD and ATESD."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from accelerate.utils import is_peft_model
+from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
+from transformers.trainer_utils import get_last_checkpoint
+from trl import DistillationTrainer
+from trl.trainer.utils import pad
+
+from .data import ColumnMap, prepare_dataset, privileged_prompt
+from .opd_config import OPDConfig
+from .ops import fused_distillation_stats, k1_policy_gradient_loss, masked_global_mean, masked_mean, masked_sum
+from .teacher import (
+    align_teacher_vocab,
+    check_same_vocabulary,
+    ema_update,
+    load_teacher,
+    self_teacher_copy,
+    student_as_teacher,
+)
+
+
+EXTRA_STATE_FILE = "trl_opd_state.pt"
+
+
+class OPDTrainer(DistillationTrainer):
+    r"""
+    On-policy distillation: [`~trl.DistillationTrainer`] plus the shared teacher layer of trl-opd.
+
+    What differs from the parent:
+    - The teacher can see its own prompt: other `chat_template_kwargs` (e.g. thinking on for the teacher only) or,
+      with `privileged_context`, the reference solution (OPSD style). Its hidden states are computed on that prompt
+      followed by the student's completion, and aligned on the completion tokens.
+    - Without a teacher checkpoint the teacher is the student's own weights (`self_teacher`: frozen, live, EMA).
+    - A teacher checkpoint is loaded through [`~trl_opd.teacher.load_teacher`] (its own 4-/8-bit quantisation), its
+      tokenizer is checked against the student's and a padded `lm_head` is aligned.
+    - The loss goes through one fused chunked pass ([`~trl_opd.ops.fused_distillation_stats`]) that also returns the
+      sampled-token log-probs and both entropies; subclasses turn those into per-token losses in
+      [`OPDTrainer.token_losses`]. With `divergence="jsd"` (default) the loss equals the parent's.
+    - Subclasses keep trainer state (boundaries, controllers) in [`OPDTrainer.extra_state_dict`]; it is saved in every
+      checkpoint and restored on resume.
+    """
+
+    _tag_names = ["trl", "trl-opd", "on-policy-distillation"]
+    _name = "OPD"
+    #: Dataset columns this trainer needs, besides `prompt`.
+    required_columns: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        model: str | PreTrainedModel,
+        teacher_model: str | PreTrainedModel | None = None,
+        args: OPDConfig | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        callbacks=None,
+        optimizers=(None, None),
+        quantization_config=None,
+        peft_config=None,
+        tools=None,
+    ):
+        args = args if args is not None else OPDConfig(output_dir="opd-output")
+        needed = ["prompt", *self.required_columns] + (["solution"] if args.privileged_context else [])
+        train_dataset = prepare_dataset(train_dataset, sorted(set(needed)), ColumnMap(), "train dataset")
+        if processing_class is None:
+            processing_class = AutoTokenizer.from_pretrained(model if isinstance(model, str) else model.name_or_path)
+        processing_class.padding_side = "left"
+        self._self_teacher_kind = None
+        if teacher_model is None:
+            self._self_teacher_kind = args.self_teacher
+            is_peft = peft_config is not None or is_peft_model(model)
+            teacher_model = self_teacher_copy(model, args.self_teacher, is_peft, args.model_init_kwargs)
+        elif isinstance(teacher_model, str):
+            check_same_vocabulary(processing_class, AutoTokenizer.from_pretrained(teacher_model))
+            teacher_model = load_teacher(
+                teacher_model, args.teacher_model_init_kwargs, args.teacher_quantization, args.teacher_model_revision
+            )
+        if teacher_model is not None:
+            align_teacher_vocab(teacher_model, _vocab_size(model, args), len(processing_class))
+        super().__init__(
+            model, teacher_model, args, train_dataset, eval_dataset, processing_class, callbacks, optimizers,
+            quantization_config, peft_config, tools,
+        )
+        self.teacher_chat_template_kwargs = (
+            self.chat_template_kwargs if args.teacher_chat_template_kwargs is None else args.teacher_chat_template_kwargs
+        )
+
+    # ----------------------------------------------------------------- teacher prompts
+    def teacher_prompt(self, example: dict[str, Any]) -> Any:
+        """The prompt the teacher sees for one dataset row. Default: the student's, plus the reference solution when
+        `privileged_context` is on. Subclasses (ATESD) override it."""
+        if self.args.privileged_context:
+            return privileged_prompt(example["prompt"], example["solution"])
+        return example["prompt"]
+
+    def _teacher_sees_other_prompt(self) -> bool:
+        return self.args.privileged_context or self.teacher_chat_template_kwargs != self.chat_template_kwargs
+
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        output = super()._generate_and_score_completions(inputs)
+        if self._teacher_sees_other_prompt():
+            output.update(self._tokenize_teacher_prompts([self.teacher_prompt(x) for x in inputs]))
+        return output
+
+    def _tokenize_teacher_prompts(self, prompts: list) -> dict[str, torch.Tensor]:
+        """Left-padded `teacher_prompt_ids` / `teacher_prompt_mask`, tokenized by the parent's own prompt path with
+        the teacher's chat-template kwargs."""
+        student_kwargs, self.chat_template_kwargs = self.chat_template_kwargs, self.teacher_chat_template_kwargs
+        try:
+            prompt_ids, _, _ = self._tokenize_prompts(prompts)
+        finally:
+            self.chat_template_kwargs = student_kwargs
+        device = self.accelerator.device
+        ids = [torch.tensor(p, device=device) for p in prompt_ids]
+        masks = [torch.ones_like(p) for p in ids]
+        return {
+            "teacher_prompt_ids": pad(ids, padding_value=self._tokenizer.pad_token_id, padding_side="left"),
+            "teacher_prompt_mask": pad(masks, padding_value=0, padding_side="left"),
+        }
+
+    # ----------------------------------------------------------------- teacher scoring
+    def teacher_hidden_states(self, unwrapped_student, inputs: dict[str, Any], logits_to_keep: int):
+        """Teacher last hidden states on the completion tokens `(B, K, H_T)` and its `lm_head` weight `(V, H_T)`.
+
+        The one teacher-scoring path of every DistillationTrainer-based method: an external (or frozen-copy) teacher
+        through its accelerate wrapper, or the student's own weights (adapter off, live).
+        """
+        prompt_ids = inputs.get("teacher_prompt_ids", inputs["prompt_ids"])
+        prompt_mask = inputs.get("teacher_prompt_mask", inputs["prompt_mask"])
+        input_ids = torch.cat([prompt_ids, inputs["completion_ids"]], dim=1)
+        attention_mask = torch.cat([prompt_mask, inputs["completion_mask"]], dim=1)
+        with torch.no_grad():
+            if self.teacher_model is not None:
+                self.teacher_model.eval()
+                teacher = self.accelerator.unwrap_model(self.teacher_model)
+                hidden = self._forward_redirection(
+                    self.teacher_model, teacher, self._get_last_hidden_state, teacher, input_ids, attention_mask,
+                    logits_to_keep,
+                )
+            else:
+                with student_as_teacher(unwrapped_student, adapter_off=self._self_teacher_kind == "frozen") as teacher:
+                    hidden = self._get_last_hidden_state(teacher, input_ids, attention_mask, logits_to_keep)
+        weight = teacher.get_output_embeddings().weight.detach()
+        return hidden.detach(), weight
+
+    # ----------------------------------------------------------------- loss
+    def token_losses(self, stats: dict[str, torch.Tensor], inputs: dict[str, Any]) -> torch.Tensor:
+        """Per-token loss `(B, K)` from the fused statistics; masked and normalised by the caller.
+
+        `stats` holds `divergence` (JSD_β), `student_logp` (differentiable), `teacher_logp`, `student_entropy` and
+        `teacher_entropy`, each `(B, K)`. Default: the divergence, or the K1 policy-gradient loss.
+        """
+        if self.args.divergence == "k1":
+            return k1_policy_gradient_loss(stats["student_logp"], stats["teacher_logp"])
+        return stats["divergence"]
+
+    def loss_mask(self, inputs: dict[str, Any]) -> torch.Tensor:
+        mask = inputs["completion_mask"]
+        return mask * inputs["tool_mask"] if "tool_mask" in inputs else mask
+
+    def _compute_loss(self, unwrapped_student, inputs, num_items_in_batch):
+        completion_ids = inputs["completion_ids"]
+        logits_to_keep = completion_ids.size(1)
+        input_ids = torch.cat([inputs["prompt_ids"], completion_ids], dim=1)
+        attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+        student_hidden = self._get_last_hidden_state(unwrapped_student, input_ids, attention_mask, logits_to_keep)
+        teacher_hidden, teacher_weight = self.teacher_hidden_states(unwrapped_student, inputs, logits_to_keep)
+        student_weight = unwrapped_student.get_output_embeddings().weight
+        stats = fused_distillation_stats(
+            student_hidden, student_weight, teacher_hidden.to(student_weight.device), teacher_weight.to(student_weight.device),
+            completion_ids, self.beta, self.temperature,
+        )
+        mask = self.loss_mask(inputs).to(student_weight.device)
+        loss = masked_global_mean(self.token_losses(stats, inputs), mask, num_items_in_batch)
+        self._log_token_stats(stats, mask)
+        return loss, masked_sum(stats["student_entropy"], mask).detach(), mask.sum()
+
+    def _log_token_stats(self, stats: dict[str, torch.Tensor], mask: torch.Tensor) -> None:
+        mode = "train" if self.model.training else "eval"
+        for name in ("divergence", "teacher_entropy"):
+            self._metrics[mode][name].append(masked_mean(stats[name].detach(), mask).item())
+        k1 = (stats["student_logp"] - stats["teacher_logp"]).detach()
+        self._metrics[mode]["k1_reverse_kl"].append(masked_mean(k1, mask).item())
+
+    def training_step(self, model, inputs, num_items_in_batch):
+        output = super().training_step(model, inputs, num_items_in_batch)
+        if self._self_teacher_kind == "ema" and self._step % self.current_gradient_accumulation_steps == 0:
+            unwrap = self.accelerator.unwrap_model
+            ema_update(unwrap(self.teacher_model), unwrap(self.model), self.args.teacher_ema_decay)
+        return output
+
+    # ----------------------------------------------------------------- checkpointed trainer state
+    def extra_state_dict(self) -> dict[str, Any]:
+        """Trainer state beyond TRL's (saved in every checkpoint as `trl_opd_state.pt`). Subclasses extend it."""
+        if self._self_teacher_kind == "ema" and self.teacher_model is not None:
+            return {"ema_teacher": self.accelerator.unwrap_model(self.teacher_model).state_dict()}
+        return {}
+
+    def load_extra_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what [`extra_state_dict`] returned."""
+        if "ema_teacher" in state and self.teacher_model is not None:
+            self.accelerator.unwrap_model(self.teacher_model).load_state_dict(state["ema_teacher"])
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        state = self.extra_state_dict()
+        if state and self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            tmp = os.path.join(folder, EXTRA_STATE_FILE + ".tmp")
+            torch.save(state, tmp)
+            os.replace(tmp, os.path.join(folder, EXTRA_STATE_FILE))
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+        if resume_from_checkpoint:
+            path = os.path.join(resume_from_checkpoint, EXTRA_STATE_FILE)
+            if os.path.isfile(path):
+                self.load_extra_state_dict(torch.load(path, map_location="cpu", weights_only=False))
+        return super().train(resume_from_checkpoint=resume_from_checkpoint or None, **kwargs)
+
+
+def _vocab_size(model, args: OPDConfig) -> int:
+    if isinstance(model, str):
+        return AutoConfig.from_pretrained(model, trust_remote_code=args.trust_remote_code).get_text_config().vocab_size
+    return model.get_output_embeddings().weight.shape[0]

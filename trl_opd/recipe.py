@@ -1,0 +1,118 @@
+# Copyright 2026 The trl-opd developers. Licensed under the Apache License, Version 2.0.
+"""Recipes: flat YAML read by TRL's `TrlParser` into (script arguments, method config, `ModelConfig`).
+
+The recipe key `method:` picks the config class. Every other key must be a field of one of the three dataclasses;
+an unknown key is an error that names it and the nearest valid field.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+from trl import ModelConfig, TrlParser
+
+from .methods import get_spec, load_method
+
+
+class RecipeError(ValueError):
+    """A recipe or command line cannot be parsed. The message is one line for the user."""
+
+
+@dataclass
+class ScriptArguments:
+    """Data and method selection: the part of a recipe that is not the trainer's or the model's configuration."""
+
+    method: str = field(default="opd", metadata={"help": "Which trainer to run (see `trl-opd methods`)."})
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "Hub dataset id, a local folder, or a `.json`/`.jsonl`/`.parquet` file."},
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    dataset_test_split: str | None = field(default=None, metadata={"help": "Split to evaluate on (optional)."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N training rows."})
+    prompt_column: str = field(default="prompt", metadata={"help": "Column with the prompt (text or chat messages)."})
+    answer_column: str = field(default="answer", metadata={"help": "Column with the final answer."})
+    solution_column: str = field(
+        default="solution", metadata={"help": "Column with the reference solution (privileged context)."}
+    )
+    chat_prompt: bool = field(
+        default=True,
+        metadata={"help": "Wrap text prompts as one user message (followed by `instruction`) so the chat template "
+                  "applies; chat-message prompts are kept as they are."},
+    )
+    instruction: str = field(
+        default="Please reason step by step, and put your final answer within \\boxed{}.",
+        metadata={"help": "Appended to text prompts when `chat_prompt` is on; empty for none."},
+    )
+
+    def __post_init__(self):
+        if self.max_train_samples is not None and self.max_train_samples < 1:
+            raise ValueError(f"max_train_samples must be >= 1, got {self.max_train_samples}")
+
+
+def method_of(config_path: str | None, argv: list[str]) -> str:
+    """The method named by `--method` on the command line, else by the recipe, else `opd`."""
+    if "--method" in argv:
+        index = argv.index("--method")
+        if index + 1 < len(argv):
+            return argv[index + 1]
+    recipe = read_recipe(config_path) if config_path else {}
+    return str(recipe.get("method", "opd"))
+
+
+def read_recipe(path: str) -> dict[str, Any]:
+    file = Path(path)
+    if not file.is_file():
+        raise RecipeError(f"Recipe {path} does not exist.")
+    try:
+        data = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as err:
+        raise RecipeError(f"Recipe {path} is not valid YAML: {str(err).splitlines()[0]}") from err
+    if not isinstance(data, dict):
+        raise RecipeError(f"Recipe {path} must be a YAML mapping of `key: value` lines.")
+    return data
+
+
+def dataclass_types(method: str) -> tuple[type, type, type]:
+    config_class, _ = load_method(method)
+    return ScriptArguments, config_class, ModelConfig
+
+
+def check_known_keys(keys: list[str], method: str, source: str) -> None:
+    """Raise [`RecipeError`] for the first key that is no field of the method's dataclasses, naming the nearest."""
+    valid = {f.name for cls in dataclass_types(method) for f in fields(cls)} | {"env"}
+    for key in keys:
+        if key not in valid:
+            close = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.5)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise RecipeError(f"Unknown key '{key}' in {source} for method '{method}'{hint}")
+
+
+def _flag_keys(argv: list[str]) -> list[str]:
+    return [a[2:].split("=", 1)[0] for a in argv if a.startswith("--") and a not in ("--config",)]
+
+
+def parse_recipe(config_path: str | None, argv: list[str] | None = None) -> tuple[Any, Any, ModelConfig]:
+    """Parse a recipe plus command-line overrides into `(script_args, method_config, model_config)`.
+
+    YAML values set the defaults, flags override them (TRL's `TrlParser`); unknown keys or flags are errors.
+    """
+    argv = list(argv or [])
+    method = method_of(config_path, argv)
+    get_spec(method)
+    recipe = read_recipe(config_path) if config_path else {}
+    check_known_keys(list(recipe), method, f"recipe {config_path}")
+    check_known_keys(_flag_keys(argv), method, "the command line")
+    parser = TrlParser(dataclass_types(method))
+    full_argv = (["--config", config_path] if config_path else []) + argv
+    script_args, config, model_args = parser.parse_args_and_config(full_argv)
+    spec = get_spec(script_args.method)
+    for key, value in spec.config_overrides.items():
+        if key not in recipe and f"--{key}" not in argv:
+            setattr(config, key, value)
+    return script_args, config, model_args

@@ -1,0 +1,41 @@
+# Copyright 2026 The trl-opd developers. Licensed under the Apache License, Version 2.0.
+"""Facts about the machine the run is on, and CPU-safe training defaults.
+
+TRL's configs default to `bf16=True` and gradient checkpointing; without a GPU, transformers raises on `bf16`. Every
+trl-opd config (the baselines' included) applies [`CPUSafeConfigMixin`], so a recipe written for GPUs runs unchanged
+on a CPU: the values are switched off and one log line says so.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+
+logger = logging.getLogger("trl_opd")
+
+
+def has_accelerator() -> bool:
+    """Whether a GPU-class device that supports bf16 training is present (CUDA/ROCm or XPU)."""
+    if torch.cuda.is_available():
+        return True
+    xpu = getattr(torch, "xpu", None)
+    return bool(xpu is not None and xpu.is_available())
+
+
+class CPUSafeConfigMixin:
+    """Turns `bf16`/`fp16` and gradient checkpointing off, with one log line, when no accelerator is present.
+
+    Mix in before the TRL config class: `class MyConfig(CPUSafeConfigMixin, DistillationConfig)`.
+    """
+
+    def __post_init__(self):
+        if not has_accelerator():
+            changed = [name for name in ("bf16", "fp16", "gradient_checkpointing") if getattr(self, name, False)]
+            if getattr(self, "bf16", False) is None:  # TRL's default: bf16 unless fp16
+                changed.insert(0, "bf16")
+            if changed:
+                logger.warning("No GPU found: training on CPU with %s switched off.", ", ".join(changed))
+            self.bf16, self.fp16, self.gradient_checkpointing = False, False, False
+        super().__post_init__()

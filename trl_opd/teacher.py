@@ -1,0 +1,136 @@
+# Copyright 2026 The trl-opd developers. Licensed under the Apache License, Version 2.0.
+"""Building, placing and scoring teachers: external checkpoints and self-teachers.
+
+- External teacher: its own checkpoint, optional bitsandbytes 4-/8-bit loading independent of the student's, its
+  own `chat_template_kwargs`. A teacher whose `lm_head` is only *padded* to another size (same tokenizer; Qwen's
+  151936 vs 152064 rows) is cut to the student's size; a different tokenizer is an error naming both.
+- Self-teacher: the student's own weights, `frozen` at initialisation (the PEFT adapter switched off, or a frozen
+  copy without PEFT), `live` (the current weights, no gradient) or `ema` (an exponential moving average).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+
+SELF_TEACHER_KINDS = ("frozen", "live", "ema")
+QUANTIZATION_CHOICES = (None, "4bit", "8bit")
+
+
+class TeacherMismatchError(ValueError):
+    """The teacher cannot score the student's tokens (different vocabulary)."""
+
+
+def quantization_config(quantization: str | None, compute_dtype: torch.dtype = torch.bfloat16):
+    """A `BitsAndBytesConfig` for `"4bit"` (NF4, double quant) or `"8bit"`, or `None`."""
+    if quantization not in QUANTIZATION_CHOICES:
+        raise ValueError(f"teacher quantization must be one of {QUANTIZATION_CHOICES}, got {quantization!r}")
+    if quantization is None:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute_dtype
+    )
+
+
+def load_teacher(
+    name_or_path: str, init_kwargs: dict | None = None, quantization: str | None = None, revision: str | None = None
+) -> nn.Module:
+    """Load an external teacher (`AutoModelForCausalLM`), quantised on its own if asked, in eval mode, frozen."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs = dict(init_kwargs or {})
+    dtype = kwargs.get("dtype", "auto")
+    kwargs["dtype"] = dtype if dtype in ("auto", None) or isinstance(dtype, torch.dtype) else getattr(torch, dtype)
+    if revision is not None:
+        kwargs.setdefault("revision", revision)
+    qconfig = quantization_config(quantization)
+    if qconfig is not None:
+        kwargs["quantization_config"] = qconfig
+    teacher = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+    return freeze(teacher)
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Eval mode and `requires_grad=False` on every parameter. Returns the model."""
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model
+
+
+def check_same_vocabulary(student_tokenizer, teacher_tokenizer) -> None:
+    """Raise [`TeacherMismatchError`] unless both tokenizers map the same strings to the same ids."""
+    student_vocab, teacher_vocab = student_tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
+    if student_vocab == teacher_vocab:
+        return
+    differing = sorted(set(student_vocab.items()) ^ set(teacher_vocab.items()), key=lambda kv: kv[1])[:3]
+    raise TeacherMismatchError(
+        f"The teacher's tokenizer ({_tokenizer_name(teacher_tokenizer)}, {len(teacher_vocab)} tokens) differs from "
+        f"the student's ({_tokenizer_name(student_tokenizer)}, {len(student_vocab)} tokens), e.g. {differing}. "
+        "On-policy distillation here needs one shared vocabulary: pick a teacher of the same model family."
+    )
+
+
+def _tokenizer_name(tokenizer) -> str:
+    return getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+
+
+def align_teacher_vocab(teacher: nn.Module, student_vocab_size: int, tokenizer_size: int) -> nn.Module:
+    """Make the teacher's `lm_head` as wide as the student's when they differ only by padding rows.
+
+    Rows past `tokenizer_size` are never real tokens: a wider teacher head is cut to `student_vocab_size`. A head
+    narrower than the student's, or a student head narrower than the tokenizer, is a [`TeacherMismatchError`].
+    """
+    teacher_vocab_size = teacher.get_output_embeddings().weight.shape[0]
+    if teacher_vocab_size == student_vocab_size:
+        return teacher
+    if student_vocab_size < tokenizer_size or teacher_vocab_size < student_vocab_size:
+        raise TeacherMismatchError(
+            f"The teacher's lm_head has {teacher_vocab_size} rows and the student's {student_vocab_size}, for a "
+            f"tokenizer of {tokenizer_size} tokens: only a teacher padded beyond the student can be aligned."
+        )
+    teacher.resize_token_embeddings(student_vocab_size, mean_resizing=False)
+    return teacher
+
+
+def self_teacher_copy(model, kind: str, is_peft: bool, init_kwargs: dict | None = None) -> nn.Module | None:
+    """The self-teacher as a separate frozen module (`frozen` without PEFT, `ema`), or `None` when the student's own
+    module scores (`live`, or `frozen` with the PEFT adapter switched off). A path is loaded again from disk."""
+    if kind not in SELF_TEACHER_KINDS:
+        raise ValueError(f"self-teacher kind must be one of {SELF_TEACHER_KINDS}, got {kind!r}")
+    if kind == "live" or (kind == "frozen" and is_peft):
+        return None
+    if isinstance(model, str):
+        return load_teacher(model, init_kwargs)
+    return freeze(copy.deepcopy(model))
+
+
+@contextlib.contextmanager
+def student_as_teacher(student: nn.Module, adapter_off: bool) -> Iterator[nn.Module]:
+    """Yield the student's own module to score as teacher, without gradients; its PEFT adapter off if asked."""
+    with torch.no_grad():
+        if adapter_off and _is_peft(student):
+            with student.disable_adapter():
+                yield student
+        else:
+            yield student
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
+    """`θ_T ← d·θ_T + (1−d)·θ_S` over matching parameters (the EMA self-teacher)."""
+    for t_param, s_param in zip(teacher.parameters(), student.parameters(), strict=True):
+        t_param.lerp_(s_param.detach().to(t_param.dtype), 1.0 - decay)
+
+
+def _is_peft(model: nn.Module) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
