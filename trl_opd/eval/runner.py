@@ -1,0 +1,194 @@
+# Copyright 2026 The trl-opd developers. Licensed under the Apache License, Version 2.0.
+"""`trl-opd eval`: Average@k, pass@k and mean length on AIME 2024 / AIME 2025 / HMMT Feb 2025 with lighteval 0.13.
+
+Runs the real `lighteval` CLI (`accelerate` = transformers backend, or `vllm`) in a subprocess on the tasks of
+[`trl_opd.eval.tasks`], then prints one table and writes `eval_results.json` and `eval_results.md` to the output dir.
+
+lighteval 0.13 traps handled here:
+- its generation cache lives at `<cache_dir>/<model_name>/<hash of the model arguments>`; an absolute `model_name`
+  puts it *inside the model folder*, and a new checkpoint at the same path reuses the old answers. We pass the
+  model as a relative path (run from its parent folder) and set `cache_dir` to a folder named by a fingerprint of
+  the weights, so changed weights always get fresh generations and the model folder stays clean;
+- the task registry downloads `tinyBenchmarks.pkl` at import: [`trl_opd.eval.offline.prepare_offline`] runs first;
+- task names are `task|fewshot` (`opd_aime24|0`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from trl_opd.eval.data import (
+    BENCHMARKS,
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_NUM_SAMPLES,
+    DEFAULT_SAMPLING,
+    ENV_CACHE_DIR,
+    ENV_DATA_DIR,
+    ENV_EOS_IDS,
+    ENV_MAX_NEW_TOKENS,
+    ENV_NUM_SAMPLES,
+    ENV_PAD_ID,
+    BenchmarkSpec,
+    find_local_file,
+    read_local_rows,
+    resolve_benchmarks,
+)
+from trl_opd.eval.scoring import AVG_METRIC, K_METRIC, LENGTH_METRIC, PASS_METRIC
+
+
+RESULTS_FILE, TABLE_FILE = "eval_results.json", "eval_results.md"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_FINGERPRINT_CHUNK = 1 << 20
+
+
+class EvalError(RuntimeError):
+    """A failure reported to the user as one line (bad input, or lighteval exiting with an error)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trl-opd eval",
+        description="Average@k / pass@k / mean length on AIME 2024, AIME 2025 and HMMT Feb 2025 with lighteval.",
+    )
+    parser.add_argument("--model", required=True, help="local model folder or Hub model id")
+    parser.add_argument("--tasks", default=",".join(BENCHMARKS), help=f"comma-separated, from: {', '.join(BENCHMARKS)}")
+    parser.add_argument("--num-samples", "-k", type=int, default=DEFAULT_NUM_SAMPLES, help="k samples per problem")
+    parser.add_argument("--backend", choices=["auto", "vllm", "transformers"], default="auto")
+    parser.add_argument("--data-dir", help="folder of local JSONL files (problem, answer); default: the Hub datasets")
+    parser.add_argument("--output-dir", help="where results go (default: eval_results/<model name>)")
+    parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
+    parser.add_argument("--max-samples", type=int, help="evaluate only the first N problems of each task (debug)")
+    parser.add_argument("--temperature", type=float, default=DEFAULT_SAMPLING["temperature"])
+    parser.add_argument("--top-p", type=float, default=DEFAULT_SAMPLING["top_p"])
+    parser.add_argument("--top-k", type=int, default=DEFAULT_SAMPLING["top_k"])
+    parser.add_argument("--device", help="transformers backend device (default: cuda if available, else cpu)")
+    parser.add_argument("--dtype", help="model dtype (default: bfloat16 on GPU, float32 on CPU)")
+    parser.add_argument("--batch-size", type=int, help="transformers backend batch size (default: lighteval's)")
+    parser.add_argument("--max-length", type=int, help="model context length (vLLM: max_model_length)")
+    parser.add_argument("--revision", help="Hub revision of --model (pin it: the generation cache is keyed by it)")
+    parser.add_argument("--gpu-memory-utilization", type=float, help="vLLM backend")
+    parser.add_argument("--seed", type=int, help="vLLM sampling seed")
+    return parser
+
+
+def _check_positive(name: str, value: int | float | None, minimum: float = 1) -> None:
+    if value is not None and value < minimum:
+        raise EvalError(f"{name} must be >= {minimum:g}, got {value}")
+
+
+def validate_args(args: argparse.Namespace) -> list[BenchmarkSpec]:
+    """Check the arguments; returns the benchmarks to run. Raises `EvalError` with a one-line message."""
+    try:
+        specs = resolve_benchmarks(args.tasks)
+    except ValueError as exc:
+        raise EvalError(str(exc)) from None
+    _check_positive("--num-samples", args.num_samples)
+    _check_positive("--max-new-tokens", args.max_new_tokens)
+    _check_positive("--max-samples", args.max_samples)
+    _check_positive("--batch-size", args.batch_size)
+    _check_positive("--max-length", args.max_length)
+    _check_positive("--temperature", args.temperature, 0)
+    if not 0 < args.top_p <= 1:
+        raise EvalError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.temperature == 0 and args.num_samples > 1:
+        raise EvalError("--temperature 0 (greedy) gives k identical samples; use --num-samples 1 or a temperature > 0")
+    if args.data_dir is not None:
+        try:
+            for spec in specs:
+                read_local_rows(find_local_file(args.data_dir, spec))
+        except ValueError as exc:
+            raise EvalError(str(exc)) from None
+    resolve_model(args.model)
+    return specs
+
+
+def resolve_model(model: str) -> Path | None:
+    """The local folder of `model`, or `None` for a Hub id. Raises `EvalError` for a path that does not exist."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise EvalError(f"model folder {model!r} has no config.json (not a saved transformers model)")
+        if "," in path.name or "=" in path.name:
+            raise EvalError(f"model folder name {path.name!r} must not contain ',' or '='")
+        return path.resolve()
+    if path.exists():
+        raise EvalError(f"model path {model!r} is not a folder")
+    if not _HUB_ID.match(model) or model.startswith((".", "~")):
+        raise EvalError(f"model path {model!r} does not exist")
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(model, "config.json")
+        except Exception:  # a malformed id: report it as missing below
+            cached = None
+        if not isinstance(cached, str):
+            raise EvalError(f"model path {model!r} does not exist (and HF_HUB_OFFLINE=1, so it is not a Hub download)")
+    return None
+
+
+def model_fingerprint(folder: Path) -> str:
+    """A hash of a model folder's top-level files (name, size, mtime, first and last MiB); `README.md` excluded.
+
+    Cheap for multi-GB checkpoints, and any rewrite of the weights changes it.
+    """
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and p.name != "README.md"):
+        stat = path.stat()
+        digest.update(f"{path.name}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+        with open(path, "rb") as handle:
+            digest.update(handle.read(_FINGERPRINT_CHUNK))
+            if stat.st_size > 2 * _FINGERPRINT_CHUNK:
+                handle.seek(-_FINGERPRINT_CHUNK, os.SEEK_END)
+                digest.update(handle.read())
+    return digest.hexdigest()[:16]
+
+
+def length_token_ids(model: str, revision: str | None = None) -> tuple[tuple[int, ...], int | None]:
+    """End-of-sequence ids and the pad id of `model` (tokenizer and generation config), to measure lengths."""
+    eos: list[int] = []
+    pad = None
+    try:
+        from transformers import AutoTokenizer, GenerationConfig
+
+        tokenizer = AutoTokenizer.from_pretrained(model, revision=revision)
+        eos += [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        pad = tokenizer.pad_token_id
+        try:
+            config_eos = GenerationConfig.from_pretrained(model, revision=revision).eos_token_id
+            eos += config_eos if isinstance(config_eos, list) else [config_eos] if config_eos is not None else []
+        except OSError:
+            pass
+    except Exception:  # lengths then count every returned token; never fail the eval for this
+        return (), None
+    return tuple(dict.fromkeys(int(i) for i in eos)), pad
+
+
+def default_device() -> str:
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+def pick_backend(backend: str) -> str:
+    if backend != "auto":
+        return backend
+    try:
+        import importlib.util
+
+        has_vllm = importlib.util.find_spec("vllm") is not None
+    except ValueError:
+        has_vllm = False
+    return "vllm" if has_vllm and default_device() == "cuda" else "transformers"
