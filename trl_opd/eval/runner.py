@@ -192,3 +192,131 @@ def pick_backend(backend: str) -> str:
     except ValueError:
         has_vllm = False
     return "vllm" if has_vllm and default_device() == "cuda" else "transformers"
+
+
+def model_parameters(args: argparse.Namespace, model_name: str, backend: str, cache_dir: Path) -> dict:
+    """lighteval's `model_parameters` (written to a YAML file: no quoting trouble with paths or braces)."""
+    generation = {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k}
+    params: dict = {"model_name": model_name, "cache_dir": str(cache_dir)}
+    if args.revision:
+        params["revision"] = args.revision
+    if backend == "vllm":
+        params["dtype"] = args.dtype or "bfloat16"
+        # lighteval's vLLM backend takes the budget from here first, then from the task's generation_size
+        generation["max_new_tokens"] = args.max_new_tokens
+        if args.seed is not None:
+            params["seed"] = args.seed
+        if args.max_length:
+            params["max_model_length"] = args.max_length
+        if args.gpu_memory_utilization:
+            params["gpu_memory_utilization"] = args.gpu_memory_utilization
+    else:
+        device = args.device or default_device()
+        params.update(device=device, dtype=args.dtype or ("float32" if device == "cpu" else "bfloat16"))
+        # No max_new_tokens here: lighteval 0.13's transformers backend also uses it as the *prompt* truncation
+        # length; the budget goes through the task's generation_size instead (TRL_OPD_EVAL_MAX_NEW_TOKENS).
+        if args.batch_size:
+            params["batch_size"] = args.batch_size
+        if args.max_length:
+            params["max_length"] = args.max_length
+    params["generation_parameters"] = generation
+    return params
+
+
+def subprocess_env(args: argparse.Namespace, specs, local_model: bool, staging: Path) -> dict[str, str]:
+    """Environment for the lighteval process: the task settings, and offline mode when everything is local."""
+    env = dict(os.environ)
+    env.update(
+        {
+            ENV_NUM_SAMPLES: str(args.num_samples),
+            ENV_MAX_NEW_TOKENS: str(args.max_new_tokens),
+            ENV_CACHE_DIR: str(staging),
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+    )
+    for name in (ENV_DATA_DIR, ENV_EOS_IDS, ENV_PAD_ID):
+        env.pop(name, None)
+    eos, pad = length_token_ids(args.model, args.revision)
+    if eos:
+        env[ENV_EOS_IDS] = ",".join(map(str, eos))
+    if pad is not None:
+        env[ENV_PAD_ID] = str(pad)
+    if args.data_dir:
+        env[ENV_DATA_DIR] = str(Path(args.data_dir).resolve())
+        if local_model:
+            env.setdefault("HF_HUB_OFFLINE", "1")
+            env.setdefault("HF_DATASETS_OFFLINE", "1")
+    # lighteval runs from the model's parent folder: make sure this copy of trl_opd is the one it imports
+    package_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def last_error_line(log_path: Path) -> str:
+    """The most informative line of a failed lighteval log: the last `SomethingError: ...` line."""
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        match = re.search(r"\b(\w+(Error|Exception)):\s*(.*)", line)
+        if match:
+            return f"{match.group(1)}: {match.group(3).strip()}"
+    return lines[-1].strip() if lines else ""
+
+
+def run_lighteval(command: list[str], env: dict, cwd: Path, log_path: Path) -> None:
+    """Run lighteval, its output going to `log_path`. Raises `EvalError` with lighteval's last error."""
+    with open(log_path, "w") as log:
+        log.write("$ " + " ".join(command) + f"\n# cwd: {cwd}\n")
+        log.flush()
+        rc = subprocess.run(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
+    if rc != 0:
+        raise EvalError(f"lighteval failed (exit {rc}): {last_error_line(log_path)} (full log: {log_path})")
+
+
+def collect_results(run_dir: Path, specs, args: argparse.Namespace) -> list[dict]:
+    """Rows of the table, read from lighteval's results JSON."""
+    files = sorted(run_dir.glob("results/**/results_*.json"))
+    if not files:
+        raise EvalError(f"lighteval wrote no results file under {run_dir}")
+    data = json.loads(files[-1].read_text())
+    rows = []
+    for spec in specs:
+        scores = data["results"].get(f"{spec.task_name}|0")
+        if scores is None:
+            raise EvalError(f"lighteval's results have no entry for {spec.task_name}")
+        task_config = data.get("config_tasks", {}).get(f"{spec.task_name}|0", {})
+        rows.append(
+            {
+                "task": spec.key,
+                "task_name": spec.task_name,
+                "title": spec.title,
+                "average_at_k": scores[AVG_METRIC],
+                "pass_at_k": scores[PASS_METRIC],
+                "mean_length": scores[LENGTH_METRIC],
+                "k": int(round(scores[K_METRIC])),
+                "num_problems": task_config.get("effective_num_docs"),
+            }
+        )
+    return rows
+
+
+def format_table(result: dict) -> str:
+    """The results as one Markdown table, followed by the sampling settings."""
+    lines = [
+        "| task | Average@k | pass@k | mean length | k |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for row in result["results"]:
+        lines.append(
+            f"| {row['task']} | {100 * row['average_at_k']:.2f} | {100 * row['pass_at_k']:.2f} "
+            f"| {row['mean_length']:.1f} | {row['k']} |"
+        )
+    s = result["sampling"]
+    lines.append("")
+    lines.append(
+        f"Average@k and pass@k in %, mean length in tokens; temperature {s['temperature']}, top-p {s['top_p']}, "
+        f"top-k {s['top_k']}, max_new_tokens {s['max_new_tokens']}, backend {result['backend']}."
+    )
+    return "\n".join(lines)
