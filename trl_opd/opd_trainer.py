@@ -75,7 +75,7 @@ class OPDTrainer(DistillationTrainer):
         self._self_teacher_kind = None
         if teacher_model is None:
             self._self_teacher_kind = args.self_teacher
-            is_peft = peft_config is not None or is_peft_model(model)
+            is_peft = peft_config is not None or (not isinstance(model, str) and is_peft_model(model))
             teacher_model = self_teacher_copy(model, args.self_teacher, is_peft, args.model_init_kwargs)
         elif isinstance(teacher_model, str):
             check_same_vocabulary(processing_class, AutoTokenizer.from_pretrained(teacher_model))
@@ -147,7 +147,7 @@ class OPDTrainer(DistillationTrainer):
             else:
                 with student_as_teacher(unwrapped_student, adapter_off=self._self_teacher_kind == "frozen") as teacher:
                     hidden = self._get_last_hidden_state(teacher, input_ids, attention_mask, logits_to_keep)
-        weight = teacher.get_output_embeddings().weight.detach()
+        weight = teacher.get_output_embeddings().weight  # not detached: ZeRO-3 gathers it by identity
         return hidden.detach(), weight
 
     # ----------------------------------------------------------------- loss

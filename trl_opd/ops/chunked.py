@@ -14,6 +14,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 from trl.kernels.chunked_divergence import TOKEN_CHUNK_SIZE, VOCAB_CHUNK_SIZE, _jsd_tile, _project
 from trl.kernels.chunked_logprob import ChunkedLogProbFunction
+from trl.trainer.utils import maybe_gather_lm_head_ctx
 
 from .divergences import forward_kl
 
@@ -70,41 +71,15 @@ class FusedDistillationFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, s_hidden, s_weight, t_hidden, t_weight, targets, beta, temperature):  # noqa: D102
         ctx.set_materialize_grads(False)
-        n_tok, vocab, device = s_hidden.size(0), s_weight.size(0), s_hidden.device
+        n_tok, device = s_hidden.size(0), s_hidden.device
         inv_t, mode = 1.0 / temperature, _divergence_mode(beta)
-        outputs = torch.zeros((7, n_tok), device=device)  # div, s_logp, t_logp, s_ent, t_ent, s_log_z, t_log_z
-        aux = torch.zeros(n_tok, device=device)
-        rows = max(1, min(n_tok, TOKEN_CHUNK_SIZE))
-        s_buf = torch.empty((rows, min(vocab, VOCAB_CHUNK_SIZE)), device=device)
-        t_buf = torch.empty_like(s_buf)
-        for a in range(0, n_tok, TOKEN_CHUNK_SIZE):
-            sl = slice(a, min(a + TOKEN_CHUNK_SIZE, n_tok))
-            h_s, h_t, n = s_hidden[sl], t_hidden[sl], sl.stop - a
-            s, t = _Online(n, device), _Online(n, device)
-            for v0 in range(0, vocab, VOCAB_CHUNK_SIZE):
-                v1 = min(v0 + VOCAB_CHUNK_SIZE, vocab)
-                zs, zt = _tiles(s_buf, t_buf, h_s, s_weight, h_t, t_weight, v0, v1, inv_t)
-                s.fold(zs, zt - zs, targets[sl] - v0)
-                t.fold(zt, zs - zt, targets[sl] - v0)
-            s_log_z, t_log_z = s.log_z(), t.log_z()
-            if mode == 0:
-                div = -t.expected_gap() - t_log_z + s_log_z
-            elif mode == 1:
-                div = -s.expected_gap() - s_log_z + t_log_z
-            else:
-                div, kl_student = torch.zeros(n, device=device), torch.zeros(n, device=device)
-                for v0 in range(0, vocab, VOCAB_CHUNK_SIZE):
-                    v1 = min(v0 + VOCAB_CHUNK_SIZE, vocab)
-                    zs, zt = _tiles(s_buf, t_buf, h_s, s_weight, h_t, t_weight, v0, v1, inv_t)
-                    _jsd_tile(zs, 0, zt, 0, s_log_z, t_log_z, div, kl_student, v1 - v0, beta,
-                              1.0, 1.0, 1.0, 1.0, 1.0, False, False, 0)
-                aux[sl] = kl_student
-            outputs[:, sl] = torch.stack(
-                [div, s.target - s_log_z, t.target - t_log_z, s.entropy(), t.entropy(), s_log_z, t_log_z]
-            )
-            if mode != 2:
-                aux[sl] = div
-        divergence, s_logp, t_logp, s_entropy, t_entropy, s_log_z, t_log_z = outputs.unbind(0)
+        outputs = torch.zeros((8, n_tok), device=device)  # div, s_logp, t_logp, s_ent, t_ent, s_log_z, t_log_z, aux
+        with maybe_gather_lm_head_ctx(s_weight, t_weight):  # ZeRO-3: the heads are read outside their forward
+            for a in range(0, n_tok, TOKEN_CHUNK_SIZE):
+                sl = slice(a, min(a + TOKEN_CHUNK_SIZE, n_tok))
+                outputs[:, sl] = _forward_chunk(s_hidden[sl], s_weight, t_hidden[sl], t_weight, targets[sl], beta,
+                                                inv_t)
+        divergence, s_logp, t_logp, s_entropy, t_entropy, s_log_z, t_log_z, aux = outputs.unbind(0)
         ctx.save_for_backward(s_hidden, s_weight, t_hidden, t_weight, targets, s_log_z, t_log_z, aux)
         ctx.beta, ctx.mode, ctx.inv_t = beta, mode, inv_t
         ctx.mark_non_differentiable(t_logp, s_entropy, t_entropy)
@@ -116,30 +91,66 @@ class FusedDistillationFunction(torch.autograd.Function):
         none = (None,) * 7
         if g_div is None and g_logp is None:
             return none
-        n_tok, vocab = s_hidden.size(0), s_weight.size(0)
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_h = torch.zeros_like(s_hidden, dtype=torch.float32) if need_h else None
-        grad_w = torch.zeros_like(s_weight, dtype=torch.float32) if need_w else None
-        rows = max(1, min(n_tok, TOKEN_CHUNK_SIZE))
-        s_buf = torch.empty((rows, min(vocab, VOCAB_CHUNK_SIZE)), device=s_hidden.device)
-        t_buf = torch.empty_like(s_buf)
-        for a in range(0, n_tok, TOKEN_CHUNK_SIZE):
-            sl = slice(a, min(a + TOKEN_CHUNK_SIZE, n_tok))
-            h_s = s_hidden[sl]
-            for v0 in range(0, vocab, VOCAB_CHUNK_SIZE):
-                v1 = min(v0 + VOCAB_CHUNK_SIZE, vocab)
-                zs, zt = _tiles(s_buf, t_buf, h_s, s_weight, t_hidden[sl], t_weight, v0, v1, ctx.inv_t)
-                grad = _logit_grad(ctx, zs, zt, s_log_z[sl], t_log_z[sl], aux[sl], targets[sl] - v0,
-                                   None if g_div is None else g_div[sl], None if g_logp is None else g_logp[sl])
-                if grad_h is not None:
-                    grad_h[sl].addmm_(grad, s_weight[v0:v1].float())
-                if grad_w is not None:
-                    grad_w[v0:v1].addmm_(grad.t(), h_s.float())
+        with maybe_gather_lm_head_ctx(s_weight, t_weight):  # shapes are only known once gathered (ZeRO-3)
+            grad_h = torch.zeros_like(s_hidden, dtype=torch.float32) if need_h else None
+            grad_w = torch.zeros_like(s_weight, dtype=torch.float32) if need_w else None
+            rows = max(1, min(s_hidden.size(0), TOKEN_CHUNK_SIZE))
+            s_buf = torch.empty((rows, min(s_weight.size(0), VOCAB_CHUNK_SIZE)), device=s_hidden.device)
+            _backward_tiles(ctx, s_hidden, s_weight, t_hidden, t_weight, targets, s_log_z, t_log_z, aux, g_div,
+                            g_logp, grad_h, grad_w, s_buf, torch.empty_like(s_buf))
         return (
             grad_h.to(s_hidden.dtype) if grad_h is not None else None,
             grad_w.to(s_weight.dtype) if grad_w is not None else None,
             *none[:5],
         )
+
+
+def _backward_tiles(ctx, s_hidden, s_weight, t_hidden, t_weight, targets, s_log_z, t_log_z, aux, g_div, g_logp,
+                    grad_h, grad_w, s_buf, t_buf) -> None:
+    """Accumulate the student's hidden-state and head gradients tile by tile, recomputing each tile."""
+    n_tok, vocab = s_hidden.size(0), s_weight.size(0)
+    for a in range(0, n_tok, TOKEN_CHUNK_SIZE):
+        sl = slice(a, min(a + TOKEN_CHUNK_SIZE, n_tok))
+        h_s = s_hidden[sl]
+        for v0 in range(0, vocab, VOCAB_CHUNK_SIZE):
+            v1 = min(v0 + VOCAB_CHUNK_SIZE, vocab)
+            zs, zt = _tiles(s_buf, t_buf, h_s, s_weight, t_hidden[sl], t_weight, v0, v1, ctx.inv_t)
+            grad = _logit_grad(ctx, zs, zt, s_log_z[sl], t_log_z[sl], aux[sl], targets[sl] - v0,
+                               None if g_div is None else g_div[sl], None if g_logp is None else g_logp[sl])
+            if grad_h is not None:
+                grad_h[sl].addmm_(grad, s_weight[v0:v1].float())
+            if grad_w is not None:
+                grad_w[v0:v1].addmm_(grad.t(), h_s.float())
+
+
+def _forward_chunk(h_s, s_weight, h_t, t_weight, targets, beta, inv_t) -> torch.Tensor:
+    """Statistics of one token chunk, `(n, H_s), (V, H_s), (n, H_t), (V, H_t), (n,) -> (8, n)`: divergence, both
+    target log-probs, both entropies, both log-normalisers and the backward's auxiliary term."""
+    n, vocab, device = h_s.size(0), s_weight.size(0), h_s.device
+    s_buf = torch.empty((n, min(vocab, VOCAB_CHUNK_SIZE)), device=device)
+    t_buf = torch.empty_like(s_buf)
+    s, t = _Online(n, device), _Online(n, device)
+    for v0 in range(0, vocab, VOCAB_CHUNK_SIZE):
+        v1 = min(v0 + VOCAB_CHUNK_SIZE, vocab)
+        zs, zt = _tiles(s_buf, t_buf, h_s, s_weight, h_t, t_weight, v0, v1, inv_t)
+        s.fold(zs, zt - zs, targets - v0)
+        t.fold(zt, zs - zt, targets - v0)
+    s_log_z, t_log_z = s.log_z(), t.log_z()
+    mode = _divergence_mode(beta)
+    if mode == 0:
+        div = -t.expected_gap() - t_log_z + s_log_z
+        aux = div
+    elif mode == 1:
+        div = -s.expected_gap() - s_log_z + t_log_z
+        aux = div
+    else:  # the mixture needs both normalisers: a second pass, TRL's own torch tile
+        div, aux = torch.zeros(n, device=device), torch.zeros(n, device=device)
+        for v0 in range(0, vocab, VOCAB_CHUNK_SIZE):
+            v1 = min(v0 + VOCAB_CHUNK_SIZE, vocab)
+            zs, zt = _tiles(s_buf, t_buf, h_s, s_weight, h_t, t_weight, v0, v1, inv_t)
+            _jsd_tile(zs, 0, zt, 0, s_log_z, t_log_z, div, aux, v1 - v0, beta, 1.0, 1.0, 1.0, 1.0, 1.0, False, False, 0)
+    return torch.stack([div, s.target - s_log_z, t.target - t_log_z, s.entropy(), t.entropy(), s_log_z, t_log_z, aux])
 
 
 def _tiles(s_buf, t_buf, h_s, s_weight, h_t, t_weight, v0, v1, inv_t):

@@ -1,0 +1,178 @@
+# Copyright 2026 The trl-opd developers. Licensed under the Apache License, Version 2.0.
+"""`trl-opd demo`: offline, CPU-sized, end to end.
+
+1. Builds the synthetic arithmetic task (train / held-out), a tiny tokenizer, a tiny teacher and a smaller student.
+2. Trains the teacher to competence by supervised learning on the reference solutions (cached for the next run),
+   and warms the student up briefly (cached too), so it knows the format but is often wrong.
+3. Distils the student on-policy with each chosen method, scoring held-out accuracy (greedy, boxed-answer check)
+   every few steps, then writes `results.md` (table), `accuracy.png` (accuracy against step) and `results.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, TrainerCallback
+
+from ..methods import METHODS, available_methods, get_spec, load_method
+from ..testing import build_tiny_model, build_tiny_tokenizer
+from .pretrain import heldout_accuracy, supervised_warmup
+from .report import write_plot, write_table
+from .task import make_dataset
+
+
+DEMO_VERSION = "1"  # bump when the task or the pre-training recipe changes (invalidates the cache)
+TEACHER_STEPS, STUDENT_STEPS = 1200, 300
+N_TRAIN, N_HELDOUT = 4000, 128
+DEFAULT_EXCLUDE = ("gkd", "grpo", "cl-egrsd")  # reachable with --methods; not in the default table
+
+# Per-family settings for a few fast steps on 2 CPU cores; per-method overrides on top.
+FAMILY_SETTINGS = {
+    "distillation": {"per_device_train_batch_size": 16, "learning_rate": 1e-3, "beta": 0.5},
+    "gkd": {"per_device_train_batch_size": 16, "learning_rate": 1e-3, "beta": 0.5, "lmbda": 1.0,
+            "max_new_tokens": 40, "max_length": 160},
+    "grpo": {"per_device_train_batch_size": 16, "num_generations": 4, "learning_rate": 1e-3, "beta": 0.0},
+}
+METHOD_SETTINGS: dict[str, dict] = {
+    "motab": {"max_segment_tokens": 16, "boundary_warmup_steps": 5},
+    "tropd": {"beta": 0.0},  # teacher-forced forward KL on guidance prefixes
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="trl-opd demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", default=None,
+                        help="Comma-separated methods (default: opd and every implemented method).")
+    parser.add_argument("--steps", type=int, default=40, help="Optimizer steps per method (default: 40).")
+    parser.add_argument("--eval-every", type=int, default=10, help="Held-out scoring interval in steps.")
+    parser.add_argument("--output-dir", default="demo_output", help="Where the table, plot and runs go.")
+    parser.add_argument("--cache-dir", default=None,
+                        help="Where the pre-trained teacher/student are cached (default: ~/.cache/trl-opd/demo).")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def select_methods(requested: str | None) -> list[str]:
+    if requested is None:
+        return [m for m in available_methods() if m not in DEFAULT_EXCLUDE]
+    names = [m.strip() for m in requested.split(",") if m.strip()]
+    for name in names:
+        get_spec(name)
+        load_method(name)  # a clear error when a method's implementation is absent
+    return names
+
+
+def _cache_root(cache_dir: str | None) -> Path:
+    base = Path(cache_dir) if cache_dir else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "trl-opd"
+    key = hashlib.sha1(f"{DEMO_VERSION}-{TEACHER_STEPS}-{STUDENT_STEPS}-{N_TRAIN}".encode()).hexdigest()[:10]
+    return (base if cache_dir else base / "demo") / key
+
+
+def pretrained(role: str, steps: int, tokenizer, train, cache: Path, seed: int) -> Path:
+    """Path to the supervised-warm-up model of `role`, trained now unless cached. Written atomically."""
+    path = cache / role
+    if (path / "config.json").is_file():
+        return path
+    model = build_tiny_model(tokenizer, role, seed=seed + (1 if role == "teacher" else 0))
+    supervised_warmup(model, tokenizer, train, steps=steps, seed=seed, desc=f"pre-training the {role}")
+    tmp = cache / f".{role}.tmp-{os.getpid()}"
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+    return path
+
+
+class HeldoutCallback(TrainerCallback):
+    """Scores held-out accuracy every `every` steps (and at the end) into `curve`."""
+
+    def __init__(self, tokenizer, heldout, every: int):
+        self.tokenizer, self.heldout, self.every, self.curve = tokenizer, heldout, every, []
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every == 0 or state.global_step == state.max_steps:
+            self.curve.append((state.global_step, heldout_accuracy(model, self.tokenizer, self.heldout)))
+
+
+def method_config(method: str, output_dir: Path, steps: int, seed: int, teacher: Path):
+    """The method's config for the demo: its defaults, the family's fast settings, then the method's own."""
+    spec = get_spec(method)
+    config_class, _ = load_method(method)
+    kwargs = {
+        "output_dir": str(output_dir), "max_steps": steps, "max_completion_length": 40, "temperature": 1.0,
+        "logging_steps": 5, "save_strategy": "no", "report_to": "none", "seed": seed, "disable_tqdm": False,
+        "lr_scheduler_type": "constant", "dataloader_num_workers": 0,
+        **FAMILY_SETTINGS[spec.family], **spec.config_overrides, **METHOD_SETTINGS.get(method, {}),
+    }
+    if spec.family == "gkd":
+        kwargs.pop("max_completion_length")
+    if spec.needs_teacher:
+        kwargs["teacher_model_name_or_path"] = str(teacher)
+    return config_class(**kwargs)
+
+
+def run_method(method: str, student: Path, teacher: Path, train, heldout, tokenizer, args, out: Path) -> dict:
+    from ..build import _as_gkd_dataset
+
+    spec = get_spec(method)
+    _, trainer_class = load_method(method)
+    config = method_config(method, out / "runs" / method, args.steps, args.seed, teacher)
+    model = AutoModelForCausalLM.from_pretrained(student)
+    callback = HeldoutCallback(tokenizer, heldout, args.eval_every)
+    kwargs = {"model": model, "args": config, "processing_class": build_tiny_tokenizer(), "callbacks": [callback]}
+    if spec.family == "grpo":
+        from ..rewards import math_accuracy_reward
+
+        trainer = trainer_class(reward_funcs=[math_accuracy_reward], train_dataset=train, **kwargs)
+    else:
+        dataset = _as_gkd_dataset(train) if spec.family == "gkd" else train
+        teacher_model = str(teacher) if spec.needs_teacher else None
+        trainer = trainer_class(teacher_model=teacher_model, train_dataset=dataset, **kwargs)
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    lengths = [h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h]
+    return {"curve": callback.curve, "seconds": seconds, "mean_length": sum(lengths) / len(lengths) if lengths else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    methods = select_methods(args.methods)
+    torch.manual_seed(args.seed)
+    logging.getLogger("trl_opd").setLevel(logging.ERROR)  # the CPU-safety line once per method is noise here
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = _cache_root(args.cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tiny_tokenizer()
+    train, heldout = make_dataset(N_TRAIN, seed=args.seed), make_dataset(N_HELDOUT, seed=args.seed + 10_000)
+    teacher = pretrained("teacher", TEACHER_STEPS, tokenizer, train, cache, args.seed)
+    student = pretrained("student", STUDENT_STEPS, tokenizer, train, cache, args.seed)
+    teacher_acc = heldout_accuracy(AutoModelForCausalLM.from_pretrained(teacher), tokenizer, heldout)
+    start_acc = heldout_accuracy(AutoModelForCausalLM.from_pretrained(student), tokenizer, heldout)
+    print(f"teacher held-out accuracy {teacher_acc:.3f}; student before distillation {start_acc:.3f}", flush=True)
+    results = {}
+    for method in methods:
+        print(f"== {method} ({METHODS[method].paper})", flush=True)
+        results[method] = run_method(method, student, teacher, train, heldout, tokenizer, args, out)
+        results[method]["curve"].insert(0, (0, start_acc))
+    summary = {"teacher_accuracy": teacher_acc, "start_accuracy": start_acc, "steps": args.steps, "methods": results}
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    table = write_table(out / "results.md", summary)
+    write_plot(out / "accuracy.png", summary)
+    print(table)
+    print(f"wrote {out / 'results.md'} and {out / 'accuracy.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
