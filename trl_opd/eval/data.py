@@ -36,6 +36,9 @@ DEFAULT_MAX_NEW_TOKENS = 32768  # Qwen3 thinking mode
 # Qwen3's recommended thinking-mode sampling.
 DEFAULT_SAMPLING = {"temperature": 0.6, "top_p": 0.95, "top_k": 20}
 REQUIRED_COLUMNS = ("problem", "answer")
+# The metrics every task reports (lighteval metric names).
+AVG_METRIC, PASS_METRIC, LENGTH_METRIC, K_METRIC = "avg@k", "pass@k", "mean_length", "num_samples"
+METRIC_NAMES = (AVG_METRIC, PASS_METRIC, LENGTH_METRIC, K_METRIC)
 
 
 class EvalDataError(ValueError):

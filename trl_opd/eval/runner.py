@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from trl_opd.eval.data import (
+    AVG_METRIC,
     BENCHMARKS,
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_NUM_SAMPLES,
@@ -37,12 +38,14 @@ from trl_opd.eval.data import (
     ENV_MAX_NEW_TOKENS,
     ENV_NUM_SAMPLES,
     ENV_PAD_ID,
+    K_METRIC,
+    LENGTH_METRIC,
+    PASS_METRIC,
     BenchmarkSpec,
     find_local_file,
     read_local_rows,
     resolve_benchmarks,
 )
-from trl_opd.eval.scoring import AVG_METRIC, K_METRIC, LENGTH_METRIC, PASS_METRIC
 
 
 RESULTS_FILE, TABLE_FILE = "eval_results.json", "eval_results.md"
@@ -54,13 +57,22 @@ class EvalError(RuntimeError):
     """A failure reported to the user as one line (bad input, or lighteval exiting with an error)."""
 
 
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse that raises [`EvalError`] instead of printing usage and exiting, so `main` prints one line."""
+
+    def error(self, message: str):
+        raise EvalError(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _ArgumentParser(
         prog="trl-opd eval",
         description="Average@k / pass@k / mean length on AIME 2024, AIME 2025 and HMMT Feb 2025 with lighteval.",
     )
     parser.add_argument("--model", required=True, help="local model folder or Hub model id")
-    parser.add_argument("--tasks", default=",".join(BENCHMARKS), help=f"comma-separated, from: {', '.join(BENCHMARKS)}")
+    parser.add_argument(
+        "--tasks", default=",".join(BENCHMARKS), help=f"comma-separated, from: {', '.join(BENCHMARKS)}"
+    )
     parser.add_argument("--num-samples", "-k", type=int, default=DEFAULT_NUM_SAMPLES, help="k samples per problem")
     parser.add_argument("--backend", choices=["auto", "vllm", "transformers"], default="auto")
     parser.add_argument("--data-dir", help="folder of local JSONL files (problem, answer); default: the Hub datasets")
@@ -223,7 +235,7 @@ def model_parameters(args: argparse.Namespace, model_name: str, backend: str, ca
     return params
 
 
-def subprocess_env(args: argparse.Namespace, specs, local_model: bool, staging: Path) -> dict[str, str]:
+def subprocess_env(args: argparse.Namespace, local_model: bool, staging: Path) -> dict[str, str]:
     """Environment for the lighteval process: the task settings, and offline mode when everything is local."""
     env = dict(os.environ)
     env.update(
@@ -275,7 +287,22 @@ def run_lighteval(command: list[str], env: dict, cwd: Path, log_path: Path) -> N
         raise EvalError(f"lighteval failed (exit {rc}): {last_error_line(log_path)} (full log: {log_path})")
 
 
-def collect_results(run_dir: Path, specs, args: argparse.Namespace) -> list[dict]:
+def _details_files(run_dir: Path, task_name: str) -> list[Path]:
+    return sorted(run_dir.glob(f"details/**/details_{task_name}|0_*.parquet"))
+
+
+def load_generations(run_dir: str | os.PathLike, task_name: str) -> list[list[str]]:
+    """The k completions of every problem of a task, from a lighteval run's details (`--save-details`)."""
+    import pyarrow.parquet as pq
+
+    generations = []
+    for path in _details_files(Path(run_dir), task_name):
+        for response in pq.read_table(path, columns=["model_response"]).column("model_response").to_pylist():
+            generations.append(list(response["text"]))
+    return generations
+
+
+def collect_results(run_dir: Path, specs: list[BenchmarkSpec]) -> list[dict]:
     """Rows of the table, read from lighteval's results JSON."""
     files = sorted(run_dir.glob("results/**/results_*.json"))
     if not files:
@@ -286,7 +313,9 @@ def collect_results(run_dir: Path, specs, args: argparse.Namespace) -> list[dict
         scores = data["results"].get(f"{spec.task_name}|0")
         if scores is None:
             raise EvalError(f"lighteval's results have no entry for {spec.task_name}")
-        task_config = data.get("config_tasks", {}).get(f"{spec.task_name}|0", {})
+        import pyarrow.parquet as pq
+
+        num_problems = sum(pq.read_metadata(p).num_rows for p in _details_files(run_dir, spec.task_name))
         rows.append(
             {
                 "task": spec.key,
@@ -296,7 +325,7 @@ def collect_results(run_dir: Path, specs, args: argparse.Namespace) -> list[dict
                 "pass_at_k": scores[PASS_METRIC],
                 "mean_length": scores[LENGTH_METRIC],
                 "k": int(round(scores[K_METRIC])),
-                "num_problems": task_config.get("effective_num_docs"),
+                "num_problems": num_problems,
             }
         )
     return rows
@@ -320,3 +349,130 @@ def format_table(result: dict) -> str:
         f"top-k {s['top_k']}, max_new_tokens {s['max_new_tokens']}, backend {result['backend']}."
     )
     return "\n".join(lines)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def default_output_dir(model: str) -> Path:
+    name = Path(model.rstrip("/")).name or "model"
+    return Path("eval_results") / re.sub(r"[^\w.-]+", "_", name)
+
+
+def _model_identity(args: argparse.Namespace, local: Path | None) -> tuple[str, Path, str]:
+    """(fingerprint, working folder, `model_name` for lighteval) of the model to evaluate."""
+    if local is not None:
+        # Relative name, run from the parent folder: lighteval's cache then goes under cache_dir, not the model.
+        return model_fingerprint(local), local.parent, f"./{local.name}"
+    key = f"{args.model}@{args.revision or 'main'}"
+    return "hub-" + hashlib.sha256(key.encode()).hexdigest()[:16], Path.cwd(), args.model
+
+
+def launch(
+    args: argparse.Namespace, specs: list[BenchmarkSpec], output_dir: Path
+) -> tuple[Path, str, str, Path | None]:
+    """Write lighteval's model config and run it once for all tasks; returns (run dir, fingerprint, backend, local)."""
+    from trl_opd.eval.offline import prepare_offline
+
+    try:
+        if prepare_offline() is None:
+            raise EvalError("lighteval is not installed; install it with: pip install 'trl-opd[eval]'")
+    except OSError as exc:
+        raise EvalError(f"cannot create lighteval's offline stub: {exc}") from None
+    import yaml
+
+    backend = pick_backend(args.backend)
+    local = resolve_model(args.model)
+    fingerprint, cwd, model_name = _model_identity(args, local)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
+    run_dir = output_dir / "lighteval" / stamp
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # lighteval keys its cache by the model arguments, cache_dir included: a folder per fingerprint of the weights.
+    cache_dir = output_dir / "lighteval_cache" / fingerprint
+    config_path = run_dir / "model_config.yaml"
+    config_path.write_text(
+        yaml.safe_dump({"model_parameters": model_parameters(args, model_name, backend, cache_dir)})
+    )
+    command = [sys.executable, "-m", "lighteval", "accelerate" if backend == "transformers" else "vllm"]
+    command += [str(config_path), ",".join(f"{spec.task_name}|0" for spec in specs)]
+    command += ["--custom-tasks", "trl_opd.eval.tasks", "--output-dir", str(run_dir), "--save-details"]
+    if args.max_samples:
+        command += ["--max-samples", str(args.max_samples)]
+    run_lighteval(
+        command, subprocess_env(args, local is not None, output_dir / "data"), cwd, run_dir / "lighteval.log"
+    )
+    return run_dir, fingerprint, backend, local
+
+
+def run_eval(args: argparse.Namespace) -> dict:
+    """Validate, run lighteval once for all tasks, write `eval_results.json` / `.md`; returns the result dict."""
+    specs = validate_args(args)
+    output_dir = Path(args.output_dir or default_output_dir(args.model)).resolve()
+    start = time.time()
+    run_dir, fingerprint, backend, local = launch(args, specs, output_dir)
+    result = {
+        "model": str(local) if local is not None else args.model,
+        "revision": args.revision,
+        "model_fingerprint": fingerprint,
+        "backend": backend,
+        "num_samples": args.num_samples,
+        "sampling": {
+            "temperature": args.temperature,
+            "top_p": args.top_p,
+            "top_k": args.top_k,
+            "max_new_tokens": args.max_new_tokens,
+        },
+        "data": str(Path(args.data_dir).resolve()) if args.data_dir else {s.key: s.hub_repo for s in specs},
+        "max_samples": args.max_samples,
+        "results": collect_results(run_dir, specs),
+        "lighteval_run_dir": str(run_dir),
+        "wall_time_s": round(time.time() - start, 1),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    _write_atomic(output_dir / RESULTS_FILE, json.dumps(result, indent=2) + "\n")
+    _write_atomic(output_dir / TABLE_FILE, format_table(result) + "\n")
+    return result
+
+
+def evaluate_model(model: str | os.PathLike, **options) -> dict:
+    """Python entry point of `trl-opd eval`: same options as the CLI, with underscores (`num_samples=12`).
+
+    Raises:
+        [`EvalError`]: bad input, or lighteval failing.
+    """
+    args = build_parser().parse_args(["--model", str(model)])
+    for key, value in options.items():
+        if not hasattr(args, key):
+            raise TypeError(f"evaluate_model() got an unknown option {key!r}")
+        setattr(args, key, value)
+    if not isinstance(args.tasks, str):
+        args.tasks = ",".join(args.tasks)
+    return run_eval(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`trl-opd eval ...`: 0 on success, 2 on bad input, 1 when lighteval fails (one `error: ...` line each)."""
+    try:
+        args = build_parser().parse_args(argv)
+        specs = validate_args(args)
+    except EvalError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help
+        return int(exc.code or 0)
+    print(f"Evaluating {args.model} on {', '.join(s.key for s in specs)} with k={args.num_samples} ...", flush=True)
+    try:
+        result = run_eval(args)
+    except EvalError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(format_table(result))
+    print(f"Results: {Path(result['lighteval_run_dir']).parents[1] / RESULTS_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

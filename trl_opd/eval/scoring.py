@@ -9,11 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from trl_opd.eval.data import AVG_METRIC, K_METRIC, LENGTH_METRIC, PASS_METRIC
 from trl_opd.rewards import score_completion
-
-
-AVG_METRIC, PASS_METRIC, LENGTH_METRIC, K_METRIC = "avg@k", "pass@k", "mean_length", "num_samples"
-METRIC_NAMES = (AVG_METRIC, PASS_METRIC, LENGTH_METRIC, K_METRIC)
 
 
 def completion_length(

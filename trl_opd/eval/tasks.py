@@ -26,6 +26,7 @@ from lighteval.tasks.lighteval_task import LightevalTaskConfig
 from lighteval.tasks.requests import Doc, SamplingMethod
 
 from trl_opd.eval.data import (
+    AVG_METRIC,
     BENCHMARKS,
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_NUM_SAMPLES,
@@ -34,6 +35,10 @@ from trl_opd.eval.data import (
     ENV_MAX_NEW_TOKENS,
     ENV_NUM_SAMPLES,
     ENV_PAD_ID,
+    K_METRIC,
+    LENGTH_METRIC,
+    METRIC_NAMES,
+    PASS_METRIC,
     BenchmarkSpec,
     EvalDataError,
     env_int,
@@ -41,7 +46,7 @@ from trl_opd.eval.data import (
     find_local_file,
     stage_local_dataset,
 )
-from trl_opd.eval.scoring import AVG_METRIC, K_METRIC, LENGTH_METRIC, METRIC_NAMES, PASS_METRIC, completion_length
+from trl_opd.eval.scoring import completion_length
 from trl_opd.eval.scoring import score_samples as _score_samples
 
 
@@ -86,6 +91,24 @@ class SampledMathScore(SamplingMetric, SampleLevelComputation):
         return self.k
 
 
+class CorpusMean:
+    """`np.mean` with a stable `repr`.
+
+    lighteval keys its generation cache by the task config's text, which shows a plain function as
+    `<function mean at 0x7f...>`: a new address in every process, so the cache would never hit (no resume).
+    `__name__` contains "mean" so lighteval uses its closed-form stderr.
+    """
+
+    def __init__(self):
+        self.__name__ = "mean"
+
+    def __call__(self, items) -> float:
+        return float(np.mean(items))
+
+    def __repr__(self) -> str:
+        return "mean"
+
+
 def sampled_math_metric(k: int, eos_token_ids: tuple[int, ...] = (), pad_token_id: int | None = None):
     """The metric group reported by every `opd_*` task: `avg@k`, `pass@k`, `mean_length`, `num_samples`."""
     return SampleLevelMetricGrouping(
@@ -93,7 +116,7 @@ def sampled_math_metric(k: int, eos_token_ids: tuple[int, ...] = (), pad_token_i
         higher_is_better={AVG_METRIC: True, PASS_METRIC: True, LENGTH_METRIC: False, K_METRIC: True},
         category=SamplingMethod.GENERATIVE,
         sample_level_fn=SampledMathScore(k, eos_token_ids, pad_token_id),
-        corpus_level_fn=dict.fromkeys(METRIC_NAMES, np.mean),
+        corpus_level_fn={name: CorpusMean() for name in METRIC_NAMES},
     )
 
 
