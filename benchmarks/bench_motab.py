@@ -1,0 +1,161 @@
+# Copyright 2026 The trl-opd developers. Licensed under the Apache License, Version 2.0.
+"""MOTAB benchmark on tiny models (CPU or GPU), all ratios measured side by side in one run.
+
+1. Rollout wall time: MOTAB's segment-wise rollout with the boundary at +inf (no backtrack) against plain
+   `model.generate` of the same number of tokens (EOS suppressed in both). Target: <= 1.5x.
+2. Cost per backtrack: the same rollout with every rollout forced to backtrack `k` times.
+3. Peak memory of the loss (forward + backward of `compute_loss`) of MOTAB against the `opd` baseline (OPDTrainer) on
+   the same batch with teacher-written tokens. Target: <= 1.1x. CUDA: `max_memory_allocated`; CPU: the profiler's
+   allocation events.
+
+Run: `.venv/bin/python benchmarks/bench_motab.py`
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+from trl_opd.demo.task import make_dataset  # noqa: E402
+from trl_opd.motab_config import MOTABConfig  # noqa: E402
+from trl_opd.motab_rollout import HFStepBackend, SegmentRollout, SegmentStopper  # noqa: E402
+from trl_opd.motab_trainer import MOTABTrainer  # noqa: E402
+from trl_opd.opd_config import OPDConfig  # noqa: E402
+from trl_opd.opd_trainer import OPDTrainer  # noqa: E402
+from trl_opd.testing import build_tiny_model, build_tiny_tokenizer, save_tiny_pair, tiny_training_kwargs  # noqa: E402
+
+
+BATCH, NEW_TOKENS, SEGMENT, BACKTRACKS, REPEATS = 8, 64, 16, 2, 3
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _sync():
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def _median_time(fn) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(REPEATS):
+        _sync()
+        start = time.perf_counter()
+        fn()
+        _sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def rollout_times() -> dict[str, float]:
+    tok = build_tiny_tokenizer()
+    student = build_tiny_model(tok, "student", seed=0).to(DEVICE).eval()
+    teacher = build_tiny_model(tok, "teacher", seed=1).to(DEVICE).eval()
+    rows = make_dataset(BATCH, seed=0)
+    prompts = [tok.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False) for r in rows]
+    prompts = [tok.encode(p, add_special_tokens=False) for p in prompts]
+    width = max(map(len, prompts))
+    ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompts], device=DEVICE)
+    mask = (torch.arange(width, device=DEVICE)[None] >= torch.tensor([width - len(p) for p in prompts], device=DEVICE)[:, None]).long()
+
+    @torch.no_grad()
+    def plain():
+        student.generate(input_ids=ids, attention_mask=mask, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
+                         do_sample=True, top_k=0, pad_token_id=tok.pad_token_id)
+
+    stopper = SegmentStopper(tok, "\x00never\x00", [])  # no delimiter, no EOS: segments of SEGMENT tokens
+
+    def motab(boundary: float, max_backtracks: int):
+        @torch.no_grad()
+        def run():
+            s, t = HFStepBackend(student, pad_token_id=tok.pad_token_id), HFStepBackend(teacher, pad_token_id=tok.pad_token_id)
+            traces = SegmentRollout(s, t, stopper, NEW_TOKENS, SEGMENT, max_backtracks).run(prompts, prompts, boundary)
+            assert all(len(x.tokens) == NEW_TOKENS and x.backtracks == (max_backtracks if boundary < 0 else 0)
+                       for x in traces)
+
+        return run
+
+    return {
+        "plain": _median_time(plain),
+        "motab": _median_time(motab(math.inf, BACKTRACKS)),
+        "motab_backtracking": _median_time(motab(-math.inf, BACKTRACKS)),
+    }
+
+
+def _peak_bytes(fn) -> int:
+    if DEVICE == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        return torch.cuda.max_memory_allocated() - base
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    current = peak = 0
+    for event in events:
+        current += event.nbytes()
+        peak = max(peak, current)
+    return peak
+
+
+def loss_peak_memory(root: Path) -> dict[str, float]:
+    save_tiny_pair(root)
+    data = make_dataset(16, seed=1)
+    common = tiny_training_kwargs(root / "out", per_device_train_batch_size=BATCH, max_completion_length=NEW_TOKENS,
+                                  beta=0.5, use_cpu=DEVICE == "cpu")
+    motab = MOTABTrainer(model=str(root / "student"), teacher_model=str(root / "teacher"), train_dataset=data,
+                         args=MOTABConfig(**common, fixed_boundary=0.0, max_segment_tokens=SEGMENT))
+    opd = OPDTrainer(model=str(root / "student"), teacher_model=str(root / "teacher"), train_dataset=data,
+                     args=OPDConfig(**common))
+    motab.model.train()
+    opd.model.train()
+    torch.manual_seed(0)
+    inputs = motab._generate_and_score_completions([data[i] for i in range(BATCH)])
+    opd_inputs = {k: v for k, v in inputs.items() if k != "teacher_token_mask"}
+    fraction = float((inputs["teacher_token_mask"] * inputs["completion_mask"]).sum() / inputs["completion_mask"].sum())
+
+    def step(trainer, batch):
+        def run():
+            trainer.compute_loss(trainer.model, batch).backward()
+            trainer.model.zero_grad(set_to_none=True)
+
+        return run
+
+    step(opd, opd_inputs)()  # warm-up both (lazy buffers)
+    step(motab, inputs)()
+    return {"opd": _peak_bytes(step(opd, opd_inputs)), "motab": _peak_bytes(step(motab, inputs)),
+            "teacher_fraction": fraction}
+
+
+def main():
+    torch.manual_seed(0)
+    times = rollout_times()
+    with tempfile.TemporaryDirectory() as tmp:
+        memory = loss_peak_memory(Path(tmp))
+    per_backtrack = (times["motab_backtracking"] - times["motab"]) / BACKTRACKS
+    print(f"device: {DEVICE}; batch {BATCH}, {NEW_TOKENS} new tokens, segments of {SEGMENT}")
+    print(f"plain student generate           : {times['plain'] * 1e3:8.1f} ms")
+    print(f"MOTAB rollout, no backtrack      : {times['motab'] * 1e3:8.1f} ms  ratio {times['motab'] / times['plain']:.2f}x"
+          "  (target <= 1.5x)")
+    print(f"MOTAB rollout, {BACKTRACKS} backtracks/rollout: {times['motab_backtracking'] * 1e3:8.1f} ms")
+    print(f"cost per backtrack (whole batch backtracking at once): {per_backtrack * 1e3:.1f} ms = "
+          f"{per_backtrack / times['plain']:.2f}x of a plain rollout, "
+          f"{per_backtrack / (times['motab'] / (NEW_TOKENS / SEGMENT)):.2f}x of one monitored segment round")
+    print(f"loss peak memory: opd {memory['opd'] / 2**20:.2f} MiB, MOTAB {memory['motab'] / 2**20:.2f} MiB, "
+          f"ratio {memory['motab'] / memory['opd']:.3f}x (target <= 1.1x; teacher-token fraction "
+          f"{memory['teacher_fraction']:.2f})")
+
+
+if __name__ == "__main__":
+    main()

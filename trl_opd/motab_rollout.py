@@ -1,0 +1,461 @@
+# Copyright 2026 The trl-opd developers. Licensed under the Apache License, Version 2.0.
+"""MOTAB's segment-wise rollout engine for a whole batch, and its generation backends.
+
+[`SegmentRollout`] drives two "step" backends (student and teacher) through rounds: the student writes one segment
+for every unfinished rollout, the teacher scores it (prefill only), strayed segments are rolled back and the teacher
+writes one segment from the last safe state instead. A backend is any object with the methods of [`StepBackend`];
+tests script them.
+
+- [`HFStepBackend`]: a transformers model with one batched `DynamicCache` of the accepted prefixes. Every row advances
+  in the same cache slots; a token a row does not write is a *hole* (attention mask 0), positions are per row. A
+  backtrack masks the row's tentative slots (no recomputation) and crops the slots no row uses any more
+  (`DynamicCache.crop`); finished rows leave the batch (`batch_select_indices`); when holes dominate, the cache is
+  compacted by a gather. The accepted prefix is never re-encoded.
+- [`VLLMStudentBackend`]: the student through TRL's `VLLMGeneration` (colocate or server), one request per row and
+  round with the delimiter as stop string; vLLM's prefix cache reuses the prefix. Rounds are kept in lockstep across
+  processes (every process sends one request per row every round), as TRL's gathers require.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    MinPLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from .ops.motab import monitor_signal, segment_stray_scores, token_logprob_and_best
+
+
+class SegmentStopper:
+    """Decides where a segment ends: after the token that completes `delimiter` (also across tokens), or at EOS.
+
+    Token texts are decoded one id at a time and cached.
+    """
+
+    def __init__(self, tokenizer, delimiter: str, eos_token_ids: Sequence[int]):
+        self.tokenizer, self.delimiter, self.eos = tokenizer, delimiter, set(int(i) for i in eos_token_ids)
+        self._text: dict[int, str] = {}
+        self._tail: dict[int, str] = {}
+
+    def text(self, token: int) -> str:
+        if token not in self._text:
+            self._text[token] = self.tokenizer.decode([token])
+        return self._text[token]
+
+    def start(self, rows: Sequence[int]) -> None:
+        for r in rows:
+            self._tail[r] = ""
+
+    def step(self, row: int, token: int) -> bool:
+        """Feed one token of `row`'s segment; `True` when the segment ends with it."""
+        if token in self.eos:
+            return True
+        text = self._tail.get(row, "") + self.text(token)
+        self._tail[row] = text[-(len(self.delimiter) - 1) :] if len(self.delimiter) > 1 else ""
+        return self.delimiter in text
+
+    def cut(self, row: int, tokens: list[int]) -> int:
+        """Length of the segment `tokens` up to and including its stop token (all of it when none)."""
+        self.start([row])
+        for i, tok in enumerate(tokens):
+            if self.step(row, tok):
+                return i + 1
+        return len(tokens)
+
+
+@dataclass
+class Segment:
+    """One segment proposed by a backend: its tokens and the sampler's log-probabilities of them."""
+
+    tokens: list[int]
+    logps: list[float] = field(default_factory=list)
+
+
+class StepBackend(Protocol):
+    """What [`SegmentRollout`] needs from a model. Rows are the global row ids given to `start`."""
+
+    def start(self, prompts: Sequence[Sequence[int]]) -> None: ...
+
+    def sample(self, rows: Sequence[int], budgets: Sequence[int], stopper: SegmentStopper) -> list[Segment]: ...
+
+    def extend(self, rows: Sequence[int], tokens: Sequence[Sequence[int]], score: bool = True):
+        """Append forced tokens; with `score`, return `(logps, best_logps)`: lists of per-token floats."""
+
+    def commit(self, rows: Sequence[int]) -> None: ...
+
+    def rollback(self, rows: Sequence[int]) -> None: ...
+
+    def drop(self, rows: Sequence[int]) -> None: ...
+
+
+@dataclass
+class RolloutTrace:
+    """The history of one rollout: final tokens with provenance, discarded segments, scores and backtracks."""
+
+    tokens: list[int] = field(default_factory=list)
+    teacher_mask: list[int] = field(default_factory=list)  # 1 where the teacher wrote the token
+    discarded: list[tuple[int, list[int]]] = field(default_factory=list)  # (safe prefix length, discarded tokens)
+    segments: list[tuple[str, list[int]]] = field(default_factory=list)  # ("student"|"teacher", tokens), in order
+    scores: list[float] = field(default_factory=list)  # stray score of every student segment
+    backtracks: int = 0
+    done: bool = False
+
+
+class SegmentRollout:
+    r"""
+    Monitored segment-wise rollout of a batch (MOTAB).
+
+    Round: every unfinished row's student writes one segment (stop at the delimiter, EOS, `max_segment_tokens` or
+    the completion budget); the teacher scores it; `S_k = mean m_t` ([`~trl_opd.ops.motab.monitor_signal`]). If
+    `S_k > τ` and the row has backtracks left, the segment is discarded, both models go back to the last safe state
+    and the teacher writes one segment (accepted, teacher-written); else the segment is accepted. After
+    `max_backtracks` the student runs on unmonitored. A row finishes at EOS or at `max_new_tokens`.
+
+    Args:
+        student, teacher: [`StepBackend`]s.
+        stopper: a [`SegmentStopper`].
+        max_new_tokens, max_segment_tokens, max_backtracks: budgets.
+        signal: `log_ratio`, `teacher_nll` or `teacher_margin`.
+        any_active: called with the local "unfinished rows left" flag each round, returns whether any process still
+            has unfinished rows (lockstep across processes for backends whose calls are collective).
+    """
+
+    def __init__(
+        self,
+        student: StepBackend,
+        teacher: StepBackend,
+        stopper: SegmentStopper,
+        max_new_tokens: int,
+        max_segment_tokens: int = 256,
+        max_backtracks: int = 4,
+        signal: str = "log_ratio",
+        any_active: Callable[[bool], bool] | None = None,
+    ):
+        self.student, self.teacher, self.stopper = student, teacher, stopper
+        self.max_new_tokens, self.max_segment_tokens = max_new_tokens, max_segment_tokens
+        self.max_backtracks, self.signal = max_backtracks, signal
+        self.any_active = any_active or bool
+
+    def run(self, prompts: Sequence[Sequence[int]], teacher_prompts: Sequence[Sequence[int]], boundary: float):
+        """Roll out every prompt; returns one [`RolloutTrace`] per row. `boundary` is `τ` (`inf`: never stray)."""
+        traces = [RolloutTrace() for _ in prompts]
+        self.student.start(prompts)
+        self.teacher.start(teacher_prompts)
+        active = list(range(len(prompts)))
+        while self.any_active(bool(active)):
+            strayed = self._student_round(active, traces, boundary)
+            if strayed:
+                self._teacher_round(strayed, traces)
+            finished = [r for r in active if self._finished(traces[r])]
+            for r in finished:
+                traces[r].done = True
+            self.student.drop(finished)
+            self.teacher.drop(finished)
+            active = [r for r in active if r not in finished]
+        return traces
+
+    def _budgets(self, rows, traces) -> list[int]:
+        return [min(self.max_segment_tokens, self.max_new_tokens - len(traces[r].tokens)) for r in rows]
+
+    def _finished(self, trace: RolloutTrace) -> bool:
+        return len(trace.tokens) >= self.max_new_tokens or (bool(trace.tokens) and trace.tokens[-1] in self.stopper.eos)
+
+    def _student_round(self, rows: list[int], traces: list[RolloutTrace], boundary: float) -> list[int]:
+        """Student proposes, teacher scores, accept or discard. Returns the rows that strayed (already rolled back)."""
+        segments = self.student.sample(rows, self._budgets(rows, traces), self.stopper)
+        if not rows:
+            return []
+        t_logps, t_best = self.teacher.extend(rows, [s.tokens for s in segments], score=True)
+        scores = self._scores(segments, t_logps, t_best)
+        strayed, accepted = [], []
+        for r, seg, score in zip(rows, segments, scores, strict=True):
+            trace = traces[r]
+            trace.scores.append(score)
+            if score > boundary and trace.backtracks < self.max_backtracks:
+                strayed.append(r)
+                trace.backtracks += 1
+                trace.discarded.append((len(trace.tokens), list(seg.tokens)))
+            else:
+                accepted.append(r)
+                self._append(trace, seg.tokens, "student")
+        self.student.commit(accepted)
+        self.teacher.commit(accepted)
+        self.student.rollback(strayed)
+        self.teacher.rollback(strayed)
+        return strayed
+
+    def _teacher_round(self, rows: list[int], traces: list[RolloutTrace]) -> None:
+        """The teacher writes one segment from each strayed row's last safe state; the student reads it."""
+        segments = self.teacher.sample(rows, self._budgets(rows, traces), self.stopper)
+        self.teacher.commit(rows)
+        self.student.extend(rows, [s.tokens for s in segments], score=False)
+        self.student.commit(rows)
+        for r, seg in zip(rows, segments, strict=True):
+            self._append(traces[r], seg.tokens, "teacher")
+
+    @staticmethod
+    def _append(trace: RolloutTrace, tokens: list[int], who: str) -> None:
+        trace.tokens.extend(tokens)
+        trace.teacher_mask.extend([int(who == "teacher")] * len(tokens))
+        trace.segments.append((who, list(tokens)))
+
+    def _scores(self, segments: list[Segment], t_logps, t_best) -> list[float]:
+        width = max(len(s.tokens) for s in segments)
+
+        def padded(rows: list[list[float]]) -> torch.Tensor:
+            return torch.tensor([list(x) + [0.0] * (width - len(x)) for x in rows], dtype=torch.float64)
+
+        mask = padded([[1.0] * len(s.tokens) for s in segments])
+        s_logp = padded([s.logps if s.logps else [math.nan] * len(s.tokens) for s in segments])
+        signal = monitor_signal(s_logp, padded(t_logps), padded(t_best), self.signal)
+        return segment_stray_scores(signal, mask).tolist()
+
+
+class HFStepBackend:
+    """A transformers causal LM as a [`StepBackend`], with one batched KV cache of the accepted prefixes.
+
+    Sampling: `softmax(z / T)` after top-k / top-p / min-p filtering; the returned log-probs are those of
+    `softmax(z / T)` (before filtering), the same distribution the loss uses. Scores (`extend`) are computed from
+    hidden states in position chunks ([`~trl_opd.ops.motab.token_logprob_and_best`]).
+
+    Args:
+        model: a `PreTrainedModel` (or PEFT model) whose decoder accepts `past_key_values` and `position_ids`.
+        pad_token_id: id fed into holes.
+        compact_ratio, compact_slack: compact the cache when its length exceeds `compact_ratio x` the longest row plus
+            `compact_slack` slots.
+    """
+
+    def __init__(
+        self, model, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, pad_token_id=0, compact_ratio=2.0, compact_slack=64
+    ):
+        self.model, self.temperature, self.pad_token_id = model, temperature, pad_token_id
+        self.compact_ratio, self.compact_slack = compact_ratio, compact_slack
+        self.decoder = model.get_decoder()
+        self.weight = model.get_output_embeddings().weight
+        warpers = [TopKLogitsWarper(top_k)] if top_k else []
+        warpers += [TopPLogitsWarper(top_p)] if top_p is not None and top_p < 1.0 else []
+        warpers += [MinPLogitsWarper(min_p)] if min_p else []
+        self.warpers = LogitsProcessorList(warpers)
+        self.num_forwards = self.num_crops = self.num_compactions = self.num_tokens_fed = 0
+
+    # -- batch bookkeeping
+    def _idx(self, rows: Sequence[int]) -> torch.Tensor:
+        return torch.tensor([self._pos[r] for r in rows], dtype=torch.long, device=self.slot_mask.device)
+
+    def start(self, prompts: Sequence[Sequence[int]]) -> None:
+        device = self.weight.device
+        width = max(len(p) for p in prompts)
+        ids = torch.tensor([[self.pad_token_id] * (width - len(p)) + list(p) for p in prompts], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+        self.rows = list(range(len(prompts)))
+        self._pos = {r: i for i, r in enumerate(self.rows)}
+        self.cache = DynamicCache(config=self.model.config)
+        self.slot_mask = torch.zeros((len(prompts), 0), dtype=torch.long, device=device)
+        self.n_valid = torch.zeros(len(prompts), dtype=torch.long, device=device)
+        hidden = self._forward(ids, mask)
+        self.next_logits = self._logits(hidden[:, -1])
+        self.commit_slot = torch.zeros_like(self.n_valid)
+        self.committed_valid, self.committed_logits = self.n_valid.clone(), self.next_logits.clone()
+        self.commit(self.rows)
+
+    def _forward(self, ids: torch.Tensor, new_mask: torch.Tensor) -> torch.Tensor:
+        """Append `(b, n)` tokens (holes where `new_mask` is 0) for every row in the batch. `-> (b, n, H)`."""
+        positions = (self.n_valid[:, None] + new_mask.cumsum(1) - 1).clamp(min=0)
+        attention = torch.cat([self.slot_mask, new_mask], dim=1)
+        out = self.decoder(
+            input_ids=ids, attention_mask=attention, position_ids=positions, past_key_values=self.cache, use_cache=True
+        )
+        self.slot_mask, self.n_valid = attention, self.n_valid + new_mask.sum(1)
+        self.num_forwards += 1
+        self.num_tokens_fed += int(new_mask.sum())
+        return out.last_hidden_state
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return (hidden.float() @ self.weight.float().t()) / self.temperature
+
+    def sample(self, rows: Sequence[int], budgets: Sequence[int], stopper: SegmentStopper) -> list[Segment]:
+        if not rows:
+            return []
+        b = len(self.rows)
+        idx = self._idx(rows)
+        live = torch.zeros(b, dtype=torch.bool, device=idx.device)
+        live[idx] = True
+        budget = torch.zeros(b, dtype=torch.long, device=idx.device)
+        budget[idx] = torch.tensor(list(budgets), device=idx.device)
+        segments = {r: Segment([]) for r in rows}
+        stopper.start(rows)
+        while live.any():
+            log_probs = torch.log_softmax(self.next_logits, dim=-1)
+            probs = torch.softmax(self.warpers(None, self.next_logits.clone()), dim=-1)
+            tokens = torch.multinomial(probs, 1).squeeze(-1)
+            picked = log_probs.gather(-1, tokens[:, None]).squeeze(-1)
+            stop = torch.zeros_like(live)
+            for i in live.nonzero().squeeze(-1).tolist():
+                r, tok = self.rows[i], int(tokens[i])
+                segments[r].tokens.append(tok)
+                segments[r].logps.append(float(picked[i]))
+                stop[i] = stopper.step(r, tok) or len(segments[r].tokens) >= int(budget[i])
+            tokens = torch.where(live, tokens, torch.full_like(tokens, self.pad_token_id))
+            hidden = self._forward(tokens[:, None], live[:, None].long())
+            self.next_logits = torch.where(live[:, None], self._logits(hidden[:, 0]), self.next_logits)
+            live &= ~stop
+        return [segments[r] for r in rows]
+
+    def extend(self, rows: Sequence[int], tokens: Sequence[Sequence[int]], score: bool = True):
+        if not rows:
+            return ([], []) if score else None
+        b, width = len(self.rows), max(len(t) for t in tokens)
+        device = self.slot_mask.device
+        ids = torch.full((b, width), self.pad_token_id, dtype=torch.long, device=device)
+        mask = torch.zeros((b, width), dtype=torch.long, device=device)
+        lengths = torch.zeros(b, dtype=torch.long, device=device)
+        for i, toks in zip(self._idx(rows).tolist(), tokens, strict=True):
+            ids[i, : len(toks)] = torch.tensor(list(toks), device=device)
+            mask[i, : len(toks)] = 1
+            lengths[i] = len(toks)
+        first = self.next_logits
+        hidden = self._forward(ids, mask)
+        has = lengths > 0
+        last = hidden[torch.arange(b, device=device), (lengths - 1).clamp(min=0)]
+        self.next_logits = torch.where(has[:, None], self._logits(last), self.next_logits)
+        if not score:
+            return None
+        # position j is predicted by the state before it: the previous next-token logits for j = 0, hidden j-1 after
+        log_first = torch.log_softmax(first, -1)
+        logp0, best0 = log_first.gather(-1, ids[:, :1]).squeeze(-1), log_first.amax(-1)
+        rest = mask[:, 1:].bool()
+        logp_rest, best_rest = token_logprob_and_best(
+            hidden[:, :-1][rest], self.weight, ids[:, 1:][rest], self.temperature
+        )
+        logp, best = torch.zeros((b, width), device=device), torch.zeros((b, width), device=device)
+        logp[:, 0], best[:, 0] = logp0, best0
+        logp[:, 1:][rest], best[:, 1:][rest] = logp_rest, best_rest
+        out = [(logp[i, : lengths[i]].tolist(), best[i, : lengths[i]].tolist()) for i in self._idx(rows).tolist()]
+        return [o[0] for o in out], [o[1] for o in out]
+
+    # -- accept / backtrack / finish
+    def commit(self, rows: Sequence[int]) -> None:
+        if not len(rows):
+            return
+        idx = self._idx(rows)
+        self.commit_slot[idx] = self.slot_mask.size(1)
+        self.committed_valid[idx] = self.n_valid[idx]
+        self.committed_logits[idx] = self.next_logits[idx]
+
+    def rollback(self, rows: Sequence[int]) -> None:
+        """Forget everything written since each row's last commit: mask its slots, restore its next-token state."""
+        if not len(rows):
+            return
+        idx = self._idx(rows)
+        slots = torch.arange(self.slot_mask.size(1), device=idx.device)
+        self.slot_mask[idx] = self.slot_mask[idx] * (slots[None] < self.commit_slot[idx, None])
+        self.n_valid[idx] = self.committed_valid[idx]
+        self.next_logits[idx] = self.committed_logits[idx]
+        self._trim()
+
+    def _trim(self) -> None:
+        """Crop the trailing slots that no row uses (`DynamicCache.crop`)."""
+        used = self.slot_mask.any(0).nonzero()
+        keep = int(used.max()) + 1 if used.numel() else 0
+        if keep < self.slot_mask.size(1):
+            self.cache.crop(keep - self.slot_mask.size(1))
+            self.slot_mask = self.slot_mask[:, :keep]
+            self.commit_slot.clamp_(max=keep)
+            self.num_crops += 1
+
+    def drop(self, rows: Sequence[int]) -> None:
+        """Remove finished rows from the batch, then trim and, if holes dominate, compact the cache."""
+        if rows:
+            keep_rows = [r for r in self.rows if r not in set(rows)]
+            if keep_rows:
+                keep = self._idx(keep_rows)
+                self.cache.batch_select_indices(keep)
+                for name in ("slot_mask", "n_valid", "next_logits", "commit_slot", "committed_valid", "committed_logits"):
+                    setattr(self, name, getattr(self, name)[keep])
+            self.rows = keep_rows
+            self._pos = {r: i for i, r in enumerate(self.rows)}
+        if not self.rows:
+            self.cache = DynamicCache(config=self.model.config)
+            return
+        self._trim()
+        if self.slot_mask.size(1) > self.compact_ratio * int(self.n_valid.max()) + self.compact_slack:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Gather each row's valid slots to the right end (left holes); positions are baked into the keys."""
+        if not all(type(layer) is DynamicLayer for layer in self.cache.layers):
+            return
+        width = int(self.n_valid.max())
+        order = torch.sort(self.slot_mask, dim=1, stable=True).indices[:, -width:]  # (b, width): valid slots last
+        for layer in self.cache.layers:
+            if layer.keys is None or layer.keys.numel() == 0:
+                continue
+            index = order[:, None, :, None].expand(-1, layer.keys.size(1), -1, layer.keys.size(-1))
+            layer.keys, layer.values = layer.keys.gather(2, index), layer.values.gather(2, index)
+        self.slot_mask = self.slot_mask.gather(1, order)
+        self.commit_slot = torch.full_like(self.commit_slot, width)
+        self.num_compactions += 1
+
+
+class VLLMStudentBackend:
+    """The student through TRL's `VLLMGeneration`: one `generate` call per round for every row given to `start`.
+
+    Rows that do not sample this round (or have finished) send a one-token dummy request, so every process makes
+    the same calls (TRL's server and tensor-parallel paths gather across processes). The delimiter is vLLM's stop
+    string; outputs are cut again with the [`SegmentStopper`] and the row's budget. Log-probs are vLLM's sampled-
+    token log-probs. `extend` only appends the teacher's tokens to the prefix (no scoring).
+    """
+
+    def __init__(self, vllm_generation, delimiter: str, pad_token_id: int):
+        self.vllm, self.delimiter, self.pad_token_id = vllm_generation, delimiter, pad_token_id
+
+    def start(self, prompts: Sequence[Sequence[int]]) -> None:
+        self.prefix = [list(p) for p in prompts]
+        self.committed = [len(p) for p in prompts]
+
+    def sample(self, rows: Sequence[int], budgets: Sequence[int], stopper: SegmentStopper) -> list[Segment]:
+        wanted = dict(zip(rows, budgets, strict=True))
+        requests = [self.prefix[r] if r in wanted else [self.pad_token_id] for r in range(len(self.prefix))]
+        saved = (self.vllm.max_completion_length, self.vllm.logprobs, self.vllm.generation_kwargs)
+        self.vllm.max_completion_length = max(budgets, default=1)
+        self.vllm.logprobs = 0
+        self.vllm.generation_kwargs = {**saved[2], "stop": [self.delimiter], "include_stop_str_in_output": True}
+        try:
+            _, completions, logprobs, _ = self.vllm.generate(prompts=requests, images=None, num_generations=1)
+        finally:
+            self.vllm.max_completion_length, self.vllm.logprobs, self.vllm.generation_kwargs = saved
+        segments = []
+        for r in rows:
+            tokens = list(completions[r])[: wanted[r]]
+            tokens = tokens[: stopper.cut(r, tokens)]
+            logps = [float(lp[0]) for lp in logprobs[r][: len(tokens)]] if logprobs is not None else []
+            self.prefix[r].extend(tokens)
+            segments.append(Segment(tokens, logps))
+        return segments
+
+    def extend(self, rows: Sequence[int], tokens: Sequence[Sequence[int]], score: bool = True):
+        if score:
+            raise NotImplementedError("the vLLM student backend does not score forced tokens")
+        for r, toks in zip(rows, tokens, strict=True):
+            self.prefix[r].extend(toks)
+
+    def commit(self, rows: Sequence[int]) -> None:
+        for r in rows:
+            self.committed[r] = len(self.prefix[r])
+
+    def rollback(self, rows: Sequence[int]) -> None:
+        for r in rows:
+            del self.prefix[r][self.committed[r] :]
+
+    def drop(self, rows: Sequence[int]) -> None:
+        """Finished rows keep sending dummy requests (see the class docstring)."""

@@ -1,0 +1,273 @@
+# Copyright 2026 The trl-opd developers. Licensed under the Apache License, Version 2.0.
+"""[`MOTABTrainer`]: on-policy distillation with monitored rollouts that backtrack when the student strays."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+from accelerate.utils import gather_object
+from trl.models.utils import unwrap_model_for_generation
+from trl.trainer.utils import pad
+
+from .controllers.boundary import AdaptiveBoundary
+from .motab_config import MOTABConfig, check_step_delimiter
+from .motab_rollout import HFStepBackend, RolloutTrace, SegmentRollout, SegmentStopper, VLLMStudentBackend
+from .opd_trainer import OPDTrainer
+from .ops.motab import route_token_losses, teacher_token_forward_kl
+
+
+class MOTABTrainer(OPDTrainer):
+    r"""
+    MOTAB (arXiv 2605.19433): the student writes one segment at a time, the teacher watches, and a segment whose stray
+    score exceeds the adaptive boundary is discarded and replaced by one teacher-written segment.
+
+    What differs from [`OPDTrainer`]:
+    - Training rollouts come from [`~trl_opd.motab_rollout.SegmentRollout`] instead of one `generate` call
+      (`_generate_single_turn` is replaced): transformers models with a KV cache of the accepted prefix, or the
+      student through TRL's `VLLMGeneration` when `use_vllm`. Evaluation rollouts are plain student generations.
+    - The batch carries `teacher_token_mask` `(B, K)`, 1 on teacher-written tokens; [`token_losses`] routes `D_β`
+      (or K1) to student tokens and `λ_int · KL(p_T || p_S)` to teacher tokens (one extra fused pass over the
+      teacher tokens only). With `train_on_strayed`, discarded segments become extra rows, trained on their own
+      safe prefix.
+    - The boundary ([`~trl_opd.controllers.boundary.AdaptiveBoundary`]) is updated with the segment scores of every
+      process after each rollout, and is part of [`extra_state_dict`] (checkpointed, restored on resume).
+    - Logged: `motab/backtracks_per_rollout`, `motab/teacher_token_fraction`, `motab/boundary`, `motab/stray_score`,
+      `motab/discarded_tokens`, `motab/teacher_token_kl`.
+    """
+
+    _tag_names = ["trl", "trl-opd", "on-policy-distillation", "motab"]
+    _name = "MOTAB"
+
+    def __init__(
+        self,
+        model,
+        teacher_model=None,
+        args: MOTABConfig | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        callbacks=None,
+        optimizers=(None, None),
+        quantization_config=None,
+        peft_config=None,
+        tools=None,
+    ):
+        args = args if args is not None else MOTABConfig(output_dir="motab-output")
+        if teacher_model is None:
+            raise ValueError("MOTAB needs an external teacher: set `teacher_model_name_or_path` (or pass teacher_model).")
+        if tools:
+            raise ValueError("MOTAB does not support tool calling: its rollouts are written segment by segment.")
+        if processing_class is not None:
+            check_step_delimiter(getattr(processing_class, "tokenizer", processing_class), args.step_delimiter)
+        super().__init__(
+            model, teacher_model, args, train_dataset, eval_dataset, processing_class, callbacks, optimizers,
+            quantization_config, peft_config, tools,
+        )
+        check_step_delimiter(self._tokenizer, args.step_delimiter)
+        self.boundary = AdaptiveBoundary(
+            args.boundary_quantile, args.boundary_window, args.boundary_warmup_steps, args.fixed_boundary
+        )
+        self.stopper = SegmentStopper(self._tokenizer, args.step_delimiter, self.eos_token_ids)
+        self._batch_rows: list[dict[str, Any]] | None = None
+        self._traces: list[RolloutTrace] | None = None
+        self._capture: dict[str, Any] | None = None
+
+    # ----------------------------------------------------------------- rollouts
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        self._batch_rows = inputs
+        output = super()._generate_and_score_completions(inputs)
+        traces, self._traces = self._traces, None
+        width = output["completion_ids"].size(1)
+        masks = [t.teacher_mask for t in traces] if traces is not None else [[] for _ in inputs]
+        output["teacher_token_mask"] = _right_pad(masks, width, 0, output["completion_ids"].device)
+        if traces is not None and self.args.train_on_strayed:
+            output = self._with_strayed_rows(output, traces)
+        return output
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, has_tool_images=False):
+        """Training: a monitored segment-wise rollout (the parent's single `generate` call in evaluation)."""
+        if not self.model.training:
+            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, has_tool_images)
+        if images is not None:
+            raise ValueError("MOTAB rollouts are text-only.")
+        tau = self.boundary.threshold(self.state.global_step)
+        with self._rollout_backends() as (student, teacher):
+            engine = SegmentRollout(
+                student, teacher, self.stopper, self.max_completion_length, self.args.max_segment_tokens,
+                self.args.max_backtracks, self.args.monitor_signal, any_active=self._any_process_active,
+            )
+            traces = engine.run(prompt_ids, self._teacher_prompt_ids(prompt_ids), tau)
+        self._traces = traces
+        self._record_rollouts(traces, tau)
+        return [t.tokens for t in traces]
+
+    def _teacher_prompt_ids(self, prompt_ids: list[list[int]]) -> list[list[int]]:
+        if not self._teacher_sees_other_prompt():
+            return prompt_ids
+        tokenized = self._tokenize_teacher_prompts([self.teacher_prompt(x) for x in self._batch_rows])
+        return [
+            ids[mask.bool()].tolist()
+            for ids, mask in zip(tokenized["teacher_prompt_ids"], tokenized["teacher_prompt_mask"], strict=True)
+        ]
+
+    @contextlib.contextmanager
+    def _rollout_backends(self):
+        """`(student, teacher)` step backends for one rollout batch, under `no_grad` and with gathered weights."""
+        pad_id = self._tokenizer.pad_token_id
+        sampling = {"temperature": self.temperature, "top_k": self.top_k or 0, "top_p": self.top_p,
+                    "min_p": self.min_p or 0.0, "pad_token_id": pad_id}
+        teacher = self.accelerator.unwrap_model(self.teacher_model)
+        teacher.eval()
+        with torch.no_grad(), _gathered(teacher.get_output_embeddings().weight):
+            teacher_backend = HFStepBackend(teacher, **sampling)
+            if self.use_vllm:
+                if self.state.global_step != self._last_loaded_step:
+                    self.vllm_generation.sync_weights()
+                    self._last_loaded_step = self.state.global_step
+                yield VLLMStudentBackend(self.vllm_generation, self.args.step_delimiter, pad_id), teacher_backend
+                return
+            with (
+                unwrap_model_for_generation(
+                    self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+                    generation_kwargs=self.generation_kwargs,
+                    gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
+                ) as student,
+                self._dist.summon_full_params(self.model_wrapped, recurse=False),
+            ):
+                yield HFStepBackend(student, **sampling), teacher_backend
+
+    def _any_process_active(self, local: bool) -> bool:
+        """Lockstep rounds across processes when the student backend's calls are collective (vLLM)."""
+        if not self.use_vllm or self.accelerator.num_processes == 1:
+            return local
+        flag = torch.tensor([float(local)], device=self.accelerator.device)
+        return bool(self.accelerator.gather(flag).sum() > 0)
+
+    def _record_rollouts(self, traces: list[RolloutTrace], tau: float) -> None:
+        """Fold the segment scores of every process into the boundary and log the rollout statistics."""
+        scores = gather_object([s for t in traces for s in t.scores])
+        local = torch.tensor(
+            [
+                sum(t.backtracks for t in traces),
+                len(traces),
+                sum(sum(t.teacher_mask) for t in traces),
+                sum(len(t.tokens) for t in traces),
+                sum(len(d) for t in traces for _, d in t.discarded),
+            ],
+            dtype=torch.float64,
+            device=self.accelerator.device,
+        )
+        backtracks, rollouts, teacher_tokens, tokens, discarded = self.accelerator.gather(local[None]).sum(0).tolist()
+        self.boundary.update(scores, int(backtracks))
+        metrics = self._metrics["train"]
+        metrics["motab/backtracks_per_rollout"].append(backtracks / max(rollouts, 1))
+        metrics["motab/teacher_token_fraction"].append(teacher_tokens / max(tokens, 1))
+        metrics["motab/discarded_tokens"].append(discarded / max(rollouts, 1))
+        metrics["motab/boundary"].append(tau)
+        finite = [s for s in scores if s == s]
+        metrics["motab/stray_score"].append(sum(finite) / len(finite) if finite else float("nan"))
+
+    def _with_strayed_rows(self, output: dict[str, Any], traces: list[RolloutTrace]) -> dict[str, Any]:
+        """Append one row per discarded segment: its safe prefix (no loss) then the discarded tokens (loss, D_β)."""
+        extra = [(i, cut, toks) for i, t in enumerate(traces) for cut, toks in t.discarded]
+        if not extra:
+            return output
+        steps = self.args.gradient_accumulation_steps
+        n_rows = len(traces)
+        fill = (-(n_rows + len(extra))) % steps  # keep the batch divisible into accumulation chunks
+        extra += [(0, 0, [])] * fill
+        device = output["completion_ids"].device
+        completions = [t.tokens for t in traces] + [traces[i].tokens[:cut] + toks for i, cut, toks in extra]
+        width = max(output["completion_ids"].size(1), max(len(c) for c in completions))
+        loss_rows = [[1] * len(t.tokens) for t in traces] + [[0] * cut + [1] * len(toks) for _, cut, toks in extra]
+        teacher_rows = [t.teacher_mask for t in traces] + [traces[i].teacher_mask[:cut] + [0] * len(toks)
+                                                           for i, cut, toks in extra]
+        source = torch.tensor(list(range(n_rows)) + [i for i, _, _ in extra], device=device)
+        for key, value in list(output.items()):
+            if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.size(0) == n_rows:
+                output[key] = value.index_select(0, source)
+        output["completion_ids"] = _right_pad(completions, width, self._tokenizer.pad_token_id, device)
+        output["completion_mask"] = _right_pad([[1] * len(c) for c in completions], width, 0, device)
+        output["teacher_token_mask"] = _right_pad(teacher_rows, width, 0, device)
+        output["loss_token_mask"] = _right_pad(loss_rows, width, 0, device)
+        output["num_items_in_batch"] = self.accelerator.gather(output["loss_token_mask"].sum()).sum()
+        return output
+
+    # ----------------------------------------------------------------- loss routed by provenance
+    def loss_mask(self, inputs: dict[str, Any]) -> torch.Tensor:
+        mask = super().loss_mask(inputs)
+        return mask * inputs["loss_token_mask"] if "loss_token_mask" in inputs else mask
+
+    def _compute_loss(self, unwrapped_student, inputs, num_items_in_batch):
+        # Record the student's and teacher's hidden states of this pass, for the teacher-token KL in `token_losses`.
+        self._capture = {"student": unwrapped_student}
+        try:
+            return super()._compute_loss(unwrapped_student, inputs, num_items_in_batch)
+        finally:
+            self._capture = None
+
+    def _get_last_hidden_state(self, unwrapped_model, *args, **kwargs):
+        hidden = super()._get_last_hidden_state(unwrapped_model, *args, **kwargs)
+        capture = self._capture
+        if capture is not None and unwrapped_model is capture["student"] and "student_hidden" not in capture:
+            capture["student_hidden"] = hidden
+        return hidden
+
+    def teacher_hidden_states(self, unwrapped_student, inputs, logits_to_keep):
+        hidden, weight = super().teacher_hidden_states(unwrapped_student, inputs, logits_to_keep)
+        if self._capture is not None:
+            self._capture["teacher"] = (hidden, weight)
+        return hidden, weight
+
+    def token_losses(self, stats: dict[str, torch.Tensor], inputs: dict[str, Any]) -> torch.Tensor:
+        """`D_β` (or K1) on student tokens, `λ_int · KL(p_T || p_S)` on teacher tokens."""
+        losses = super().token_losses(stats, inputs)
+        teacher_mask = inputs.get("teacher_token_mask")
+        if teacher_mask is None or self._capture is None:
+            return losses
+        teacher_mask = teacher_mask * self.loss_mask(inputs)
+        if not teacher_mask.any():
+            return losses
+        capture = self._capture
+        student_weight = capture["student"].get_output_embeddings().weight
+        teacher_hidden, teacher_weight = capture["teacher"]
+        device = student_weight.device
+        kl = teacher_token_forward_kl(
+            capture["student_hidden"], student_weight, teacher_hidden.to(device), teacher_weight.to(device),
+            inputs["completion_ids"], teacher_mask, self.temperature,
+        )
+        mode = "train" if self.model.training else "eval"
+        mean_kl = kl.detach().sum() / teacher_mask.sum()
+        self._metrics[mode]["motab/teacher_token_kl"].append(mean_kl.item())
+        return route_token_losses(losses, kl, teacher_mask, self.args.lambda_int)
+
+    # ----------------------------------------------------------------- checkpointed trainer state
+    def extra_state_dict(self) -> dict[str, Any]:
+        state = super().extra_state_dict()
+        state["motab_boundary"] = self.boundary.state_dict()
+        return state
+
+    def load_extra_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_extra_state_dict(state)
+        if "motab_boundary" in state:
+            self.boundary.load_state_dict(state["motab_boundary"])
+
+
+def _right_pad(rows: list[list[int]], width: int, value: int, device) -> torch.Tensor:
+    """`(B, width)` long tensor from ragged rows, right-padded with `value`."""
+    tensors = [torch.tensor(list(r) + [value] * (width - len(r)), dtype=torch.long) for r in rows]
+    return pad(tensors, padding_value=value, padding_side="right").to(device)
+
+
+@contextlib.contextmanager
+def _gathered(weight: torch.Tensor):
+    """Gather a ZeRO-3-partitioned parameter for the duration of the block (no-op otherwise)."""
+    if hasattr(weight, "ds_id"):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([weight]):
+            yield
+    else:
+        yield
