@@ -1,0 +1,154 @@
+# Copyright 2026 The trl-opd developers. Licensed under the Apache License, Version 2.0.
+"""TrOPD's pure math: the per-token trust ratio and trust mask, the loss routing, and the guidance schedules.
+
+Notation as in `ALGORITHMS.md`: `p_S`, `p_T` the student and teacher next-token distributions, `y_t` the token at
+position `t`, `P_t` the trust ratio, `M_t` the trust mask, `ρ` the share of a teacher rollout used as a prefix.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from .divergences import forward_kl
+
+
+TRUST_MODES = ("threshold", "stochastic")
+
+
+def trust_ratio(student_logp: torch.Tensor, teacher_logp: torch.Tensor) -> torch.Tensor:
+    """Speculative-decoding acceptance probability `P_t = min(p_T(y_t) / p_S(y_t), 1)`. `(B, T), (B, T) -> (B, T)`.
+
+    Computed in log space, `exp(min(log p_T − log p_S, 0))`, and detached: `P_t → 0` as `p_T(y_t) → 0`, `P_t = 1`
+    whenever the teacher gives the token at least the student's probability. NaN inputs give a ratio of 0.
+    """
+    log_ratio = (teacher_logp - student_logp).detach().clamp(max=0.0)
+    return torch.nan_to_num(log_ratio.exp(), nan=0.0)
+
+
+def trust_mask(
+    ratio: torch.Tensor, mode: str = "threshold", threshold: float = 1.0, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Trusted tokens `M_t` as a float `{0, 1}` tensor. `(B, T) -> (B, T)`.
+
+    `threshold`: `M_t = 1[P_t ≥ δ]` (`δ = 0` trusts every token, `δ = 1` only tokens with `p_T(y_t) ≥ p_S(y_t)`).
+    `stochastic`: `M_t ~ Bernoulli(P_t)` (the speculative-decoding accept step), drawn with `generator`.
+    """
+    if mode == "threshold":
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        return (ratio >= threshold).to(ratio.dtype)
+    if mode == "stochastic":
+        return torch.bernoulli(ratio.clamp(0.0, 1.0), generator=generator)
+    raise ValueError(f"mode must be one of {TRUST_MODES}, got {mode!r}")
+
+
+def tropd_token_losses(
+    k1_loss: torch.Tensor,
+    outlier_kl: torch.Tensor,
+    prefix_divergence: torch.Tensor,
+    trusted: torch.Tensor,
+    prefix_mask: torch.Tensor,
+    lambda_out: float = 1.0,
+    lambda_off: float = 1.0,
+) -> dict[str, torch.Tensor]:
+    """Route each token to one of TrOPD's three losses. `5 x (B, T) -> dict of (B, T)`.
+
+    On-policy (student-written, `prefix_mask = 0`) tokens inside the trust region get the K1 loss, the others the
+    outlier KL; teacher-written prefix tokens get the teacher-forced divergence:
+
+    `ℓ_t = (1 − O_t)·[M_t·ℓ^K1_t + λ_out·(1 − M_t)·KL(p̄_T,t || p̄_S,t)] + λ_off·O_t·D_t`, with `O_t` the prefix
+    mask. Returns `trust_region`, `outlier`, `prefix` (unweighted parts, zero where not routed) and `total`.
+    Values where a part is not routed never reach the result (even if they are inf or NaN).
+    """
+    on_policy = 1.0 - prefix_mask.to(k1_loss.dtype)
+    in_region = (on_policy * trusted).bool()
+    outlier = (on_policy * (1.0 - trusted)).bool()
+    parts = {
+        "trust_region": torch.where(in_region, k1_loss, torch.zeros_like(k1_loss)),
+        "outlier": torch.where(outlier, outlier_kl, torch.zeros_like(k1_loss)),
+        "prefix": torch.where(prefix_mask.bool(), prefix_divergence, torch.zeros_like(k1_loss)),
+    }
+    parts["total"] = parts["trust_region"] + lambda_out * parts["outlier"] + lambda_off * parts["prefix"]
+    return parts
+
+
+def gathered_topk_forward_kl(
+    student_hidden: torch.Tensor,
+    student_weight: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    teacher_weight: torch.Tensor,
+    k: int,
+    temperature: float = 1.0,
+    token_chunk_size: int = 256,
+) -> torch.Tensor:
+    """Forward KL over the teacher's top-k, renormalised: `KL(p̄_T || p̄_S)`, `p̄(v) = p(v)/Σ_{u∈K} p(u)` (see
+    [`~trl_opd.ops.topk_forward_kl`]), on `N` positions. `(N, H_s), (V, H_s), (N, H_t), (V, H_t) -> (N,)`.
+
+    The same value as [`~trl_opd.ops.chunked_topk_forward_kl`] at a fraction of its cost. Per chunk of `n`
+    positions: the teacher's `(n, V)` logits are projected once, under no-grad and in the head's dtype, only to pick
+    the top-k ids (their logits are then recomputed in fp32 from the gathered `(n, k, H_t)` head rows); the student's
+    logits exist only on those ids, `z_S[v] = h_S · W_S[v]`. The backward recomputes the student's gather per chunk
+    (never a teacher projection, never a student `(n, V)` tile); the head's gradient arrives as one dense `(V, H_s)`
+    tensor per chunk, like an embedding's.
+    """
+    if k < 1 or k > teacher_weight.size(0):
+        raise ValueError(f"k must be in [1, {teacher_weight.size(0)}], got {k}")
+    parts = []
+    for a in range(0, student_hidden.size(0), token_chunk_size):
+        hs, ht = student_hidden[a : a + token_chunk_size], teacher_hidden[a : a + token_chunk_size]
+        with torch.no_grad():  # pick the ids in the head's dtype, then take their logits in fp32
+            idx = (ht.to(teacher_weight.dtype) @ teacher_weight.t()).topk(k, dim=-1).indices
+            teacher_logp = (_gathered_logits(ht, teacher_weight, idx) / temperature).log_softmax(-1)
+        if torch.is_grad_enabled() and (hs.requires_grad or student_weight.requires_grad):
+            parts.append(checkpoint(_gathered_chunk_kl, hs, student_weight, teacher_logp, idx, temperature,
+                                    use_reentrant=False))
+        else:
+            parts.append(_gathered_chunk_kl(hs, student_weight, teacher_logp, idx, temperature))
+    return torch.cat(parts) if parts else student_hidden.new_zeros(0)
+
+
+def _gathered_chunk_kl(hs, student_weight, teacher_logp, idx, temperature):
+    """`(n, H), (V, H), (n, k), (n, k) -> (n,)`: student logits on the teacher's top-k ids, then the KL."""
+    top_s = _gathered_logits(hs, student_weight, idx) / temperature
+    return forward_kl(teacher_logp, top_s.log_softmax(-1))
+
+
+def _gathered_logits(hidden: torch.Tensor, weight: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """fp32 logits of the `k` given ids only: `z[n, j] = h_n · W[idx[n, j]]`. `(n, H), (V, H), (n, k) -> (n, k)`."""
+    return torch.einsum("nh,nkh->nk", hidden.float(), weight[idx].float())
+
+
+def linear_decay(step: int, total_steps: int, start: float, share: float) -> float:
+    """Linear schedule from `start` at step 0 to 0 at `share · total_steps`, then 0: `start · max(0, 1 − s/(share·S))`.
+
+    Used for both `p_guide(step)` and `ρ(step)`. With `total_steps ≤ 0` (unknown length) the value stays `start`.
+    """
+    if not 0.0 < share <= 1.0:
+        raise ValueError(f"share must be in (0, 1], got {share}")
+    if total_steps <= 0:
+        return float(start)
+    return float(start) * max(0.0, 1.0 - step / (share * total_steps))
+
+
+def prefix_length(rollout_length: int, rho: float, ends_with_eos: bool) -> int:
+    """Number of teacher tokens given as a prefix: `⌊ρ · L⌋` of a rollout of `L` tokens.
+
+    A rollout that ended with EOS keeps at least its last token for the student (`≤ L − 1`), so the student always
+    writes the end of a guided completion.
+    """
+    if not 0.0 <= rho <= 1.0:
+        raise ValueError(f"rho must be in [0, 1], got {rho}")
+    n = math.floor(rho * rollout_length)
+    return max(0, min(n, rollout_length - 1 if ends_with_eos else rollout_length))
+
+
+def provenance_mask(prefix_lengths: list[int] | torch.Tensor, width: int, device=None) -> torch.Tensor:
+    """Teacher-provenance mask `O` of right-padded completions whose first `n_i` tokens are a teacher prefix.
+
+    `(B,) -> (B, width)` with `O[i, t] = 1[t < n_i]` (long, like the completion mask).
+    """
+    lengths = torch.as_tensor(prefix_lengths, dtype=torch.long, device=device).view(-1, 1)
+    return (torch.arange(width, device=lengths.device).view(1, -1) < lengths).long()

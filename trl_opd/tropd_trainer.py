@@ -1,0 +1,245 @@
+# Copyright 2026 The trl-opd developers. Licensed under the Apache License, Version 2.0.
+"""[`TrOPDTrainer`]: trust-region on-policy distillation with outlier handling and teacher-prefix guidance."""
+
+from __future__ import annotations
+
+import random
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from trl.generation.vllm_generation import VLLMGeneration
+
+from .opd_trainer import OPDTrainer
+from .ops import k1_policy_gradient_loss, masked_mean
+from .ops.trust import (
+    gathered_topk_forward_kl,
+    linear_decay,
+    prefix_length,
+    provenance_mask,
+    tropd_token_losses,
+    trust_mask,
+    trust_ratio,
+)
+from .tropd_config import TrOPDConfig
+
+
+class TrOPDTrainer(OPDTrainer):
+    r"""
+    Trust-region on-policy distillation (TrOPD, arXiv 2606.01249) on [`OPDTrainer`].
+
+    What differs from the parent:
+    - [`TrOPDTrainer.token_losses`] routes each completion token: student tokens whose trust ratio
+      `min(p_T(y_t)/p_S(y_t), 1)` passes the trust mask get the K1 policy-gradient loss; the other student tokens
+      (outliers) get the forward KL over the teacher's top-k, renormalised, weighted by `lambda_out`
+      ([`~trl_opd.ops.trust.gathered_topk_forward_kl`]: chunked, student logits only on the teacher's top-k ids);
+      teacher-written prefix tokens get the fused pass's teacher-forced JSD_`beta` (forward KL by default), weighted
+      by `lambda_off`. For the outlier KL, `_compute_loss` opens a per-call context that keeps the hidden states the
+      parent computes anyway (no extra forward, no full logits).
+    - Guidance ([`TrOPDTrainer._generate_single_turn`]): in training, with probability `p_guide(step)` a prompt starts
+      from the first `rho(step)` share of a teacher rollout and the student continues from prompt + prefix. The
+      teacher rolls out the student's prompt through the parent's own generation layer with the teacher swapped in
+      (transformers `generate` under `unwrap_model_for_generation`, or a second vLLM engine/server). The completion
+      is prefix + continuation (cut to `max_completion_length`); the batch gets `teacher_token_mask` `(B, C)`, 1 on
+      teacher-written tokens.
+    - Logged: `tropd/loss_trust_region`, `tropd/loss_outlier`, `tropd/loss_prefix` (per-token means of the unweighted
+      parts over the loss tokens), `tropd/trusted_fraction` and `tropd/mean_trust_ratio` (over student tokens),
+      `guidance/guided_fraction` (prompts given a non-empty prefix), `guidance/mean_prefix_length` (over those),
+      `guidance/p_guide`, `guidance/rho`.
+
+    With `trust_threshold=0` and guidance off the loss and gradients are the parent's with `divergence="k1"`.
+    """
+
+    _tag_names = ["trl", "trl-opd", "on-policy-distillation", "tropd"]
+    _name = "TrOPD"
+
+    def __init__(self, model, teacher_model=None, args: TrOPDConfig | None = None, *more, **kwargs):
+        args = args if args is not None else TrOPDConfig(output_dir="tropd-output")
+        if not isinstance(args, TrOPDConfig):
+            raise TypeError(f"TrOPDTrainer needs a TrOPDConfig, got {type(args).__name__}")
+        super().__init__(model, teacher_model, args, *more, **kwargs)
+        vocab = self.accelerator.unwrap_model(self.model).config.get_text_config().vocab_size
+        if args.outlier_top_k > vocab:
+            raise ValueError(f"outlier_top_k ({args.outlier_top_k}) is larger than the vocabulary ({vocab})")
+        if args.guidance_enabled and self.tools:
+            raise ValueError("TrOPD guidance does not support tool calling: set guidance_prob_start: 0 or drop tools")
+        if args.guidance_enabled and self.teacher_model is None:
+            raise ValueError(
+                "TrOPD guidance needs a separate teacher model to write prefixes (this teacher is the student's own "
+                "weights): pass a teacher or set guidance_prob_start: 0"
+            )
+        self._loss_context: dict[str, Any] | None = None
+        self._pending_prefix_lengths: list[int] | None = None
+        self.teacher_vllm_generation = None
+        if self.use_vllm and args.guidance_enabled:  # built on every rank at once (vLLM init is collective)
+            self.teacher_vllm_generation = self._build_teacher_vllm(args)
+
+    # ----------------------------------------------------------------- guidance
+    def guidance_schedule(self) -> tuple[float, float]:
+        """`(p_guide(step), rho(step))` at the current optimizer step: linear decays to 0 (pure, from the config)."""
+        args, step, total = self.args, self.state.global_step, self.state.max_steps
+        return (
+            linear_decay(step, total, args.guidance_prob_start, args.guidance_prob_decay_share),
+            linear_decay(step, total, args.guidance_rho_start, args.guidance_rho_decay_share),
+        )
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, has_tool_images=False):
+        """The parent's generation, preceded (in training, while `p_guide, rho > 0`) by teacher prefixes.
+
+        Each guided prompt's student generation starts from `prompt + prefix`; the returned completion is
+        `prefix + continuation`. The prefix lengths are kept for [`_generate_and_score_completions`].
+        """
+        p_guide, rho = self.guidance_schedule()
+        if not self.model.training or not self.args.guidance_enabled or images is not None:
+            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, has_tool_images)
+        prefixes: list[list[int]] = [[] for _ in prompt_ids]
+        if p_guide > 0.0 and rho > 0.0:
+            rng = random.Random(f"{self.args.seed}-{self.state.global_step}-{self._step}-{self.accelerator.process_index}")
+            guided = [rng.random() < p_guide for _ in prompt_ids]
+            # The teacher rolls out every prompt of the rank: vLLM's server and tensor-parallel paths slice their
+            # gathered outputs by rank assuming equal counts, and ZeRO-3 gathers must stay in step across ranks.
+            rollouts = self.teacher_rollouts(prompt_ids)
+            for i, rollout in enumerate(rollouts):
+                ends_with_eos = bool(rollout) and rollout[-1] in self.eos_token_ids
+                if guided[i]:
+                    prefixes[i] = list(rollout[: prefix_length(len(rollout), rho, ends_with_eos)])
+        contexts = [list(p) + x for p, x in zip(prompt_ids, prefixes)]
+        continuations = super()._generate_single_turn(contexts, images, multimodal_fields, has_tool_images)
+        limit = self.max_completion_length
+        completions = [(x + list(c))[:limit] for x, c in zip(prefixes, continuations)]
+        self._pending_prefix_lengths = [min(len(x), limit) for x in prefixes]
+        self._log_guidance(self._pending_prefix_lengths, p_guide, rho)
+        return completions
+
+    def teacher_rollouts(self, prompt_ids: list[list[int]]) -> list[list[int]]:
+        """Teacher completions (EOS included, nothing after it) through the parent's generation layer."""
+        with self._teacher_generates():
+            return super()._generate_single_turn(prompt_ids, None, {})
+
+    @contextmanager
+    def _teacher_generates(self):
+        """Swap the teacher in where the parent's `_generate_single_turn` looks for the generating model: the wrapped
+        model (transformers path) and the vLLM engine (the teacher's weights are never synced)."""
+        saved = (self.model_wrapped, getattr(self, "vllm_generation", None), getattr(self, "_last_loaded_step", None))
+        self.model_wrapped = self.teacher_model
+        if self.use_vllm:
+            self.vllm_generation, self._last_loaded_step = self.teacher_vllm_generation, self.state.global_step
+        try:
+            yield
+        finally:
+            self.model_wrapped = saved[0]
+            if self.use_vllm:
+                self.vllm_generation, self._last_loaded_step = saved[1], saved[2]
+
+    def _build_teacher_vllm(self, args: TrOPDConfig) -> VLLMGeneration:
+        """A second [`~trl.generation.vllm_generation.VLLMGeneration`] holding the teacher (colocated engine, or a
+        `trl vllm-serve --model <teacher>` server), with the student's sampling settings."""
+        return VLLMGeneration(
+            model=self.accelerator.unwrap_model(self.teacher_model),
+            accelerator=self.accelerator,
+            processing_class=self.processing_class,
+            mode=args.teacher_vllm_mode or args.vllm_mode,
+            server_base_url=args.teacher_vllm_server_base_url,
+            server_host=args.vllm_server_host,
+            server_port=args.teacher_vllm_server_port,
+            group_port=args.teacher_vllm_group_port,
+            server_timeout=args.vllm_server_timeout,
+            tensor_parallel_size=args.vllm_tensor_parallel_size,
+            gpu_memory_utilization=args.teacher_vllm_gpu_memory_utilization,
+            max_model_length=args.vllm_max_model_length,
+            max_num_seqs=args.per_device_train_batch_size * args.vllm_tensor_parallel_size
+            * args.gradient_accumulation_steps,
+            model_impl=args.vllm_model_impl,
+            trust_remote_code=args.trust_remote_code,
+            repetition_penalty=self.repetition_penalty,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            min_p=self.min_p,
+            max_completion_length=self.max_completion_length,
+            logprobs=None,
+            generation_kwargs=args.generation_kwargs,
+        )
+
+    def _log_guidance(self, prefix_lengths: list[int], p_guide: float, rho: float) -> None:
+        lengths = self.accelerator.gather(torch.tensor(prefix_lengths, device=self.accelerator.device)).float()
+        guided = lengths > 0
+        metrics = self._metrics["train"]
+        metrics["guidance/guided_fraction"].append(guided.float().mean().item())
+        metrics["guidance/mean_prefix_length"].append(lengths[guided].mean().item() if guided.any() else 0.0)
+        metrics["guidance/p_guide"].append(p_guide)
+        metrics["guidance/rho"].append(rho)
+
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        """The parent's batch plus `teacher_token_mask` `(B, C)`: 1 on teacher-written (prefix) completion tokens."""
+        self._pending_prefix_lengths = None
+        output = super()._generate_and_score_completions(inputs)
+        completion_mask = output["completion_mask"]
+        lengths = self._pending_prefix_lengths or [0] * completion_mask.size(0)
+        self._pending_prefix_lengths = None
+        output["teacher_token_mask"] = provenance_mask(lengths, completion_mask.size(1), completion_mask.device)
+        output["teacher_token_mask"] *= completion_mask
+        return output
+
+    # ----------------------------------------------------------------- loss
+    def _compute_loss(self, unwrapped_student, inputs, num_items_in_batch):
+        """The parent's loss, inside a context that keeps both models' hidden states for the outlier KL."""
+        self._loss_context = {"student": unwrapped_student}
+        try:
+            return super()._compute_loss(unwrapped_student, inputs, num_items_in_batch)
+        finally:
+            self._loss_context = None
+
+    def _get_last_hidden_state(self, unwrapped_model, *args, **kwargs):
+        hidden = super()._get_last_hidden_state(unwrapped_model, *args, **kwargs)
+        context = self._loss_context
+        if context is not None and unwrapped_model is context["student"] and "student_hidden" not in context:
+            context["student_hidden"] = hidden  # the parent's first call in `_compute_loss` is the student's
+        return hidden
+
+    def teacher_hidden_states(self, unwrapped_student, inputs: dict[str, Any], logits_to_keep: int):
+        hidden, weight = super().teacher_hidden_states(unwrapped_student, inputs, logits_to_keep)
+        if self._loss_context is not None:
+            self._loss_context.update(teacher_hidden=hidden, teacher_weight=weight)
+        return hidden, weight
+
+    def token_losses(self, stats: dict[str, torch.Tensor], inputs: dict[str, Any]) -> torch.Tensor:
+        """`ℓ_t = (1 − O_t)[M_t ℓ^K1_t + λ_out (1 − M_t) KL_topk,t] + λ_off O_t JSD_β,t`, `(B, K)`; see
+        [`~trl_opd.ops.trust.tropd_token_losses`]. `O` is `teacher_token_mask`, `M` the trust mask."""
+        student_logp, teacher_logp = stats["student_logp"], stats["teacher_logp"]
+        mask = self.loss_mask(inputs).to(student_logp.device)
+        prefix = inputs.get("teacher_token_mask", torch.zeros_like(mask)).to(mask.device) * mask
+        on_policy = mask * (1 - prefix)
+        ratio = trust_ratio(student_logp, teacher_logp)
+        trusted = trust_mask(ratio, self.args.trust_mode, self.args.trust_threshold)
+        outliers = on_policy.bool() & ~trusted.bool()
+        # Parts not routed anywhere are constant zeros, so they cost nothing in the backward.
+        prefix_div = stats["divergence"] if prefix.any() else torch.zeros_like(student_logp)
+        parts = tropd_token_losses(
+            k1_policy_gradient_loss(student_logp, teacher_logp), self._outlier_kl(outliers), prefix_div, trusted,
+            prefix, self.args.lambda_out, self.args.lambda_off,
+        )
+        self._log_trust(parts, ratio, trusted, on_policy, mask)
+        return parts["total"]
+
+    def _outlier_kl(self, outliers: torch.Tensor) -> torch.Tensor:
+        """Top-k renormalised forward KL on the outlier positions only (zeros elsewhere). `(B, K) bool -> (B, K)`."""
+        context = self._loss_context
+        kl = torch.zeros(outliers.shape, device=outliers.device)
+        if context is None or self.args.lambda_out == 0.0 or not outliers.any():
+            return kl
+        rows = outliers.nonzero(as_tuple=True)
+        student_weight = context["student"].get_output_embeddings().weight
+        device = student_weight.device
+        values = gathered_topk_forward_kl(
+            context["student_hidden"][rows], student_weight, context["teacher_hidden"][rows].to(device),
+            context["teacher_weight"].to(device), self.args.outlier_top_k, self.temperature,
+        )
+        return kl.index_put(rows, values.float())
+
+    def _log_trust(self, parts, ratio, trusted, on_policy, mask) -> None:
+        metrics = self._metrics["train" if self.model.training else "eval"]
+        for name in ("trust_region", "outlier", "prefix"):
+            metrics[f"tropd/loss_{name}"].append(masked_mean(parts[name].detach(), mask).item())
+        metrics["tropd/trusted_fraction"].append(masked_mean(trusted, on_policy).item())
+        metrics["tropd/mean_trust_ratio"].append(masked_mean(ratio, on_policy).item())
