@@ -1,0 +1,130 @@
+# Copyright 2026 The trl-opd developers. Licensed under the Apache License, Version 2.0.
+"""EGRSD token weights (`trl_opd.ops.gates`) on hand-built tensors, against hand-computed or brute-force references."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from trl_opd.ops.gates import (
+    egrsd_token_advantages,
+    entropy_gate,
+    likelihood_ratio_magnitude,
+    lookahead_min,
+    masked_median,
+)
+
+
+def brute_lookahead_min(values: torch.Tensor, mask: torch.Tensor, lookahead: int) -> torch.Tensor:
+    out = values.clone()
+    for b in range(values.size(0)):
+        for t in range(values.size(1)):
+            if mask[b, t]:
+                window = [values[b, j] for j in range(t, min(t + lookahead + 1, values.size(1))) if mask[b, j]]
+                out[b, t] = min(window)
+    return out
+
+
+# right padding on row 0, a masked hole (tool tokens) inside row 1, row 2 fully unmasked
+MASK = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 1, 1], [1, 1, 1, 1, 1, 1]])
+VALUES = torch.tensor([[5.0, 1.0, 4.0, 3.0, 0.0, -9.0], [2.0, 6.0, -7.0, 0.5, 9.0, 8.0], [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]])
+
+
+def test_lookahead_min_hand_built():
+    got = lookahead_min(VALUES, MASK, 2)
+    # row 0: window [t, t+2] stops at the last real token (3.0); the padding's 0.0 and -9.0 are never read
+    assert got[0, :4].tolist() == [1.0, 1.0, 3.0, 3.0]
+    # row 1: the masked -7.0 / 0.5 are skipped; position 1 sees only itself in [1, 3]
+    assert got[1].tolist()[:2] == [2.0, 6.0] and got[1, 4:].tolist() == [8.0, 8.0]
+    # row 2: clipped at the sequence end
+    assert got[2].tolist() == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    assert torch.equal(got[~MASK.bool()], VALUES[~MASK.bool()])  # masked positions keep their own value
+
+
+@pytest.mark.parametrize("lookahead", [0, 1, 3, 32])
+def test_lookahead_min_matches_brute_force(lookahead):
+    gen = torch.Generator().manual_seed(lookahead)
+    values = torch.rand(4, 17, generator=gen) * 5
+    mask = (torch.rand(4, 17, generator=gen) > 0.2).int()
+    mask[0, 9:] = 0  # a short rollout
+    torch.testing.assert_close(lookahead_min(values, mask, lookahead), brute_lookahead_min(values, mask, lookahead))
+    if lookahead == 0:
+        assert torch.equal(lookahead_min(values, mask, 0), values)
+
+
+def test_lookahead_min_rejects_negative():
+    with pytest.raises(ValueError, match="lookahead"):
+        lookahead_min(VALUES, MASK, -1)
+
+
+def test_masked_median_uses_loss_tokens_only():
+    values = torch.tensor([[1.0, 100.0, 3.0], [2.0, -50.0, 4.0]])
+    mask = torch.tensor([[1, 0, 1], [1, 0, 1]])
+    assert masked_median(values, mask).item() == 2.0  # lower middle of [1, 2, 3, 4], as torch.median
+    assert masked_median(values, torch.zeros_like(mask)).item() == 0.0
+
+
+def test_entropy_gate_hand_built():
+    tau = 2.0
+    entropy = torch.tensor([[0.0, 2.0, 4.0]])
+    expected = torch.tensor([[1.0, 0.2 + 0.8 * math.exp(-1.0), 0.2 + 0.8 * math.exp(-2.0)]])
+    torch.testing.assert_close(entropy_gate(entropy, tau, 0.2), expected)
+    assert torch.equal(entropy_gate(entropy, tau, 1.0), torch.ones_like(entropy))  # gate off
+    torch.testing.assert_close(entropy_gate(entropy, tau, 0.0), torch.exp(-entropy / tau))
+    assert (entropy_gate(entropy, 0.0, 0.5)[0, 1:] == 0.5).all()  # τ floored: any uncertainty → the floor
+    with pytest.raises(ValueError, match="g_min"):
+        entropy_gate(entropy, tau, 1.5)
+
+
+def test_magnitude_sign_handling_and_clipping():
+    advantages = torch.tensor([1.5, -0.7, 0.0])
+    delta = torch.tensor([0.1, -0.1, 1.0, -1.0])  # teacher minus student log-prob
+    teacher = delta.expand(3, 4).clone()
+    student = torch.zeros(3, 4)
+    got = likelihood_ratio_magnitude(advantages, teacher, student, 0.2)
+    e = math.exp
+    expected = torch.tensor([
+        [e(0.1), e(-0.1), 1.2, 0.8],  # rewarded: push where the teacher agrees more
+        [e(-0.1), e(0.1), 0.8, 1.2],  # penalised: the ratio flips
+        [1.0, 1.0, 1.0, 1.0],  # zero advantage: neutral
+    ])
+    torch.testing.assert_close(got, expected)
+    assert torch.equal(likelihood_ratio_magnitude(advantages, teacher, student, 0.0), torch.ones(3, 4))
+    with pytest.raises(ValueError, match="epsilon_w"):
+        likelihood_ratio_magnitude(advantages, teacher, student, -0.1)
+
+
+def test_token_advantages_full_formula_and_reductions():
+    gen = torch.Generator().manual_seed(0)
+    advantages = torch.tensor([1.0, -1.0, 0.5, 0.0])
+    teacher_logp = -torch.rand(4, 6, generator=gen) * 3
+    student_logp = -torch.rand(4, 6, generator=gen) * 3
+    entropy = torch.rand(4, 6, generator=gen) * 4
+    mask = torch.ones(4, 6, dtype=torch.int64)
+    mask[1, 4:] = 0
+    student_logp[1, 4:] = -float("inf")  # a masked position with a non-finite value stays exactly 0
+
+    out = egrsd_token_advantages(advantages, teacher_logp, student_logp, entropy, mask, 0.3, 0.25, lookahead=2)
+    tau = sorted(entropy[mask.bool()].tolist())[(int(mask.sum()) - 1) // 2]
+    ent = brute_lookahead_min(entropy, mask, 2)
+    gate = 0.3 + 0.7 * torch.exp(-ent / tau)
+    mag = torch.exp(torch.sign(advantages)[:, None] * (teacher_logp - student_logp)).clamp(0.75, 1.25)
+    expected = torch.where(mask.bool(), advantages[:, None] * mag * gate, torch.zeros(()))
+    torch.testing.assert_close(out["advantages"], expected)
+    assert out["advantages"][1, 4:].eq(0).all() and torch.isfinite(out["advantages"]).all()
+    assert out["tau"].item() == pytest.approx(tau)
+
+    rlsd = egrsd_token_advantages(advantages, teacher_logp, student_logp, entropy, mask, 1.0, 0.25)
+    torch.testing.assert_close(rlsd["advantages"], torch.where(mask.bool(), advantages[:, None] * mag, 0.0))
+    grpo = egrsd_token_advantages(advantages, teacher_logp, student_logp, entropy, mask, 1.0, 0.0, lookahead=4)
+    assert torch.equal(grpo["advantages"], advantages[:, None].expand(4, 6) * mask)
+
+
+def test_token_advantages_are_constants():
+    teacher = torch.zeros(2, 3, requires_grad=True)
+    student = torch.zeros(2, 3, requires_grad=True)
+    entropy = torch.ones(2, 3, requires_grad=True)
+    out = egrsd_token_advantages(torch.tensor([1.0, -1.0]), teacher, student, entropy, torch.ones(2, 3))
+    assert not out["advantages"].requires_grad

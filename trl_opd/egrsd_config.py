@@ -1,0 +1,71 @@
+# Copyright 2026 The trl-opd developers. Licensed under the Apache License, Version 2.0.
+"""Configuration of [`EGRSDTrainer`]: entropy-guided reinforced self-distillation (EGRSD / CL-EGRSD)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import GRPOConfig
+
+from .runtime import CPUSafeConfigMixin
+
+
+EGRSD_SELF_TEACHER_KINDS = ("frozen", "live")
+
+
+@dataclass
+class EGRSDConfig(CPUSafeConfigMixin, GRPOConfig):
+    r"""
+    Configuration for [`EGRSDTrainer`]: TRL's [`~trl.GRPOConfig`] plus the EGRSD token weighting (arXiv 2605.13255).
+
+    Each completion token's advantage is `Â_t = A_i · m_t · g_t`: the group-normalised verifiable reward `A_i`, the
+    teacher/student likelihood-ratio magnitude `m_t = clip(exp(sign(A_i)·Δ_t), 1−ε_w, 1+ε_w)` and the teacher-entropy
+    gate `g_t = g_min + (1−g_min)·exp(−H_t/τ_H)` (`τ_H` the batch median of the teacher entropy). The teacher is the
+    student's own weights seeing the reference solution (privileged context), frozen at initialisation by default.
+    `entropy_lookahead > 0` is CL-EGRSD: the gate reads the minimum teacher entropy over the next `L` tokens.
+
+    Reductions: `g_min=1` is RLSD; `g_min=1` with `epsilon_w=0` is plain GRPO (`trl.GRPOTrainer`), exactly.
+
+    On a machine without a GPU, `bf16` and gradient checkpointing are switched off (one log line).
+    """
+
+    g_min: float = field(
+        default=0.2,
+        metadata={
+            "help": "Floor of the teacher-entropy gate `g = g_min + (1 - g_min) exp(-H / tau_H)`, in [0, 1]; "
+            "1 switches the gate off (RLSD)."
+        },
+    )
+    epsilon_w: float = field(
+        default=0.2,
+        metadata={
+            "help": "Clip range of the likelihood-ratio magnitude `clip(exp(sign(A) Δ), 1 - ε_w, 1 + ε_w)`, in [0, 1]; "
+            "0 switches the magnitude off (with `g_min: 1`, plain GRPO)."
+        },
+    )
+    entropy_lookahead: int = field(
+        default=0,
+        metadata={
+            "help": "CL-EGRSD causal lookahead `L` (tokens): the gate uses the minimum teacher entropy over "
+            "`[t, t + L]` within the rollout. 0 is EGRSD; `method: cl-egrsd` sets 32."
+        },
+    )
+    self_teacher: str = field(
+        default="frozen",
+        metadata={
+            "help": "Which weights the self-teacher uses: `frozen` (the initial weights: the PEFT adapter switched "
+            "off, or a frozen copy without PEFT) or `live` (the current weights, no gradient).",
+            "choices": list(EGRSD_SELF_TEACHER_KINDS),
+        },
+    )
+
+    def __post_init__(self):
+        if not 0.0 <= self.g_min <= 1.0:
+            raise ValueError(f"g_min must be in [0, 1], got {self.g_min}")
+        if not 0.0 <= self.epsilon_w <= 1.0:
+            raise ValueError(f"epsilon_w must be in [0, 1], got {self.epsilon_w}")
+        if self.entropy_lookahead < 0:
+            raise ValueError(f"entropy_lookahead must be >= 0 tokens, got {self.entropy_lookahead}")
+        if self.self_teacher not in EGRSD_SELF_TEACHER_KINDS:
+            raise ValueError(f"self_teacher must be one of {EGRSD_SELF_TEACHER_KINDS}, got {self.self_teacher!r}")
+        super().__post_init__()

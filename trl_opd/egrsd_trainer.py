@@ -1,0 +1,232 @@
+# Copyright 2026 The trl-opd developers. Licensed under the Apache License, Version 2.0.
+"""[`EGRSDTrainer`]: GRPO whose advantages are reweighted per token by a privileged self-teacher (EGRSD, CL-EGRSD)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from accelerate.utils import is_peft_model
+from torch import nn
+from transformers import PreTrainedModel
+from trl import GRPOTrainer
+from trl.models import prepare_deepspeed, prepare_fsdp
+from trl.models.utils import _ForwardRedirection, disable_gradient_checkpointing
+from trl.trainer.utils import maybe_gather_lm_head_ctx, pad
+
+from .data import ColumnMap, prepare_dataset, privileged_prompt
+from .egrsd_config import EGRSDConfig
+from .ops import token_logprobs_and_entropy
+from .ops.gates import egrsd_token_advantages, masked_median
+from .teacher import self_teacher_copy, student_as_teacher
+
+
+class EGRSDTrainer(GRPOTrainer):
+    r"""
+    Entropy-Guided Reinforced Self-Distillation (arXiv 2605.13255) on [`~trl.GRPOTrainer`].
+
+    What differs from the parent: after the parent has generated and scored the rollouts (group advantages `A_i`
+    from the verifiable reward), [`EGRSDTrainer._generate_and_score_completions`] scores the sampled tokens with the
+    self-teacher (the student's initial weights, seeing the reference solution) in one chunked pass, and replaces the
+    `(B,)` advantages by token advantages `(B, T)`:
+
+    `Â_t = A_i · clip(exp(sign(A_i)·Δ_t), 1−ε_w, 1+ε_w) · (g_min + (1−g_min)·exp(−H̃_t/τ_H))`,
+
+    `Δ_t = sg(log p_T(y_t) − log p_S(y_t))`, `H̃` the teacher entropy (or, for CL-EGRSD, its minimum over the next
+    `entropy_lookahead` tokens), `τ_H` its median over the loss tokens of the global generation batch. The parent's
+    clipped surrogate and loss aggregation (`loss_type`) are used unchanged. With `g_min=1` this is RLSD; with
+    `g_min=1, epsilon_w=0` it is the parent exactly (the teacher is then not run).
+
+    The teacher is a frozen copy of the student (prepared like GRPO's reference model: ZeRO-3 / FSDP / device), or,
+    with PEFT, the student with its adapter switched off (no copy); `self_teacher: live` scores with the current
+    weights. Logged: `egrsd/gate_mean`, `egrsd/gate_below_half`, `egrsd/magnitude_mean`, `egrsd/teacher_entropy`,
+    `egrsd/tau_H`, `egrsd/delta_mean`, next to the parent's `reward` and `completions/mean_length`.
+    """
+
+    _tag_names = ["trl", "trl-opd", "grpo", "egrsd"]
+    _name = "EGRSD"
+    #: Dataset columns the trainer reads: the prompt, the answer (reward) and the solution (teacher's context).
+    required_columns: tuple[str, ...] = ("prompt", "answer", "solution")
+
+    def __init__(
+        self,
+        model: str | PreTrainedModel,
+        reward_funcs=None,
+        args: EGRSDConfig | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        reward_processing_classes=None,
+        callbacks=None,
+        optimizers=(None, None),
+        quantization_config=None,
+        peft_config=None,
+        tools=None,
+        rollout_func=None,
+        environment_factory=None,
+    ):
+        args = args if args is not None else EGRSDConfig(output_dir="egrsd-output")
+        if not isinstance(args, EGRSDConfig):
+            raise TypeError(f"EGRSDTrainer needs an EGRSDConfig, got {type(args).__name__}")
+        if train_dataset is not None:  # checked before any weights load
+            train_dataset = prepare_dataset(train_dataset, list(self.required_columns), ColumnMap(), "train dataset")
+        if reward_funcs is None:
+            from .rewards import math_accuracy_reward
+
+            reward_funcs = [math_accuracy_reward]
+        teacher = None
+        if args.self_teacher == "frozen" and self._needs_teacher(args):
+            is_peft = peft_config is not None or (not isinstance(model, str) and is_peft_model(model))
+            teacher = self_teacher_copy(model, "frozen", is_peft, args.model_init_kwargs)
+        super().__init__(
+            model, reward_funcs, args, train_dataset, eval_dataset, processing_class, reward_processing_classes,
+            callbacks, optimizers, quantization_config, peft_config, tools, rollout_func, environment_factory,
+        )
+        self.teacher_model = self._prepare_teacher(teacher) if teacher is not None else None
+        self._forward_redirection = _ForwardRedirection()
+
+    @staticmethod
+    def _needs_teacher(args: EGRSDConfig) -> bool:
+        """At `g_min=1, epsilon_w=0` every weight is 1: the teacher is neither built nor run."""
+        return args.g_min < 1.0 or args.epsilon_w > 0.0
+
+    def _prepare_teacher(self, teacher: nn.Module) -> nn.Module:
+        if self.is_deepspeed_enabled:
+            return prepare_deepspeed(teacher, self.accelerator)
+        if self.is_fsdp_enabled:
+            return prepare_fsdp(teacher, self.accelerator)
+        return self.accelerator.prepare_model(teacher, evaluation_mode=True)
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        self._signature_columns = list(dict.fromkeys([*self._signature_columns, *self.required_columns]))
+
+    # ----------------------------------------------------------------- teacher
+    def teacher_prompt(self, example: dict[str, Any]) -> Any:
+        """The prompt the self-teacher sees: the problem, the reference solution, a transition sentence, then the
+        student's boxed-answer instruction ([`~trl_opd.data.privileged_prompt`])."""
+        return privileged_prompt(example["prompt"], example["solution"])
+
+    def tokenize_teacher_prompts(self, inputs: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded teacher prompt ids and mask `(B, P_T)`, through the parent's own prompt tokenization (each
+        distinct prompt once: the G rollouts of a prompt share it)."""
+        prompts = [self.teacher_prompt(x) for x in inputs]
+        keys = [repr(p) for p in prompts]
+        first = {key: i for i, key in reversed(list(enumerate(keys)))}
+        unique_ids, _, _ = self._tokenize_prompts([prompts[i] for i in first.values()])
+        by_key = dict(zip(first, unique_ids, strict=True))
+        prompt_ids = [by_key[key] for key in keys]
+        device = self.accelerator.device
+        ids = [torch.tensor(p, device=device) for p in prompt_ids]
+        masks = [torch.ones_like(p) for p in ids]
+        return (
+            pad(ids, padding_value=self._tokenizer.pad_token_id, padding_side="left"),
+            pad(masks, padding_value=0, padding_side="left"),
+        )
+
+    @contextlib.contextmanager
+    def _teacher_module(self) -> Iterator[tuple[nn.Module, nn.Module]]:
+        """`(wrapper, module)` of the teacher, without gradients: the frozen copy, or the student (adapter off when
+        `self_teacher` is `frozen`)."""
+        if self.teacher_model is not None:
+            self.teacher_model.eval()
+            with torch.no_grad():
+                yield self.teacher_model, self.accelerator.unwrap_model(self.teacher_model)
+            return
+        student = self.accelerator.unwrap_model(self.model)
+        with disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+            with student_as_teacher(student, adapter_off=self.args.self_teacher == "frozen") as module:
+                yield None, module
+
+    @staticmethod
+    def _score(teacher, input_ids, attention_mask, completion_ids, temperature):
+        """Teacher log-probs of `completion_ids` and teacher entropy `(B, K)`: backbone, then one chunked projection."""
+        backbone = teacher.base_model.model if is_peft_model(teacher) else teacher
+        k = completion_ids.size(1)
+        hidden = backbone.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        hidden = hidden.last_hidden_state[:, -k - 1 : -1]  # (B, K, H): the state that predicts each completion token
+        weight = backbone.get_output_embeddings().weight
+        with maybe_gather_lm_head_ctx(weight):
+            return token_logprobs_and_entropy(hidden.to(weight.device), weight, completion_ids, temperature)
+
+    def teacher_token_stats(
+        self, inputs: list[dict[str, Any]], output: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher log-probs of the sampled tokens and teacher entropy, `(B, T)` each, in micro-batches of
+        `per_device_train_batch_size` rows; no full logits are held."""
+        prompt_ids, prompt_mask = self.tokenize_teacher_prompts(inputs)
+        completion_ids, completion_mask = output["completion_ids"], output["completion_mask"]
+        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+        step = self.args.per_device_train_batch_size
+        logps, entropies = [], []
+        with self._teacher_module() as (wrapper, teacher):
+            for a in range(0, input_ids.size(0), step):
+                args = (teacher, input_ids[a : a + step], attention_mask[a : a + step], completion_ids[a : a + step],
+                        self.temperature)
+                if wrapper is None:
+                    logp, entropy = self._score(*args)
+                else:  # through the wrapper's forward, so ZeRO-3 / FSDP materialise the teacher's shards
+                    logp, entropy = self._forward_redirection(wrapper, teacher, self._score, *args)
+                logps.append(logp.float())
+                entropies.append(entropy.float())
+        return torch.cat(logps), torch.cat(entropies)
+
+    def student_token_logps(self, output: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Student log-probs of the sampled tokens `(B, T)`: the parent's `old_per_token_logps` when it computed them
+        (vLLM, misaligned steps), else one no-grad forward through the parent's own log-prob path."""
+        if output.get("old_per_token_logps") is not None:
+            return output["old_per_token_logps"].float()
+        completion_ids = output["completion_ids"]
+        input_ids = torch.cat([output["prompt_ids"], completion_ids], dim=1)
+        attention_mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
+        with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+            logps, _, _ = self._get_per_token_logps_and_entropies(
+                self.model, input_ids, attention_mask, completion_ids.size(1),
+                batch_size=self.args.per_device_train_batch_size,
+            )
+        return logps.float()
+
+    # ----------------------------------------------------------------- advantages
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        output = super()._generate_and_score_completions(inputs)
+        mask = output["completion_mask"]
+        mask = mask * output["tool_mask"] if "tool_mask" in output else mask
+        zeros = torch.zeros_like(mask, dtype=torch.float32)
+        teacher_logp, teacher_entropy, student_logp = zeros, zeros, zeros  # at g_min=1, ε_w=0: every weight is 1
+        if self._needs_teacher(self.args):
+            teacher_logp, teacher_entropy = self.teacher_token_stats(inputs, output)
+        if self.args.epsilon_w > 0.0:
+            student_logp = self.student_token_logps(output)
+        weights = egrsd_token_advantages(
+            output["advantages"].float(), teacher_logp, student_logp, teacher_entropy, mask,
+            g_min=self.args.g_min, epsilon_w=self.args.epsilon_w, lookahead=self.args.entropy_lookahead,
+            tau=self._global_median(teacher_entropy, mask),
+        )
+        output["advantages"] = weights["advantages"].to(output["advantages"].dtype)
+        self._log_weights(weights, teacher_entropy, teacher_logp - student_logp, mask)
+        return output
+
+    def _global_median(self, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Median of `values` over the loss tokens of every process's generation batch."""
+        if self.accelerator.num_processes > 1:
+            values = self.accelerator.gather(self.accelerator.pad_across_processes(values, dim=1))
+            mask = self.accelerator.gather(self.accelerator.pad_across_processes(mask, dim=1))
+        return masked_median(values, mask)
+
+    def _log_weights(self, weights, teacher_entropy, delta, mask) -> None:
+        mode = "train" if self.model.training else "eval"
+        keep = mask.bool()
+        gate, magnitude = weights["gate"], weights["magnitude"]
+        sums = torch.stack([
+            gate[keep].sum(), (gate[keep] < 0.5).float().sum(), magnitude[keep].sum(), teacher_entropy[keep].sum(),
+            delta[keep].sum(), keep.sum().float(),
+        ])
+        *totals, count = self.accelerator.gather(sums.unsqueeze(0)).sum(0).tolist()
+        count = max(count, 1.0)
+        for name, total in zip(("gate_mean", "gate_below_half", "magnitude_mean", "teacher_entropy", "delta_mean"),
+                               totals, strict=True):
+            self._metrics[mode][f"egrsd/{name}"].append(total / count)
+        self._metrics[mode]["egrsd/tau_H"].append(float(weights["tau"]))

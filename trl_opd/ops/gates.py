@@ -1,0 +1,118 @@
+# Copyright 2026 The trl-opd developers. Licensed under the Apache License, Version 2.0.
+"""EGRSD token weights: likelihood-ratio magnitude, teacher-entropy gate, causal lookahead minimum.
+
+Pure tensor functions (tensors in, tensors out). `mask` is the loss mask of the completion tokens (1 = a token of the
+rollout that is trained on, 0 = padding after EOS or a tool-output token); values at masked positions are defined
+(finite) but meaningless.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def lookahead_min(values: torch.Tensor, mask: torch.Tensor, lookahead: int) -> torch.Tensor:
+    r"""Causal lookahead minimum of a per-token signal within each rollout.
+
+    $$\tilde{H}_t = \min_{j \in [t,\, t+L],\; \mathrm{mask}_j = 1} H_j$$
+
+    The window is clipped at the end of the sequence and skips masked positions (padding, tool tokens), so a token
+    never borrows from another rollout's padding. `L = 0` returns `values` unchanged. Masked positions return their
+    own value. `(B, T), (B, T) -> (B, T)`.
+    """
+    if lookahead < 0:
+        raise ValueError(f"lookahead must be >= 0, got {lookahead}")
+    if lookahead == 0 or values.size(-1) == 0:
+        return values
+    keep = mask.bool()
+    filled = torch.where(keep, values, torch.full_like(values, float("inf")))
+    # a max-pool of the negated signal over [t, t+L]: pad L positions of +inf on the right
+    padded = F.pad(-filled.unsqueeze(1), (0, lookahead), value=-float("inf"))  # (B, 1, T + L)
+    window_min = -F.max_pool1d(padded, kernel_size=lookahead + 1, stride=1).squeeze(1)  # (B, T)
+    return torch.where(keep, window_min, values)
+
+
+def masked_median(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Median of `values` over the unmasked positions (the lower one of the two middle values, as `torch.median`);
+    0 when every position is masked. `(...), (...) -> ()`."""
+    selected = values[mask.bool()]
+    if selected.numel() == 0:
+        return values.new_zeros(())
+    return selected.median()
+
+
+def entropy_gate(entropy: torch.Tensor, tau: torch.Tensor | float, g_min: float) -> torch.Tensor:
+    r"""Teacher-entropy confidence gate.
+
+    $$g_t = g_{\min} + (1 - g_{\min})\,\exp(-H_t / \tau_H)$$
+
+    `g = 1` where the teacher is certain (`H = 0`), falling towards `g_min` as its entropy grows past `τ_H`. `g_min = 1`
+    switches the gate off. `τ_H` is floored at 1e-8. `(B, T), () -> (B, T)`.
+    """
+    if not 0.0 <= g_min <= 1.0:
+        raise ValueError(f"g_min must be in [0, 1], got {g_min}")
+    tau = torch.as_tensor(tau, dtype=entropy.dtype, device=entropy.device).clamp(min=1e-8)
+    return g_min + (1.0 - g_min) * torch.exp(-entropy.detach() / tau)
+
+
+def likelihood_ratio_magnitude(
+    advantages: torch.Tensor, teacher_logp: torch.Tensor, student_logp: torch.Tensor, epsilon_w: float
+) -> torch.Tensor:
+    r"""Reward-directed teacher/student likelihood-ratio magnitude (RLSD).
+
+    $$m_t = \mathrm{clip}\big(\exp(\mathrm{sign}(A_i)\,\Delta_t),\; 1 - \epsilon_w,\; 1 + \epsilon_w\big),\qquad
+    \Delta_t = \mathrm{sg}(\log p_T(y_t) - \log p_S(y_t))$$
+
+    A rewarded rollout (`A > 0`) is pushed harder where the teacher likes the token more than the student, a
+    penalised one (`A < 0`) where the teacher likes it less; `A = 0` gives `m = 1`. `ε_w = 0` gives `m = 1`.
+    `(B,), (B, T), (B, T) -> (B, T)`.
+    """
+    if not 0.0 <= epsilon_w <= 1.0:
+        raise ValueError(f"epsilon_w must be in [0, 1], got {epsilon_w}")
+    delta = (teacher_logp - student_logp).detach()
+    signed = torch.sign(advantages).unsqueeze(-1).to(delta.dtype) * delta
+    return torch.exp(signed).clamp(1.0 - epsilon_w, 1.0 + epsilon_w)
+
+
+def token_advantages(
+    advantages: torch.Tensor, magnitude: torch.Tensor, gate: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    r"""EGRSD token advantages $\hat{A}_t = A_i \cdot m_t \cdot g_t$, exactly 0 at masked positions.
+
+    `(B,), (B, T), (B, T), (B, T) -> (B, T)`.
+    """
+    values = advantages.unsqueeze(-1) * magnitude * gate
+    return torch.where(mask.bool(), values, torch.zeros_like(values))
+
+
+def egrsd_token_advantages(
+    advantages: torch.Tensor,
+    teacher_logp: torch.Tensor,
+    student_logp: torch.Tensor,
+    teacher_entropy: torch.Tensor,
+    mask: torch.Tensor,
+    g_min: float = 0.2,
+    epsilon_w: float = 0.2,
+    lookahead: int = 0,
+    tau: torch.Tensor | float | None = None,
+) -> dict[str, torch.Tensor]:
+    r"""The whole EGRSD / CL-EGRSD token weighting from the group advantages and the teacher statistics.
+
+    $$\hat{A}_t = A_i\, m_t\, g_t,\quad g_t = g_{\min} + (1 - g_{\min})\exp(-\tilde{H}_t/\tau_H)$$
+
+    with `H̃ = H` (EGRSD) or its causal lookahead minimum over `L` tokens (CL-EGRSD), and `τ_H` the median of `H`
+    over the loss tokens unless given (a trainer passes the median over the global batch).
+    `(B,), (B, T), (B, T), (B, T), (B, T) -> dict of (B, T)`: `advantages`, `magnitude`, `gate`, and `tau` `()`.
+    """
+    teacher_entropy = teacher_entropy.detach()
+    tau = masked_median(teacher_entropy, mask) if tau is None else torch.as_tensor(tau).detach()
+    gated_entropy = lookahead_min(teacher_entropy, mask, lookahead)
+    gate = entropy_gate(gated_entropy, tau, g_min)
+    magnitude = likelihood_ratio_magnitude(advantages, teacher_logp, student_logp, epsilon_w)
+    return {
+        "advantages": token_advantages(advantages, magnitude, gate, mask),
+        "magnitude": magnitude,
+        "gate": gate,
+        "tau": tau,
+    }
