@@ -1,0 +1,110 @@
+# Copyright 2026 The trl-opd developers. Licensed under the Apache License, Version 2.0.
+"""Configuration of [`ATESDTrainer`]: self-distillation with a learned teacher-exposure controller (and OPSD)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .controllers.exposure import EXPOSURE_POLICIES
+from .opd_config import OPDConfig
+
+
+@dataclass
+class ATESDConfig(OPDConfig):
+    r"""
+    Configuration for [`ATESDTrainer`] (Adaptive Teacher Exposure for Self-Distillation, arXiv 2605.11458).
+
+    [`OPDConfig`] with a self-teacher (the frozen initial model) that sees the problem plus the first `⌊α·m⌋`
+    reasoning segments of the reference solution and its boxed answer; the student sees only the problem and is
+    trained with the per-token forward KL (`beta=0.0`). A small Beta-policy controller chooses `α`.
+
+    `exposure_policy: fixed` with `alpha: 1.0` is OPSD (the teacher sees the full reference); `random` is the
+    paper's random-exposure ablation. Numeric controller defaults are **[design]** (the paper's were not available).
+    """
+
+    beta: float = field(
+        default=0.0,
+        metadata={
+            "help": "Generalized JSD interpolation of the per-token loss: 0.0 (default) is the forward KL "
+            "KL(p_T || p_S) of ATESD/OPSD, 1.0 the reverse KL."
+        },
+    )
+    privileged_context: bool = field(
+        default=True,
+        metadata={"help": "The teacher sees (part of) the reference solution. Must stay true for ATESD/OPSD."},
+    )
+    exposure_policy: str = field(
+        default="learned",
+        metadata={
+            "help": "How the exposure α is chosen: `learned` (the Beta-policy controller), `fixed` (always `alpha`; "
+            "OPSD with alpha 1.0) or `random` (uniform in [alpha_min, alpha_max], held hold_steps steps).",
+            "choices": list(EXPOSURE_POLICIES),
+        },
+    )
+    alpha: float = field(
+        default=1.0,
+        metadata={"help": "Exposure of the `fixed` policy (share of reasoning segments the teacher sees), in [0, 1]."},
+    )
+    alpha_min: float = field(default=0.05, metadata={"help": "Lower clip of sampled exposures, in [0, 1]."})
+    alpha_max: float = field(default=1.0, metadata={"help": "Upper clip of sampled exposures, in [alpha_min, 1]."})
+    hold_steps: int = field(default=10, metadata={"help": "H: optimizer steps a sampled α is held."})
+    reward_horizon: int = field(
+        default=20, metadata={"help": "L: optimizer steps after a decision that its reward looks at."}
+    )
+    discount: float = field(default=0.9, metadata={"help": "γ: discount of the controller's reward, in (0, 1]."})
+    lambda_gt: float = field(
+        default=0.1,
+        metadata={"help": "λ_gt: weight of the teacher-grounded term (log-prob the exposed teacher gives the "
+                  "reference answer on the probe set); 0 skips its computation."},
+    )
+    controller_batch: int = field(
+        default=8, metadata={"help": "B: finished decisions per REINFORCE update of the controller (>= 2)."}
+    )
+    entropy_target: float = field(
+        default=-0.5,
+        metadata={"help": "Target differential entropy of the controller's Beta policy (<= 0; Beta(1,1) has 0); "
+                  "only entropy above it is penalised. [design]"},
+    )
+    entropy_coef: float = field(default=0.01, metadata={"help": "Weight of the excess-entropy penalty. [design]"})
+    probe_size: int = field(
+        default=8,
+        metadata={"help": "Training rows in the fixed probe set whose reference-answer NLL under the student gives "
+                  "the controller's learning-progress reward. [design]"},
+    )
+    controller_lr: float = field(default=1e-3, metadata={"help": "Adam learning rate of the controller. [design]"})
+    controller_hidden_size: int = field(
+        default=32, metadata={"help": "Hidden width of the controller's MLP. [design]"}
+    )
+    controller_ema_decay: float = field(
+        default=0.9, metadata={"help": "Decay of the controller's state EMAs (α, loss, mismatch, probe NLL). [design]"}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.check_exposure()
+
+    def check_exposure(self) -> None:
+        """Raise one clear `ValueError` for an invalid exposure/controller setting. Also run by the trainer, since
+        the method registry may set `exposure_policy`/`alpha` after parsing."""
+        if self.exposure_policy not in EXPOSURE_POLICIES:
+            raise ValueError(f"exposure_policy must be one of {EXPOSURE_POLICIES}, got {self.exposure_policy!r}")
+        for name in ("alpha", "alpha_min", "alpha_max"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.alpha_min > self.alpha_max:
+            raise ValueError(f"alpha_min ({self.alpha_min}) must not exceed alpha_max ({self.alpha_max})")
+        if not self.privileged_context:
+            raise ValueError("ATESD/OPSD needs privileged_context=True: the teacher sees the reference solution.")
+        for name, low in (("hold_steps", 1), ("reward_horizon", 1), ("controller_batch", 2), ("probe_size", 1),
+                          ("controller_hidden_size", 1)):
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        if not 0.0 < self.discount <= 1.0:
+            raise ValueError(f"discount must be in (0, 1], got {self.discount}")
+        if not 0.0 <= self.controller_ema_decay < 1.0:
+            raise ValueError(f"controller_ema_decay must be in [0, 1), got {self.controller_ema_decay}")
+        for name in ("lambda_gt", "entropy_coef"):
+            if getattr(self, name) < 0.0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.controller_lr <= 0.0:
+            raise ValueError(f"controller_lr must be > 0, got {self.controller_lr}")

@@ -1,0 +1,259 @@
+# Copyright 2026 The trl-opd developers. Licensed under the Apache License, Version 2.0.
+"""[`ATESDTrainer`]: on-policy self-distillation whose teacher sees a learned share of the reference (and OPSD)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from trl.trainer.utils import pad
+
+from .atesd_config import ATESDConfig
+from .controllers.exposure import ExposureController
+from .data import ColumnMap, DatasetValidationError, prepare_dataset, privileged_prompt, truncate_reference
+from .opd_trainer import OPDTrainer
+from .ops import masked_sum, token_logprobs_and_entropy
+from .rewards import extract_boxed
+
+
+logger = logging.getLogger("trl_opd")
+
+#: The probe's target: the student, given the problem, scores `ANSWER}` after this prefix.
+PROBE_PREFIX = "The final answer is \\boxed{"
+
+
+def exposed_reference(solution: str, alpha: float) -> str | None:
+    """The part of the reference the teacher sees at exposure `α`: the first `⌊α·m⌋` reasoning segments, then the
+    boxed answer ([`~trl_opd.data.truncate_reference`]); at `α = 1` the reference verbatim (OPSD). `None` when the
+    reference has no boxed answer."""
+    truncated = truncate_reference(solution, alpha)
+    if truncated is None:
+        return None
+    return solution.strip() if alpha >= 1.0 else truncated[0]
+
+
+def _backbone_hidden_states(model, input_ids, attention_mask, logits_to_keep: int) -> torch.Tensor:
+    """Last hidden states predicting the final `logits_to_keep` tokens `(B, K, H)` of a text-only causal LM (its PEFT
+    adapter active). The parent's `_get_last_hidden_state` without its per-call checks (accelerate's
+    `is_peft_model` reads package metadata on every call, which costs as much as the tiny probe forward itself)."""
+    if hasattr(model, "peft_config") and hasattr(model, "disable_adapter"):
+        model = model.base_model.model
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    return hidden[:, :-1][:, -logits_to_keep:]
+
+
+def usable_rows(dataset, where: str = "train dataset"):
+    """The rows whose reference solution has a boxed final answer. Others are skipped with one warning giving their
+    count; a dataset with none is a [`~trl_opd.data.DatasetValidationError`]."""
+    dataset = prepare_dataset(dataset, ["prompt", "solution"], ColumnMap(), where)
+    keep = [i for i, solution in enumerate(dataset["solution"]) if extract_boxed(solution or "") is not None]
+    if not keep:
+        raise DatasetValidationError(
+            f"None of the {len(dataset)} rows of the {where} has a \\boxed{{}} final answer in its reference "
+            "solution (`solution`); ATESD/OPSD always show the teacher the reference's boxed answer."
+        )
+    if len(keep) < len(dataset):
+        logger.warning(
+            "ATESD: %d of %d rows of the %s have no \\boxed{} final answer in their reference solution; they are "
+            "skipped.", len(dataset) - len(keep), len(dataset), where,
+        )
+        dataset = dataset.select(keep)
+    return dataset
+
+
+class ATESDTrainer(OPDTrainer):
+    r"""
+    ATESD (arXiv 2605.11458): self-distillation from the frozen initial model, whose prompt holds the problem and an
+    exposure-truncated reference (the first `⌊α·m⌋` reasoning segments and the boxed answer); the student sees only
+    the problem and minimises the per-token forward KL `KL(p_T^α || p_S)` on its own rollouts.
+
+    What differs from [`OPDTrainer`]:
+    - [`ATESDTrainer.teacher_prompt`] truncates the reference at the current `α` (verbatim at `α = 1`: OPSD).
+    - `α` comes from an [`~trl_opd.controllers.exposure.ExposureController`], advanced once per optimizer step
+      when the step's rollouts are generated: it observes the previous step's loss, mismatch (sampled-token
+      reverse-KL estimate) and confidence (mean sampled-token probability), the NLL of the reference answers of a
+      fixed probe set under the student (only when an open reward window needs it), and the log-prob the exposed
+      teacher gives those answers (once per decision). All of them are averaged over processes first, so every
+      rank takes the same decisions.
+    - Rows whose reference has no boxed answer are skipped at init (one warning with the count).
+    - The controller is part of [`ATESDTrainer.extra_state_dict`]: a resumed run continues the same `α` trajectory.
+    - Logged under `atesd/`: `alpha`, `beta_mean`, `beta_concentration`, `reward`, `controller_loss`, `mismatch`,
+      `probe_nll`, `teacher_grounding`.
+    """
+
+    _tag_names = ["trl", "trl-opd", "on-policy-distillation", "self-distillation", "atesd"]
+    _name = "ATESD"
+    required_columns = ("solution",)
+
+    def __init__(
+        self,
+        model,
+        teacher_model=None,
+        args: ATESDConfig | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        callbacks=None,
+        optimizers=(None, None),
+        quantization_config=None,
+        peft_config=None,
+        tools=None,
+    ):
+        args = args if args is not None else ATESDConfig(output_dir="atesd-output")
+        args.check_exposure()
+        if train_dataset is None:
+            raise DatasetValidationError("ATESD needs a train dataset with `prompt` and `solution` columns.")
+        train_dataset = usable_rows(train_dataset)
+        if eval_dataset is not None and not isinstance(eval_dataset, dict):
+            eval_dataset = usable_rows(eval_dataset, "eval dataset")
+        super().__init__(
+            model, teacher_model, args, train_dataset, eval_dataset, processing_class, callbacks, optimizers,
+            quantization_config, peft_config, tools,
+        )
+        self.controller = ExposureController(
+            policy=args.exposure_policy, alpha=args.alpha, alpha_min=args.alpha_min, alpha_max=args.alpha_max,
+            hold_steps=args.hold_steps, reward_horizon=args.reward_horizon, discount=args.discount,
+            lambda_gt=args.lambda_gt, batch_decisions=args.controller_batch, entropy_target=args.entropy_target,
+            entropy_coef=args.entropy_coef, lr=args.controller_lr, hidden_size=args.controller_hidden_size,
+            ema_decay=args.controller_ema_decay, seed=args.seed,
+        )
+        self.alpha = self.controller.alpha
+        self._advanced_step = -1
+        self._step_sums: list[torch.Tensor] = []  # per micro-batch: Σ loss, Σ mismatch, Σ confidence, tokens
+        generator = torch.Generator().manual_seed(args.seed)
+        probe_ids = torch.randperm(len(train_dataset), generator=generator)[: args.probe_size].tolist()
+        self.probe_rows = [train_dataset[i] for i in sorted(probe_ids)]
+        self._probe_batch: dict[str, torch.Tensor] | None = None
+
+    # ----------------------------------------------------------------- teacher context
+    def teacher_prompt(self, example: dict[str, Any]) -> Any:
+        """Problem, the reference exposed at the current `α`, the transition sentence, the boxed-answer instruction."""
+        return privileged_prompt(example["prompt"], exposed_reference(example["solution"], self.alpha))
+
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        if self.model.training and self.state.global_step != self._advanced_step:
+            self._advance_controller(self.state.global_step)
+        return super()._generate_and_score_completions(inputs)
+
+    # ----------------------------------------------------------------- controller loop
+    def _advance_controller(self, step: int) -> None:
+        """Feed the controller the finished step's statistics (and the probe NLL when needed), then set `α`."""
+        self._advanced_step = step
+        controller, metrics = self.controller, self._metrics["train"]
+        if self._step_sums:
+            loss, mismatch, confidence = self._reduced_step_stats()
+            controller.observe(loss, mismatch, confidence)
+            metrics["atesd/mismatch"].append(mismatch)
+        if controller.needs_probe(step):
+            nll = self._probe_nll()
+            metrics["atesd/probe_nll"].append(nll)
+            for name, value in controller.observe_probe(nll).items():
+                metrics[f"atesd/{name}"].append(value)
+        new_decision = controller.decision_due(step)
+        self.alpha = controller.act(step, self.state.max_steps)
+        metrics["atesd/alpha"].append(self.alpha)
+        if controller.policy == "learned":
+            if new_decision and self.args.lambda_gt > 0:
+                grounding = self._teacher_grounding()
+                controller.set_grounding(grounding)
+                metrics["atesd/teacher_grounding"].append(grounding)
+            for name, value in controller.beta_stats(step, self.state.max_steps).items():
+                metrics[f"atesd/{name}"].append(value)
+
+    def _global_mean(self, sums: torch.Tensor) -> torch.Tensor:
+        """`Σ_ranks sums[:-1] / Σ_ranks sums[-1]` (the last entry is the count). `(F+1,) -> (F,)`."""
+        total = self.accelerator.gather(sums.to(self.accelerator.device).unsqueeze(0)).sum(0)
+        return total[:-1] / total[-1].clamp(min=1)
+
+    def _reduced_step_stats(self) -> list[float]:
+        sums = torch.stack([s.to(self.accelerator.device) for s in self._step_sums]).sum(0)
+        self._step_sums = []
+        return self._global_mean(sums).tolist()
+
+    def token_losses(self, stats: dict[str, torch.Tensor], inputs: dict[str, Any]) -> torch.Tensor:
+        """The parent's per-token loss; in training, also sums the controller's step statistics."""
+        losses = super().token_losses(stats, inputs)
+        if self.model.training:
+            mask = self.loss_mask(inputs).to(losses.device)
+            mismatch = stats["student_logp"] - stats["teacher_logp"]
+            confidence = stats["student_logp"].exp()
+            self._step_sums.append(torch.stack([
+                masked_sum(losses.detach(), mask), masked_sum(mismatch.detach(), mask),
+                masked_sum(confidence.detach(), mask), mask.sum().float(),
+            ]))
+        return losses
+
+    # ----------------------------------------------------------------- probe set
+    def _probe_inputs(self) -> dict[str, torch.Tensor]:
+        """Student-prompt ids (left-padded) and `PROBE_PREFIX + answer + "}"` (right-padded); `score_mask` marks the
+        answer tokens. Built once."""
+        if self._probe_batch is not None:
+            return self._probe_batch
+        device, tok = self.accelerator.device, self._tokenizer
+        prompt_ids, _, _ = self._tokenize_prompts([row["prompt"] for row in self.probe_rows])
+        prefix = tok(PROBE_PREFIX, add_special_tokens=False)["input_ids"]
+        completions, scored = [], []
+        for row in self.probe_rows:
+            answer = tok(extract_boxed(row["solution"]) + "}", add_special_tokens=False)["input_ids"]
+            completions.append(torch.tensor(prefix + answer, device=device))
+            scored.append(torch.tensor([0] * len(prefix) + [1] * len(answer), device=device))
+        prompts = [torch.tensor(p, device=device) for p in prompt_ids]
+        self._probe_batch = {
+            "prompt_ids": pad(prompts, padding_value=tok.pad_token_id, padding_side="left"),
+            "prompt_mask": pad([torch.ones_like(p) for p in prompts], padding_value=0, padding_side="left"),
+            "completion_ids": pad(completions, padding_value=tok.pad_token_id, padding_side="right"),
+            "completion_mask": pad([torch.ones_like(c) for c in completions], padding_value=0, padding_side="right"),
+            "score_mask": pad(scored, padding_value=0, padding_side="right"),
+        }
+        return self._probe_batch
+
+    def _answer_nll_sums(self, unwrapped_student, inputs: dict[str, torch.Tensor], teacher: bool) -> torch.Tensor:
+        """`[Σ −log p(answer tokens), #answer tokens]` under the student, or under the teacher (exposed prompt)."""
+        completion_ids = inputs["completion_ids"]
+        logits_to_keep = completion_ids.size(1)
+        if teacher:
+            hidden, weight = self.teacher_hidden_states(unwrapped_student, inputs, logits_to_keep)
+        else:
+            input_ids = torch.cat([inputs["prompt_ids"], completion_ids], dim=1)
+            attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+            hidden = _backbone_hidden_states(unwrapped_student, input_ids, attention_mask, logits_to_keep)
+            weight = unwrapped_student.get_output_embeddings().weight
+        logp, _ = token_logprobs_and_entropy(hidden, weight.to(hidden.device), completion_ids)
+        mask = inputs["score_mask"].to(logp.device)
+        return torch.stack([masked_sum(-logp.float(), mask), mask.sum().float()])
+
+    @torch.no_grad()
+    def _probe_score(self, inputs: dict[str, torch.Tensor], teacher: bool) -> float:
+        """Mean answer NLL over the probe set, through the student's wrapper (sharded weights are gathered), averaged
+        over processes."""
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        sums = self._forward_redirection(
+            self.model_wrapped, unwrapped, self._answer_nll_sums, unwrapped, inputs, teacher
+        )
+        return self._global_mean(sums).item()
+
+    def _probe_nll(self) -> float:
+        """`ℓ`: mean NLL of the probe set's reference answers under the student (problem-only prompt)."""
+        return self._probe_score(self._probe_inputs(), teacher=False)
+
+    def _teacher_grounding(self) -> float:
+        """`g`: mean log-prob the teacher, exposed at the current `α`, gives the probe set's reference answers."""
+        inputs = dict(self._probe_inputs())
+        inputs.update(self._tokenize_teacher_prompts([self.teacher_prompt(row) for row in self.probe_rows]))
+        return -self._probe_score(inputs, teacher=True)
+
+    # ----------------------------------------------------------------- checkpointed state
+    def extra_state_dict(self) -> dict[str, Any]:
+        """The parent's state plus the controller, the current `α` and the unobserved statistics of the last step."""
+        state = super().extra_state_dict()
+        state["exposure_controller"] = self.controller.state_dict()
+        state["atesd"] = {"alpha": self.alpha, "step_sums": [s.detach().cpu() for s in self._step_sums]}
+        return state
+
+    def load_extra_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_extra_state_dict(state)
+        if "exposure_controller" in state:
+            self.controller.load_state_dict(state["exposure_controller"])
+            self.alpha = state["atesd"]["alpha"]
+            self._step_sums = list(state["atesd"]["step_sums"])
