@@ -8,23 +8,7 @@ from trl import DistillationConfig, DistillationTrainer
 
 from trl_opd.opd_config import OPDConfig
 from trl_opd.opd_trainer import OPDTrainer
-from trl_opd.testing import build_tiny_model, tiny_training_kwargs
-
-
-def fixed_inputs(tokenizer, batch=4, prompt_len=6, completion_len=5, seed=0):
-    """A generation batch as `_generate_and_score_completions` returns it (left-padded prompts, padded completions)."""
-    g = torch.Generator().manual_seed(seed)
-    vocab = len(tokenizer)
-    prompt_ids = torch.randint(10, vocab, (batch, prompt_len), generator=g)
-    prompt_mask = torch.ones_like(prompt_ids)
-    prompt_mask[0, :2] = 0
-    prompt_ids[0, :2] = tokenizer.pad_token_id
-    completion_ids = torch.randint(10, vocab, (batch, completion_len), generator=g)
-    completion_mask = torch.ones_like(completion_ids)
-    completion_mask[1, -2:] = 0
-    completion_ids[1, -2:] = tokenizer.pad_token_id
-    return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids,
-            "completion_mask": completion_mask, "num_items_in_batch": completion_mask.sum()}
+from trl_opd.testing import build_tiny_model, fixed_generation_batch, tiny_training_kwargs
 
 
 def make_trainer(cls, config_cls, tokenizer, dataset, tmp_path, student=None, teacher=None, **overrides):
@@ -47,7 +31,7 @@ def test_jsd_loss_and_grads_equal_trl_distillation(tiny_tokenizer, arithmetic_da
     ours = make_trainer(OPDTrainer, OPDConfig, tiny_tokenizer, arithmetic_dataset, tmp_path / "a", beta=beta)
     theirs = make_trainer(DistillationTrainer, DistillationConfig, tiny_tokenizer, arithmetic_dataset, tmp_path / "b",
                           beta=beta, bf16=False, gradient_checkpointing=False)
-    inputs = fixed_inputs(tiny_tokenizer)
+    inputs = fixed_generation_batch(tiny_tokenizer)
     loss_a, grads_a = loss_and_grads(ours, inputs)
     loss_b, grads_b = loss_and_grads(theirs, inputs)
     torch.testing.assert_close(loss_a, loss_b, atol=1e-6, rtol=1e-5)
@@ -58,7 +42,7 @@ def test_jsd_loss_and_grads_equal_trl_distillation(tiny_tokenizer, arithmetic_da
 
 def test_k1_loss_equals_dense_policy_gradient(tiny_tokenizer, arithmetic_dataset, tmp_path):
     trainer = make_trainer(OPDTrainer, OPDConfig, tiny_tokenizer, arithmetic_dataset, tmp_path, divergence="k1")
-    inputs = fixed_inputs(tiny_tokenizer)
+    inputs = fixed_generation_batch(tiny_tokenizer)
     loss, grads = loss_and_grads(trainer, inputs)
     # dense reference: full logits of both models, -(1/N) Σ sg(log pT - log pS) log pS
     student, teacher = trainer.model, trainer.teacher_model
@@ -81,7 +65,7 @@ def test_k1_loss_equals_dense_policy_gradient(tiny_tokenizer, arithmetic_dataset
 
 def test_gradient_accumulation_one_by_four_equals_four_by_one(tiny_tokenizer, arithmetic_dataset, tmp_path):
     trainer = make_trainer(OPDTrainer, OPDConfig, tiny_tokenizer, arithmetic_dataset, tmp_path, beta=0.5)
-    inputs = fixed_inputs(tiny_tokenizer)
+    inputs = fixed_generation_batch(tiny_tokenizer)
     total = inputs["completion_mask"].sum()
     _, full = loss_and_grads(trainer, inputs, num_items=total)
     trainer.model.zero_grad()
@@ -148,7 +132,7 @@ def test_frozen_self_teacher_with_peft_switches_the_adapter_off(tiny_tokenizer, 
                          peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
                                                 init_lora_weights=False))
     assert trainer.teacher_model is None
-    inputs = fixed_inputs(tiny_tokenizer)
+    inputs = fixed_generation_batch(tiny_tokenizer)
     hidden, _ = trainer.teacher_hidden_states(trainer.model, inputs, inputs["completion_ids"].size(1))
     ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1)
     mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1)

@@ -25,7 +25,7 @@ def has_accelerator() -> bool:
 
 
 class CPUSafeConfigMixin:
-    """Turns `bf16`/`fp16` and gradient checkpointing off, with one log line, when no accelerator is present.
+    """Turns `bf16`/`fp16` and gradient checkpointing off (one log line) and `use_cpu` on when no accelerator is present.
 
     Mix in before the TRL config class: `class MyConfig(CPUSafeConfigMixin, DistillationConfig)`.
     """
@@ -38,4 +38,5 @@ class CPUSafeConfigMixin:
             if changed:
                 logger.warning("No GPU found: training on CPU with %s switched off.", ", ".join(changed))
             self.bf16, self.fp16, self.gradient_checkpointing = False, False, False
+            self.use_cpu = True  # also makes several processes (torchrun) use gloo on the CPU
         super().__post_init__()

@@ -161,3 +161,21 @@ def tiny_training_kwargs(output_dir: str | os.PathLike, **overrides) -> dict:
     }
     kwargs.update(overrides)
     return kwargs
+
+
+def fixed_generation_batch(tokenizer, batch: int = 4, prompt_len: int = 6, completion_len: int = 5, seed: int = 0):
+    """A generation batch as `DistillationTrainer._generate_and_score_completions` returns it, with random tokens:
+    left-padded prompts (row 0 padded) and right-padded completions (row 1 padded), for loss tests without sampling."""
+    g = torch.Generator().manual_seed(seed)
+    vocab = len(tokenizer)
+    prompt_ids = torch.randint(10, vocab, (batch, prompt_len), generator=g)
+    prompt_mask = torch.ones_like(prompt_ids)
+    prompt_mask[0, :2] = 0
+    prompt_ids[0, :2] = tokenizer.pad_token_id
+    completion_ids = torch.randint(10, vocab, (batch, completion_len), generator=g)
+    completion_mask = torch.ones_like(completion_ids)
+    if batch > 1:
+        completion_mask[1, -2:] = 0
+        completion_ids[1, -2:] = tokenizer.pad_token_id
+    return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids,
+            "completion_mask": completion_mask, "num_items_in_batch": completion_mask.sum()}

@@ -1,0 +1,42 @@
+# Copyright 2026 The trl-opd developers. Licensed under the Apache License, Version 2.0.
+"""`accelerate launch --num_processes 2` on CPU (gloo) gives the same loss normalisation as one process."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from trl_opd.demo.task import make_dataset
+from trl_opd.opd_config import OPDConfig
+from trl_opd.opd_trainer import OPDTrainer
+from trl_opd.testing import build_tiny_model, build_tiny_tokenizer, fixed_generation_batch, tiny_training_kwargs
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path):
+    out = tmp_path / "ddp.pt"
+    accelerate = Path(sys.executable).with_name("accelerate")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # `--multi_gpu` is the torchrun launcher; without a GPU the processes use gloo on the CPU
+    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+           "no", "--dynamo_backend", "no", str(Path(__file__).with_name("ddp_worker.py")), str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ddp = torch.load(out)
+    assert ddp["world"] == 2
+
+    tokenizer = build_tiny_tokenizer()
+    config = OPDConfig(**tiny_training_kwargs(tmp_path, beta=0.5))
+    trainer = OPDTrainer(model=build_tiny_model(tokenizer, "student", seed=0),
+                         teacher_model=build_tiny_model(tokenizer, "teacher", seed=1), args=config,
+                         train_dataset=make_dataset(8), processing_class=tokenizer)
+    trainer.model.train()
+    loss = trainer.compute_loss(trainer.model, fixed_generation_batch(tokenizer, batch=4))
+    loss.backward()
+    # each rank's loss is its share of the global mean, scaled up by the process count before DDP averages
+    torch.testing.assert_close(ddp["loss"], loss.detach(), atol=1e-6, rtol=1e-5)
+    for name, param in trainer.model.named_parameters():
+        torch.testing.assert_close(ddp["grads"][name], param.grad, atol=1e-6, rtol=1e-4, msg=name)
