@@ -69,8 +69,14 @@ def check_teacher(spec: MethodSpec, config) -> None:
 
 
 def _as_gkd_dataset(dataset: Dataset) -> Dataset:
-    """GKD trains off-policy batches on `messages`: the prompt plus the reference solution as the assistant turn."""
-    return dataset.map(lambda row: {"messages": list(row["prompt"]) + [{"role": "assistant", "content": row["solution"]}]})
+    """GKD trains off-policy batches on `messages`: the prompt plus the reference solution as the assistant turn.
+
+    The `prompt` column goes: TRL's chat collator would read it as already-formatted text.
+    """
+    return dataset.map(
+        lambda row: {"messages": list(row["prompt"]) + [{"role": "assistant", "content": row["solution"]}]},
+        remove_columns=["prompt"],
+    )
 
 
 def model_init_kwargs(model_args: ModelConfig) -> dict[str, Any]:
@@ -99,7 +105,10 @@ def build_trainer(script_args: ScriptArguments, config, model_args: ModelConfig,
     if spec.family == "grpo":
         return trainer_class(model=model, reward_funcs=[math_accuracy_reward], args=config,
                              train_dataset=train_dataset, peft_config=peft_config, **extra)
-    if spec.family == "gkd":
+    if spec.family == "gkd":  # its chat collator needs the tokenizer up front
+        from transformers import AutoTokenizer
+
+        extra.setdefault("processing_class", AutoTokenizer.from_pretrained(model, revision=model_args.model_revision))
         return trainer_class(model=model, teacher_model=config.teacher_model_name_or_path, args=config,
                              train_dataset=_as_gkd_dataset(train_dataset), peft_config=peft_config, **extra)
     return trainer_class(model=model, teacher_model=getattr(config, "teacher_model_name_or_path", None),

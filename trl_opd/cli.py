@@ -95,12 +95,31 @@ def _train(script_args, config, model_args, dataset) -> int:
         started = True
         trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
         trainer.save_model(config.output_dir)
-        if config.push_to_hub:
-            trainer.push_to_hub(dataset_name=script_args.dataset_name)
+        card = _write_card(script_args, config, model_args)
+        if config.push_to_hub and trainer.accelerator.is_main_process:
+            from .model_card import push_model_with_card
+
+            hub_model_id = config.hub_model_id or Path(config.output_dir).name
+            push_model_with_card(config.output_dir, hub_model_id, config.hub_revision or "main", card)
     finally:
         if created and not started and output_dir.exists():
             shutil.rmtree(output_dir, ignore_errors=True)  # no half-written output directory on bad input
     return 0
+
+
+def _write_card(script_args, config, model_args) -> str:
+    """Our model card (method, paper, recipe, hyperparameters, evaluation) in place of TRL's generic one."""
+    from .model_card import load_eval_results, render_model_card, training_card_info, write_model_card
+
+    info = training_card_info(
+        script_args.method, config, model_args.model_name_or_path,
+        teacher=getattr(config, "teacher_model_name_or_path", None), recipe=script_args.recipe_path,
+        training_data=script_args.dataset_name, evaluation=load_eval_results(config.output_dir),
+    )
+    card = render_model_card(info)
+    if config.should_save:
+        write_model_card(config.output_dir, card)
+    return card
 
 
 def methods_command(_: list[str]) -> int:

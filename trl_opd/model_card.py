@@ -363,3 +363,32 @@ def push_model_with_card(
         commit_message=commit_message or f"Upload {folder.name} with trl-opd" + (f" ({revision})" if revision else ""),
         ignore_patterns=UPLOAD_IGNORE,
     )
+
+
+# Training arguments every card lists (when the config has them); method-specific fields are added automatically.
+KEY_HYPERPARAMETERS = (
+    "learning_rate", "lr_scheduler_type", "per_device_train_batch_size", "gradient_accumulation_steps",
+    "num_train_epochs", "max_steps", "max_completion_length", "num_generations", "temperature", "beta", "seed",
+)
+
+
+def _method_fields(args: Any) -> list[str]:
+    """Fields a trl-opd config adds to the TRL config it extends (its method's own hyperparameters)."""
+    from dataclasses import fields, is_dataclass
+
+    trl_base = next((c for c in type(args).__mro__ if c.__module__.startswith("trl.") and is_dataclass(c)), None)
+    base_names = {f.name for f in fields(trl_base)} if trl_base else set()
+    return [f.name for f in fields(args) if f.name not in base_names]
+
+
+def training_card_info(method: str, args: Any, base_model: str, teacher: str | None = None,
+                       recipe: str | None = None, training_data: Any = None, evaluation: dict | None = None) -> dict:
+    """The `info` of [`render_model_card`] for a finished run, from its method name and training config."""
+    names = [n for n in KEY_HYPERPARAMETERS if hasattr(args, n)] + _method_fields(args)
+    hyperparameters = {name: getattr(args, name) for name in dict.fromkeys(names)}
+    return {
+        "method": method, "base_model": base_model, "teacher": teacher, "recipe": recipe,
+        "training_data": training_data or "not recorded", "hyperparameters": hyperparameters,
+        "eval": evaluation, "hub_model_id": getattr(args, "hub_model_id", None),
+        "model_name": Path(getattr(args, "output_dir", "") or base_model).name,
+    }

@@ -50,6 +50,10 @@ class ScriptArguments:
         metadata={"help": "Appended to text prompts when `chat_prompt` is on; empty for none."},
     )
 
+    recipe_path: str | None = field(
+        default=None, metadata={"help": "Set by the CLI to the recipe file (recorded in the model card)."}
+    )
+
     def __post_init__(self):
         if self.max_train_samples is not None and self.max_train_samples < 1:
             raise ValueError(f"max_train_samples must be >= 1, got {self.max_train_samples}")
@@ -111,6 +115,7 @@ def parse_recipe(config_path: str | None, argv: list[str] | None = None) -> tupl
     parser = TrlParser(dataclass_types(method))
     full_argv = (["--config", config_path] if config_path else []) + argv
     script_args, config, model_args = parser.parse_args_and_config(full_argv)
+    script_args.recipe_path = config_path
     spec = get_spec(script_args.method)
     for key, value in spec.config_overrides.items():
         if key not in recipe and f"--{key}" not in argv:

@@ -33,12 +33,16 @@ def _batch(examples: list[tuple[list[int], int]], pad_id: int) -> tuple[torch.Te
 
 
 def supervised_warmup(model, tokenizer, dataset, steps: int, batch_size: int = 32, lr: float = 3e-3, seed: int = 0,
-                      desc: str = "SFT") -> list[float]:
-    """Train `model` on `prompt -> solution` (loss on the solution tokens) for `steps` AdamW steps. Returns losses."""
+                      desc: str = "SFT", decay: bool = True) -> list[float]:
+    """Train `model` on `prompt -> solution` (loss on the solution tokens) for `steps` AdamW steps. Returns losses.
+
+    The learning rate warms up over 20 steps, then decays linearly to 0 (`decay`) or stays constant, which leaves a
+    model that further training at the same rate continues smoothly (the demo's student).
+    """
     rng = random.Random(seed)
     examples = [encode_example(tokenizer, row["prompt"], row["solution"]) for row in dataset]
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 20) * (1 - s / (steps + 1)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 20) * ((1 - s / (steps + 1)) if decay else 1.0))
     model.train()
     losses = []
     for _ in tqdm(range(steps), desc=desc, leave=False):
