@@ -9,9 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trl_opd.ops import chunked_topk_forward_kl, k1_policy_gradient_loss, masked_global_mean
+from trl_opd.ops import chunked_topk_forward_kl, k1_policy_gradient_loss, masked_global_mean, topk_forward_kl
 from trl_opd.ops.trust import (
-    gathered_topk_forward_kl,
     linear_decay,
     prefix_length,
     provenance_mask,
@@ -78,7 +77,7 @@ def test_topk_kl_matches_a_dense_renormalised_reference():
     vocab, k = 50, 8
     h_s, h_t = torch.randn(10, 6, requires_grad=True), torch.randn(10, 10)
     w_s, w_t = torch.randn(vocab, 6, requires_grad=True), torch.randn(vocab, 10)
-    chunked = gathered_topk_forward_kl(h_s, w_s, h_t, w_t, k, temperature=1.0, token_chunk_size=3)
+    chunked = chunked_topk_forward_kl(h_s, w_s, h_t, w_t, k, temperature=1.0, token_chunk_size=3)
     # independent reference: dense logits, renormalise the teacher's top-k, torch's KL
     z_s, z_t = h_s @ w_s.t(), h_t @ w_t.t()
     top_t, idx = z_t.topk(k, dim=-1)
@@ -137,15 +136,15 @@ def test_defaults_are_the_specified_ones(tmp_path):
     assert config.guidance_enabled
 
 
-def test_gathered_topk_kl_equals_the_core_chunked_one_and_its_gradients():
+def test_chunked_topk_kl_equals_the_dense_one_and_its_gradients():
     torch.manual_seed(1)
     vocab, k, temperature = 40, 5, 0.7
     h_s, h_t = torch.randn(13, 6, requires_grad=True), torch.randn(13, 9)
     w_s, w_t = torch.randn(vocab, 6, requires_grad=True), torch.randn(vocab, 9)
-    ours = gathered_topk_forward_kl(h_s, w_s, h_t, w_t, k, temperature, token_chunk_size=4)
-    core = chunked_topk_forward_kl(h_s, w_s, h_t, w_t, k, temperature)
+    ours = chunked_topk_forward_kl(h_s, w_s, h_t, w_t, k, temperature, token_chunk_size=4)
+    core = topk_forward_kl(h_t @ w_t.T / temperature, h_s @ w_s.T / temperature, k)
     torch.testing.assert_close(ours, core)
     for g, r in zip(torch.autograd.grad(ours.sum(), (h_s, w_s)), torch.autograd.grad(core.sum(), (h_s, w_s))):
         torch.testing.assert_close(g, r)
     with pytest.raises(ValueError, match="k must be"):
-        gathered_topk_forward_kl(h_s, w_s, h_t, w_t, vocab + 1)
+        chunked_topk_forward_kl(h_s, w_s, h_t, w_t, vocab + 1)

@@ -72,7 +72,6 @@ class MOTABTrainer(OPDTrainer):
         self.stopper = SegmentStopper(self._tokenizer, args.step_delimiter, self.eos_token_ids)
         self._batch_rows: list[dict[str, Any]] | None = None
         self._traces: list[RolloutTrace] | None = None
-        self._capture: dict[str, Any] | None = None
 
     # ----------------------------------------------------------------- rollouts
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -200,42 +199,19 @@ class MOTABTrainer(OPDTrainer):
         mask = super().loss_mask(inputs)
         return mask * inputs["loss_token_mask"] if "loss_token_mask" in inputs else mask
 
-    def _compute_loss(self, unwrapped_student, inputs, num_items_in_batch):
-        # Record the student's and teacher's hidden states of this pass, for the teacher-token KL in `token_losses`.
-        self._capture = {"student": unwrapped_student}
-        try:
-            return super()._compute_loss(unwrapped_student, inputs, num_items_in_batch)
-        finally:
-            self._capture = None
-
-    def _get_last_hidden_state(self, unwrapped_model, *args, **kwargs):
-        hidden = super()._get_last_hidden_state(unwrapped_model, *args, **kwargs)
-        capture = self._capture
-        if capture is not None and unwrapped_model is capture["student"] and "student_hidden" not in capture:
-            capture["student_hidden"] = hidden
-        return hidden
-
-    def teacher_hidden_states(self, unwrapped_student, inputs, logits_to_keep):
-        hidden, weight = super().teacher_hidden_states(unwrapped_student, inputs, logits_to_keep)
-        if self._capture is not None:
-            self._capture["teacher"] = (hidden, weight)
-        return hidden, weight
-
     def token_losses(self, stats: dict[str, torch.Tensor], inputs: dict[str, Any]) -> torch.Tensor:
         """`D_β` (or K1) on student tokens, `λ_int · KL(p_T || p_S)` on teacher tokens."""
         losses = super().token_losses(stats, inputs)
         teacher_mask = inputs.get("teacher_token_mask")
-        if teacher_mask is None or self._capture is None:
+        if teacher_mask is None:
             return losses
         teacher_mask = teacher_mask * self.loss_mask(inputs)
         if not teacher_mask.any():
             return losses
-        capture = self._capture
-        student_weight = capture["student"].get_output_embeddings().weight
-        teacher_hidden, teacher_weight = capture["teacher"]
-        device = student_weight.device
+        hidden = stats["hidden"]
+        device = hidden.student_weight.device
         kl = teacher_token_forward_kl(
-            capture["student_hidden"], student_weight, teacher_hidden.to(device), teacher_weight.to(device),
+            hidden.student, hidden.student_weight, hidden.teacher.to(device), hidden.teacher_weight.to(device),
             inputs["completion_ids"], teacher_mask, self.temperature,
         )
         mode = "train" if self.model.training else "eval"

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from accelerate.utils import is_peft_model
@@ -27,6 +27,15 @@ from .teacher import (
 
 
 EXTRA_STATE_FILE = "trl_opd_state.pt"
+
+
+class HiddenStates(NamedTuple):
+    """Both models' last hidden states on the completion tokens and their `lm_head` weights, as the loss saw them."""
+
+    student: torch.Tensor  # (B, K, H_S), differentiable
+    student_weight: torch.Tensor  # (V, H_S)
+    teacher: torch.Tensor  # (B, K, H_T), detached
+    teacher_weight: torch.Tensor  # (V, H_T)
 
 
 class OPDTrainer(DistillationTrainer):
@@ -155,7 +164,8 @@ class OPDTrainer(DistillationTrainer):
         """Per-token loss `(B, K)` from the fused statistics; masked and normalised by the caller.
 
         `stats` holds `divergence` (JSD_β), `student_logp` (differentiable), `teacher_logp`, `student_entropy` and
-        `teacher_entropy`, each `(B, K)`. Default: the divergence, or the K1 policy-gradient loss.
+        `teacher_entropy`, each `(B, K)`, and `hidden` ([`HiddenStates`]) for losses that need another chunked pass
+        (MOTAB's teacher-token KL, TrOPD's top-k outlier KL). Default: the divergence, or the K1 policy-gradient loss.
         """
         if self.args.divergence == "k1":
             return k1_policy_gradient_loss(stats["student_logp"], stats["teacher_logp"])
@@ -177,6 +187,7 @@ class OPDTrainer(DistillationTrainer):
             student_hidden, student_weight, teacher_hidden.to(student_weight.device), teacher_weight.to(student_weight.device),
             completion_ids, self.beta, self.temperature,
         )
+        stats["hidden"] = HiddenStates(student_hidden, student_weight, teacher_hidden, teacher_weight)
         mask = self.loss_mask(inputs).to(student_weight.device)
         loss = masked_global_mean(self.token_losses(stats, inputs), mask, num_items_in_batch)
         self._log_token_stats(stats, mask)

@@ -11,9 +11,8 @@ import torch
 from trl.generation.vllm_generation import VLLMGeneration
 
 from .opd_trainer import OPDTrainer
-from .ops import k1_policy_gradient_loss, masked_mean
+from .ops import chunked_topk_forward_kl, k1_policy_gradient_loss, masked_mean
 from .ops.trust import (
-    gathered_topk_forward_kl,
     linear_decay,
     prefix_length,
     provenance_mask,
@@ -32,7 +31,7 @@ class TrOPDTrainer(OPDTrainer):
     - [`TrOPDTrainer.token_losses`] routes each completion token: student tokens whose trust ratio
       `min(p_T(y_t)/p_S(y_t), 1)` passes the trust mask get the K1 policy-gradient loss; the other student tokens
       (outliers) get the forward KL over the teacher's top-k, renormalised, weighted by `lambda_out`
-      ([`~trl_opd.ops.trust.gathered_topk_forward_kl`]: chunked, student logits only on the teacher's top-k ids);
+      ([`~trl_opd.ops.chunked_topk_forward_kl`]: chunked, student logits only on the teacher's top-k ids);
       teacher-written prefix tokens get the fused pass's teacher-forced JSD_`beta` (forward KL by default), weighted
       by `lambda_off`. For the outlier KL, `_compute_loss` opens a per-call context that keeps the hidden states the
       parent computes anyway (no extra forward, no full logits).
@@ -68,7 +67,6 @@ class TrOPDTrainer(OPDTrainer):
                 "TrOPD guidance needs a separate teacher model to write prefixes (this teacher is the student's own "
                 "weights): pass a teacher or set guidance_prob_start: 0"
             )
-        self._loss_context: dict[str, Any] | None = None
         self._pending_prefix_lengths: list[int] | None = None
         self.teacher_vllm_generation = None
         if self.use_vllm and args.guidance_enabled:  # built on every rank at once (vLLM init is collective)
@@ -182,27 +180,6 @@ class TrOPDTrainer(OPDTrainer):
         return output
 
     # ----------------------------------------------------------------- loss
-    def _compute_loss(self, unwrapped_student, inputs, num_items_in_batch):
-        """The parent's loss, inside a context that keeps both models' hidden states for the outlier KL."""
-        self._loss_context = {"student": unwrapped_student}
-        try:
-            return super()._compute_loss(unwrapped_student, inputs, num_items_in_batch)
-        finally:
-            self._loss_context = None
-
-    def _get_last_hidden_state(self, unwrapped_model, *args, **kwargs):
-        hidden = super()._get_last_hidden_state(unwrapped_model, *args, **kwargs)
-        context = self._loss_context
-        if context is not None and unwrapped_model is context["student"] and "student_hidden" not in context:
-            context["student_hidden"] = hidden  # the parent's first call in `_compute_loss` is the student's
-        return hidden
-
-    def teacher_hidden_states(self, unwrapped_student, inputs: dict[str, Any], logits_to_keep: int):
-        hidden, weight = super().teacher_hidden_states(unwrapped_student, inputs, logits_to_keep)
-        if self._loss_context is not None:
-            self._loss_context.update(teacher_hidden=hidden, teacher_weight=weight)
-        return hidden, weight
-
     def token_losses(self, stats: dict[str, torch.Tensor], inputs: dict[str, Any]) -> torch.Tensor:
         """`ℓ_t = (1 − O_t)[M_t ℓ^K1_t + λ_out (1 − M_t) KL_topk,t] + λ_off O_t JSD_β,t`, `(B, K)`; see
         [`~trl_opd.ops.trust.tropd_token_losses`]. `O` is `teacher_token_mask`, `M` the trust mask."""
@@ -216,24 +193,22 @@ class TrOPDTrainer(OPDTrainer):
         # Parts not routed anywhere are constant zeros, so they cost nothing in the backward.
         prefix_div = stats["divergence"] if prefix.any() else torch.zeros_like(student_logp)
         parts = tropd_token_losses(
-            k1_policy_gradient_loss(student_logp, teacher_logp), self._outlier_kl(outliers), prefix_div, trusted,
+            k1_policy_gradient_loss(student_logp, teacher_logp), self._outlier_kl(stats["hidden"], outliers), prefix_div, trusted,
             prefix, self.args.lambda_out, self.args.lambda_off,
         )
         self._log_trust(parts, ratio, trusted, on_policy, mask)
         return parts["total"]
 
-    def _outlier_kl(self, outliers: torch.Tensor) -> torch.Tensor:
+    def _outlier_kl(self, hidden, outliers: torch.Tensor) -> torch.Tensor:
         """Top-k renormalised forward KL on the outlier positions only (zeros elsewhere). `(B, K) bool -> (B, K)`."""
-        context = self._loss_context
         kl = torch.zeros(outliers.shape, device=outliers.device)
-        if context is None or self.args.lambda_out == 0.0 or not outliers.any():
+        if self.args.lambda_out == 0.0 or not outliers.any():
             return kl
         rows = outliers.nonzero(as_tuple=True)
-        student_weight = context["student"].get_output_embeddings().weight
-        device = student_weight.device
-        values = gathered_topk_forward_kl(
-            context["student_hidden"][rows], student_weight, context["teacher_hidden"][rows].to(device),
-            context["teacher_weight"].to(device), self.args.outlier_top_k, self.temperature,
+        device = hidden.student_weight.device
+        values = chunked_topk_forward_kl(
+            hidden.student[rows], hidden.student_weight, hidden.teacher[rows].to(device),
+            hidden.teacher_weight.to(device), self.args.outlier_top_k, self.temperature,
         )
         return kl.index_put(rows, values.float())
 

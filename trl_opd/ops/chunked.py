@@ -243,26 +243,43 @@ def chunked_topk_forward_kl(
     temperature: float = 1.0,
     token_chunk_size: int = 256,
 ) -> torch.Tensor:
-    """Forward KL over the teacher's top-k, renormalised (see [`topk_forward_kl`]), chunked over positions.
+    """Forward KL over the teacher's top-k, renormalised: `KL(p̄_T || p̄_S)`, `p̄(v) = p(v)/Σ_{u∈K} p(u)` (see
+    [`~trl_opd.ops.topk_forward_kl`]), without full logits. `(..., H_s), (V, H_s), (..., H_t), (V, H_t) -> (...)`.
 
-    `(B, T, H_s), (V, H_s), (B, T, H_t), (V, H_t) -> (B, T)`. Each chunk's `(n, V)` logits live only inside a
-    checkpointed function, so at most one chunk of logits per model exists at a time, in forward and backward.
+    Per chunk of `n` positions: the teacher's `(n, V)` logits are projected once, under no-grad and in the head's dtype, only to pick
+    the top-k ids (their logits are then recomputed in fp32 from the gathered `(n, k, H_t)` head rows); the student's
+    logits exist only on those ids, `z_S[v] = h_S · W_S[v]`. The backward recomputes the student's gather per chunk
+    (never a teacher projection, never a student `(n, V)` tile); the head's gradient arrives as one dense `(V, H_s)`
+    tensor per chunk, like an embedding's.
     """
     shape = student_hidden.shape[:-1]
-    h_s = student_hidden.reshape(-1, student_hidden.size(-1))
-    h_t = teacher_hidden.reshape(-1, teacher_hidden.size(-1))
+    student_hidden = student_hidden.reshape(-1, student_hidden.size(-1))
+    teacher_hidden = teacher_hidden.reshape(-1, teacher_hidden.size(-1))
+    with maybe_gather_lm_head_ctx(student_weight, teacher_weight):  # ZeRO-3: read outside the heads' forward
+        if k < 1 or k > teacher_weight.size(0):
+            raise ValueError(f"k must be in [1, {teacher_weight.size(0)}], got {k}")
+        parts = [_topk_chunk(student_hidden[a : a + token_chunk_size], student_weight,
+                             teacher_hidden[a : a + token_chunk_size], teacher_weight, k, temperature)
+                 for a in range(0, student_hidden.size(0), token_chunk_size)]
+    return (torch.cat(parts) if parts else student_hidden.new_zeros(0)).view(shape)
 
-    def chunk_kl(hs: torch.Tensor, ht: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            top_t, idx = (ht.float() @ teacher_weight.float().t() / temperature).topk(k, dim=-1)
-        top_s = (hs.float() @ student_weight.float().t() / temperature).gather(-1, idx)
-        return forward_kl(top_t.log_softmax(-1), top_s.log_softmax(-1))
 
-    parts = []
-    for a in range(0, h_s.size(0), token_chunk_size):
-        hs, ht = h_s[a : a + token_chunk_size], h_t[a : a + token_chunk_size]
-        if torch.is_grad_enabled() and (hs.requires_grad or student_weight.requires_grad):
-            parts.append(checkpoint(chunk_kl, hs, ht, use_reentrant=False))
-        else:
-            parts.append(chunk_kl(hs, ht))
-    return torch.cat(parts).view(shape) if parts else h_s.new_zeros(shape)
+def _topk_chunk(hs, student_weight, ht, teacher_weight, k, temperature) -> torch.Tensor:
+    """One chunk of [`chunked_topk_forward_kl`]. `(n, H_s), (V, H_s), (n, H_t), (V, H_t) -> (n,)`."""
+    with torch.no_grad():  # pick the ids in the head's dtype, then take their logits in fp32
+        idx = (ht.to(teacher_weight.dtype) @ teacher_weight.t()).topk(k, dim=-1).indices
+        teacher_logp = (_gathered_logits(ht, teacher_weight, idx) / temperature).log_softmax(-1)
+    if torch.is_grad_enabled() and (hs.requires_grad or student_weight.requires_grad):
+        return checkpoint(_gathered_chunk_kl, hs, student_weight, teacher_logp, idx, temperature, use_reentrant=False)
+    return _gathered_chunk_kl(hs, student_weight, teacher_logp, idx, temperature)
+
+
+def _gathered_chunk_kl(hs, student_weight, teacher_logp, idx, temperature):
+    """`(n, H), (V, H), (n, k), (n, k) -> (n,)`: student logits on the teacher's top-k ids, then the KL."""
+    top_s = _gathered_logits(hs, student_weight, idx) / temperature
+    return forward_kl(teacher_logp, top_s.log_softmax(-1))
+
+
+def _gathered_logits(hidden: torch.Tensor, weight: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """fp32 logits of the `k` given ids only: `z[n, j] = h_n · W[idx[n, j]]`. `(n, H), (V, H), (n, k) -> (n, k)`."""
+    return torch.einsum("nh,nkh->nk", hidden.float(), weight[idx].float())

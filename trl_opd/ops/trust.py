@@ -10,9 +10,6 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.utils.checkpoint import checkpoint
-
-from .divergences import forward_kl
 
 
 TRUST_MODES = ("threshold", "stochastic")
@@ -73,52 +70,6 @@ def tropd_token_losses(
     }
     parts["total"] = parts["trust_region"] + lambda_out * parts["outlier"] + lambda_off * parts["prefix"]
     return parts
-
-
-def gathered_topk_forward_kl(
-    student_hidden: torch.Tensor,
-    student_weight: torch.Tensor,
-    teacher_hidden: torch.Tensor,
-    teacher_weight: torch.Tensor,
-    k: int,
-    temperature: float = 1.0,
-    token_chunk_size: int = 256,
-) -> torch.Tensor:
-    """Forward KL over the teacher's top-k, renormalised: `KL(p̄_T || p̄_S)`, `p̄(v) = p(v)/Σ_{u∈K} p(u)` (see
-    [`~trl_opd.ops.topk_forward_kl`]), on `N` positions. `(N, H_s), (V, H_s), (N, H_t), (V, H_t) -> (N,)`.
-
-    The same value as [`~trl_opd.ops.chunked_topk_forward_kl`] at a fraction of its cost. Per chunk of `n`
-    positions: the teacher's `(n, V)` logits are projected once, under no-grad and in the head's dtype, only to pick
-    the top-k ids (their logits are then recomputed in fp32 from the gathered `(n, k, H_t)` head rows); the student's
-    logits exist only on those ids, `z_S[v] = h_S · W_S[v]`. The backward recomputes the student's gather per chunk
-    (never a teacher projection, never a student `(n, V)` tile); the head's gradient arrives as one dense `(V, H_s)`
-    tensor per chunk, like an embedding's.
-    """
-    if k < 1 or k > teacher_weight.size(0):
-        raise ValueError(f"k must be in [1, {teacher_weight.size(0)}], got {k}")
-    parts = []
-    for a in range(0, student_hidden.size(0), token_chunk_size):
-        hs, ht = student_hidden[a : a + token_chunk_size], teacher_hidden[a : a + token_chunk_size]
-        with torch.no_grad():  # pick the ids in the head's dtype, then take their logits in fp32
-            idx = (ht.to(teacher_weight.dtype) @ teacher_weight.t()).topk(k, dim=-1).indices
-            teacher_logp = (_gathered_logits(ht, teacher_weight, idx) / temperature).log_softmax(-1)
-        if torch.is_grad_enabled() and (hs.requires_grad or student_weight.requires_grad):
-            parts.append(checkpoint(_gathered_chunk_kl, hs, student_weight, teacher_logp, idx, temperature,
-                                    use_reentrant=False))
-        else:
-            parts.append(_gathered_chunk_kl(hs, student_weight, teacher_logp, idx, temperature))
-    return torch.cat(parts) if parts else student_hidden.new_zeros(0)
-
-
-def _gathered_chunk_kl(hs, student_weight, teacher_logp, idx, temperature):
-    """`(n, H), (V, H), (n, k), (n, k) -> (n,)`: student logits on the teacher's top-k ids, then the KL."""
-    top_s = _gathered_logits(hs, student_weight, idx) / temperature
-    return forward_kl(teacher_logp, top_s.log_softmax(-1))
-
-
-def _gathered_logits(hidden: torch.Tensor, weight: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """fp32 logits of the `k` given ids only: `z[n, j] = h_n · W[idx[n, j]]`. `(n, H), (V, H), (n, k) -> (n, k)`."""
-    return torch.einsum("nh,nkh->nk", hidden.float(), weight[idx].float())
 
 
 def linear_decay(step: int, total_steps: int, start: float, share: float) -> float:
