@@ -84,8 +84,8 @@ class ATESDConfig(OPDConfig):
         self.check_exposure()
 
     def check_exposure(self) -> None:
-        """Raise one clear `ValueError` for an invalid exposure/controller setting. Also run by the trainer, since
-        the method registry may set `exposure_policy`/`alpha` after parsing."""
+        """Raise one clear `ValueError` for an invalid exposure/controller setting. Also run by the trainer, since a
+        config can be changed after it was built."""
         if self.exposure_policy not in EXPOSURE_POLICIES:
             raise ValueError(f"exposure_policy must be one of {EXPOSURE_POLICIES}, got {self.exposure_policy!r}")
         for name in ("alpha", "alpha_min", "alpha_max"):

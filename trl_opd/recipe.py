@@ -113,11 +113,10 @@ def parse_recipe(config_path: str | None, argv: list[str] | None = None) -> tupl
     check_known_keys(list(recipe), method, f"recipe {config_path}")
     check_known_keys(_flag_keys(argv), method, "the command line")
     parser = TrlParser(dataclass_types(method))
+    # a preset's values (e.g. `opsd` = ATESD at fixed full exposure) are defaults: the recipe and flags override them,
+    # and the config's own checks see the final values
+    parser.set_defaults_with_config(**get_spec(method).config_overrides)
     full_argv = (["--config", config_path] if config_path else []) + argv
     script_args, config, model_args = parser.parse_args_and_config(full_argv)
     script_args.recipe_path = config_path
-    spec = get_spec(script_args.method)
-    for key, value in spec.config_overrides.items():
-        if key not in recipe and f"--{key}" not in argv:
-            setattr(config, key, value)
     return script_args, config, model_args
