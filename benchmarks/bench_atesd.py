@@ -37,10 +37,16 @@ from trl_opd.testing import build_tiny_model, build_tiny_tokenizer, tiny_trainin
 
 def build(name: str, model, tokenizer, dataset, args, output_dir: str) -> ATESDTrainer:
     overrides = {"exposure_policy": "fixed", "alpha": 1.0} if name == "opsd" else {}
-    config = ATESDConfig(**tiny_training_kwargs(
-        os.path.join(output_dir, name), max_steps=args.steps + args.warmup, per_device_train_batch_size=args.batch,
-        max_completion_length=args.completion, learning_rate=5e-4, **overrides,
-    ))
+    config = ATESDConfig(
+        **tiny_training_kwargs(
+            os.path.join(output_dir, name),
+            max_steps=args.steps + args.warmup,
+            per_device_train_batch_size=args.batch,
+            max_completion_length=args.completion,
+            learning_rate=5e-4,
+            **overrides,
+        )
+    )
     trainer = ATESDTrainer(model=model, args=config, train_dataset=dataset, processing_class=copy.deepcopy(tokenizer))
     trainer.create_optimizer_and_scheduler(num_training_steps=config.max_steps)
     trainer.state.max_steps = config.max_steps
@@ -90,8 +96,10 @@ def main() -> None:
     student = build_tiny_model(tokenizer, "student", seed=0)
     dataset = make_dataset(max(64, args.batch * (args.steps + args.warmup)), seed=7, n_ops=args.n_ops)
     with tempfile.TemporaryDirectory() as output_dir:
-        trainers = {name: build(name, copy.deepcopy(student), tokenizer, dataset, args, output_dir)
-                    for name in ("atesd", "opsd")}
+        trainers = {
+            name: build(name, copy.deepcopy(student), tokenizer, dataset, args, output_dir)
+            for name in ("atesd", "opsd")
+        }
         clock: dict[str, float] = defaultdict(float)
         timed(trainers["atesd"], clock)
         times: dict[str, list[tuple[float, float]]] = {name: [] for name in trainers}
@@ -108,20 +116,26 @@ def main() -> None:
 
 
 def report(times, clock, args, atesd: ATESDTrainer) -> None:
-    print(f"ATESD vs OPSD step time, {args.steps} interleaved steps, batch {args.batch}, {args.n_ops}-step problems, "
-          f"max_completion_length {args.completion}, tiny student (CPU, {torch.get_num_threads()} thread(s))")
+    print(
+        f"ATESD vs OPSD step time, {args.steps} interleaved steps, batch {args.batch}, {args.n_ops}-step problems, "
+        f"max_completion_length {args.completion}, tiny student (CPU, {torch.get_num_threads()} thread(s))"
+    )
     for index, kind in enumerate(("wall", "CPU")):
         series = {name: [t[index] for t in values] for name, values in times.items()}
         median = {name: statistics.median(values) for name, values in series.items()}
         mean = {name: statistics.fmean(values) for name, values in series.items()}
         ratios = [a / o for a, o in zip(series["atesd"], series["opsd"])]
-        print(f"  {kind:>4} time  OPSD median {median['opsd'] * 1e3:7.1f} ms  ATESD median {median['atesd'] * 1e3:7.1f} ms"
-              f"  ratio ATESD/OPSD: medians {median['atesd'] / median['opsd']:.3f}, means "
-              f"{mean['atesd'] / mean['opsd']:.3f}, median per-step {statistics.median(ratios):.3f}  (target <= 1.05)")
+        print(
+            f"  {kind:>4} time  OPSD median {median['opsd'] * 1e3:7.1f} ms  ATESD median {median['atesd'] * 1e3:7.1f} ms"
+            f"  ratio ATESD/OPSD: medians {median['atesd'] / median['opsd']:.3f}, means "
+            f"{mean['atesd'] / mean['opsd']:.3f}, median per-step {statistics.median(ratios):.3f}  (target <= 1.05)"
+        )
         if kind == "CPU":
             probe = (clock["_probe_nll"] + clock["_teacher_grounding"]) / args.steps
-            print(f"  probe set + teacher grounding: {probe * 1e3:.1f} ms CPU per step = {probe / median['opsd']:.3f} "
-                  "of the OPSD step")
+            print(
+                f"  probe set + teacher grounding: {probe * 1e3:.1f} ms CPU per step = {probe / median['opsd']:.3f} "
+                "of the OPSD step"
+            )
     alphas = sorted({round(a, 2) for a in atesd._metrics["train"]["atesd/alpha"]})
     print(f"  ATESD exposures used: {alphas}")
 

@@ -47,19 +47,36 @@ def build(method: str, opts: argparse.Namespace):
     from trl_opd.testing import build_tiny_model, build_tiny_tokenizer, tiny_training_kwargs
 
     tokenizer = build_tiny_tokenizer()
-    model = build_tiny_model(tokenizer, "student", seed=0, hidden_size=opts.hidden, num_hidden_layers=opts.layers,
-                             intermediate_size=2 * opts.hidden)
+    model = build_tiny_model(
+        tokenizer,
+        "student",
+        seed=0,
+        hidden_size=opts.hidden,
+        num_hidden_layers=opts.layers,
+        intermediate_size=2 * opts.hidden,
+    )
     dataset = make_dataset(16, seed=1)
     kwargs = tiny_training_kwargs(
-        tempfile.mkdtemp(), num_generations=4, per_device_train_batch_size=8,
-        max_completion_length=opts.completion_length, learning_rate=0.0, temperature=1.0, beta=0.0,
+        tempfile.mkdtemp(),
+        num_generations=4,
+        per_device_train_batch_size=8,
+        max_completion_length=opts.completion_length,
+        learning_rate=0.0,
+        temperature=1.0,
+        beta=0.0,
     )
     if method == "grpo":
-        trainer = GRPOTrainer(model=model, reward_funcs=[math_accuracy_reward], args=GRPOBaselineConfig(**kwargs),
-                              train_dataset=dataset, processing_class=tokenizer)
+        trainer = GRPOTrainer(
+            model=model,
+            reward_funcs=[math_accuracy_reward],
+            args=GRPOBaselineConfig(**kwargs),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+        )
     else:
-        trainer = EGRSDTrainer(model=model, args=EGRSDConfig(**kwargs), train_dataset=dataset,
-                               processing_class=tokenizer)
+        trainer = EGRSDTrainer(
+            model=model, args=EGRSDConfig(**kwargs), train_dataset=dataset, processing_class=tokenizer
+        )
     trainer.model.train()
     trainer.current_gradient_accumulation_steps = 1  # set by the training loop otherwise
     return trainer, [dict(dataset[i]) for i in range(2) for _ in range(4)]
@@ -139,15 +156,17 @@ def main() -> None:
         lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
         if proc.returncode != 0 or not lines:
             sys.exit(f"{method} memory run failed:\n{proc.stderr[-3000:]}")
-        results[method] = json.loads(lines[-1][len("RESULT "):])
+        results[method] = json.loads(lines[-1][len("RESULT ") :])
     import torch
 
     for method, times in measure_time(opts).items():
         results[method].update(times)
     grpo, egrsd = results["grpo"], results["egrsd"]
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    print(f"device: {device}, student hidden {opts.hidden} x {opts.layers} layers, batch 8 (2 prompts x 4), "
-          f"{opts.completion_length} new tokens, {opts.steps} interleaved steps (medians after a warm-up)")
+    print(
+        f"device: {device}, student hidden {opts.hidden} x {opts.layers} layers, batch 8 (2 prompts x 4), "
+        f"{opts.completion_length} new tokens, {opts.steps} interleaved steps (medians after a warm-up)"
+    )
     print(f"{'':24}{'grpo':>10}{'egrsd':>10}{'ratio':>8}  target")
     rows = [
         ("step time (s)", "step_s", "<= 1.3x"),

@@ -63,7 +63,9 @@ def child(variant: str, tokens: int, hidden: int, vocab: int, beta: float) -> di
     elif variant == "trl_chunked":
         from trl.trainer.distillation_trainer import _chunked_divergence_loss
 
-        loss, _, _ = _chunked_divergence_loss(student_hidden, teacher_hidden, student_weight, teacher_weight, mask, beta)
+        loss, _, _ = _chunked_divergence_loss(
+            student_hidden, teacher_hidden, student_weight, teacher_weight, mask, beta
+        )
     else:
         from trl_opd.ops import fused_distillation_stats, masked_global_mean
 
@@ -89,21 +91,39 @@ def main() -> None:
     results: dict[str, list[dict]] = {v: [] for v in VARIANTS}
     for _ in range(args.repeats):
         for variant in VARIANTS:
-            cmd = [sys.executable, __file__, "--child", variant, "--tokens", str(args.tokens), "--hidden",
-                   str(args.hidden), "--vocab", str(args.vocab), "--beta", str(args.beta)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                variant,
+                "--tokens",
+                str(args.tokens),
+                "--hidden",
+                str(args.hidden),
+                "--vocab",
+                str(args.vocab),
+                "--beta",
+                str(args.beta),
+            ]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
             results[variant].append(json.loads(out))
-    med = {v: {k: statistics.median(r[k] for r in rs) for k in ("peak_mb", "seconds", "loss")}
-           for v, rs in results.items()}
+    med = {
+        v: {k: statistics.median(r[k] for r in rs) for k in ("peak_mb", "seconds", "loss")}
+        for v, rs in results.items()
+    }
     print(f"T={args.tokens} H={args.hidden} V={args.vocab} beta={args.beta}, medians of {args.repeats} run(s)")
     print(f"{'variant':<12} {'peak MB':>10} {'seconds':>9} {'loss':>10}")
     for variant, m in med.items():
         print(f"{variant:<12} {m['peak_mb']:>10.0f} {m['seconds']:>9.2f} {m['loss']:>10.5f}")
     ours, trl, full = med["trl_opd"], med["trl_chunked"], med["gkd_full"]
-    print(f"trl_opd / trl_chunked: memory {ours['peak_mb'] / trl['peak_mb']:.2f}x, time "
-          f"{ours['seconds'] / trl['seconds']:.2f}x (target <= 1.1x both)")
-    print(f"trl_opd / gkd_full:    memory {ours['peak_mb'] / full['peak_mb']:.2f}x, time "
-          f"{ours['seconds'] / full['seconds']:.2f}x")
+    print(
+        f"trl_opd / trl_chunked: memory {ours['peak_mb'] / trl['peak_mb']:.2f}x, time "
+        f"{ours['seconds'] / trl['seconds']:.2f}x (target <= 1.1x both)"
+    )
+    print(
+        f"trl_opd / gkd_full:    memory {ours['peak_mb'] / full['peak_mb']:.2f}x, time "
+        f"{ours['seconds'] / full['seconds']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

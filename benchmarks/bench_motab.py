@@ -66,22 +66,36 @@ def rollout_times() -> dict[str, float]:
     prompts = [tok.encode(p, add_special_tokens=False) for p in prompts]
     width = max(map(len, prompts))
     ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompts], device=DEVICE)
-    mask = (torch.arange(width, device=DEVICE)[None] >= torch.tensor([width - len(p) for p in prompts], device=DEVICE)[:, None]).long()
+    mask = (
+        torch.arange(width, device=DEVICE)[None]
+        >= torch.tensor([width - len(p) for p in prompts], device=DEVICE)[:, None]
+    ).long()
 
     @torch.no_grad()
     def plain():
-        student.generate(input_ids=ids, attention_mask=mask, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
-                         do_sample=True, top_k=0, pad_token_id=tok.pad_token_id)
+        student.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=NEW_TOKENS,
+            min_new_tokens=NEW_TOKENS,
+            do_sample=True,
+            top_k=0,
+            pad_token_id=tok.pad_token_id,
+        )
 
     stopper = SegmentStopper(tok, "\x00never\x00", [])  # no delimiter, no EOS: segments of SEGMENT tokens
 
     def motab(boundary: float, max_backtracks: int):
         @torch.no_grad()
         def run():
-            s, t = HFStepBackend(student, pad_token_id=tok.pad_token_id), HFStepBackend(teacher, pad_token_id=tok.pad_token_id)
+            s, t = (
+                HFStepBackend(student, pad_token_id=tok.pad_token_id),
+                HFStepBackend(teacher, pad_token_id=tok.pad_token_id),
+            )
             traces = SegmentRollout(s, t, stopper, NEW_TOKENS, SEGMENT, max_backtracks).run(prompts, prompts, boundary)
-            assert all(len(x.tokens) == NEW_TOKENS and x.backtracks == (max_backtracks if boundary < 0 else 0)
-                       for x in traces)
+            assert all(
+                len(x.tokens) == NEW_TOKENS and x.backtracks == (max_backtracks if boundary < 0 else 0) for x in traces
+            )
 
         return run
 
@@ -100,8 +114,9 @@ def _peak_bytes(fn) -> int:
         return torch.cuda.max_memory_allocated() - base
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns())
+    events = sorted(
+        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns()
+    )
     current = peak = 0
     for event in events:
         current += event.nbytes()
@@ -112,18 +127,30 @@ def _peak_bytes(fn) -> int:
 def loss_peak_memory(root: Path) -> dict[str, float]:
     save_tiny_pair(root)
     data = make_dataset(16, seed=1)
-    common = tiny_training_kwargs(root / "out", per_device_train_batch_size=BATCH, max_completion_length=NEW_TOKENS,
-                                  beta=0.5, use_cpu=DEVICE == "cpu")
-    motab = MOTABTrainer(model=str(root / "student"), teacher_model=str(root / "teacher"), train_dataset=data,
-                         args=MOTABConfig(**common, fixed_boundary=0.0, max_segment_tokens=SEGMENT))
-    opd = OPDTrainer(model=str(root / "student"), teacher_model=str(root / "teacher"), train_dataset=data,
-                     args=OPDConfig(**common))
+    common = tiny_training_kwargs(
+        root / "out",
+        per_device_train_batch_size=BATCH,
+        max_completion_length=NEW_TOKENS,
+        beta=0.5,
+        use_cpu=DEVICE == "cpu",
+    )
+    motab = MOTABTrainer(
+        model=str(root / "student"),
+        teacher_model=str(root / "teacher"),
+        train_dataset=data,
+        args=MOTABConfig(**common, fixed_boundary=0.0, max_segment_tokens=SEGMENT),
+    )
+    opd = OPDTrainer(
+        model=str(root / "student"), teacher_model=str(root / "teacher"), train_dataset=data, args=OPDConfig(**common)
+    )
     motab.model.train()
     opd.model.train()
     torch.manual_seed(0)
     inputs = motab._generate_and_score_completions([data[i] for i in range(BATCH)])
     opd_inputs = {k: v for k, v in inputs.items() if k != "teacher_token_mask"}
-    fraction = float((inputs["teacher_token_mask"] * inputs["completion_mask"]).sum() / inputs["completion_mask"].sum())
+    fraction = float(
+        (inputs["teacher_token_mask"] * inputs["completion_mask"]).sum() / inputs["completion_mask"].sum()
+    )
 
     def step(trainer, batch):
         def run():
@@ -134,8 +161,11 @@ def loss_peak_memory(root: Path) -> dict[str, float]:
 
     step(opd, opd_inputs)()  # warm-up both (lazy buffers)
     step(motab, inputs)()
-    return {"opd": _peak_bytes(step(opd, opd_inputs)), "motab": _peak_bytes(step(motab, inputs)),
-            "teacher_fraction": fraction}
+    return {
+        "opd": _peak_bytes(step(opd, opd_inputs)),
+        "motab": _peak_bytes(step(motab, inputs)),
+        "teacher_fraction": fraction,
+    }
 
 
 def main():
@@ -146,15 +176,21 @@ def main():
     per_backtrack = (times["motab_backtracking"] - times["motab"]) / BACKTRACKS
     print(f"device: {DEVICE}; batch {BATCH}, {NEW_TOKENS} new tokens, segments of {SEGMENT}")
     print(f"plain student generate           : {times['plain'] * 1e3:8.1f} ms")
-    print(f"MOTAB rollout, no backtrack      : {times['motab'] * 1e3:8.1f} ms  ratio {times['motab'] / times['plain']:.2f}x"
-          "  (target <= 1.5x)")
+    print(
+        f"MOTAB rollout, no backtrack      : {times['motab'] * 1e3:8.1f} ms  ratio {times['motab'] / times['plain']:.2f}x"
+        "  (target <= 1.5x)"
+    )
     print(f"MOTAB rollout, {BACKTRACKS} backtracks/rollout: {times['motab_backtracking'] * 1e3:8.1f} ms")
-    print(f"cost per backtrack (whole batch backtracking at once): {per_backtrack * 1e3:.1f} ms = "
-          f"{per_backtrack / times['plain']:.2f}x of a plain rollout, "
-          f"{per_backtrack / (times['motab'] / (NEW_TOKENS / SEGMENT)):.2f}x of one monitored segment round")
-    print(f"loss peak memory: opd {memory['opd'] / 2**20:.2f} MiB, MOTAB {memory['motab'] / 2**20:.2f} MiB, "
-          f"ratio {memory['motab'] / memory['opd']:.3f}x (target <= 1.1x; teacher-token fraction "
-          f"{memory['teacher_fraction']:.2f})")
+    print(
+        f"cost per backtrack (whole batch backtracking at once): {per_backtrack * 1e3:.1f} ms = "
+        f"{per_backtrack / times['plain']:.2f}x of a plain rollout, "
+        f"{per_backtrack / (times['motab'] / (NEW_TOKENS / SEGMENT)):.2f}x of one monitored segment round"
+    )
+    print(
+        f"loss peak memory: opd {memory['opd'] / 2**20:.2f} MiB, MOTAB {memory['motab'] / 2**20:.2f} MiB, "
+        f"ratio {memory['motab'] / memory['opd']:.3f}x (target <= 1.1x; teacher-token fraction "
+        f"{memory['teacher_fraction']:.2f})"
+    )
 
 
 if __name__ == "__main__":

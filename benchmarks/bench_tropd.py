@@ -72,10 +72,13 @@ def fixed_batch(n_tokens: int, batch: int = 8, prompt: int = 16, completion: int
     g = torch.Generator().manual_seed(0)
     completion_mask = torch.ones(batch, completion, dtype=torch.long)
     completion_mask[::2, completion - 8 :] = 0  # some padding
-    return {"prompt_ids": torch.randint(10, n_tokens, (batch, prompt), generator=g),
-            "prompt_mask": torch.ones(batch, prompt, dtype=torch.long),
-            "completion_ids": torch.randint(10, n_tokens, (batch, completion), generator=g),
-            "completion_mask": completion_mask, "num_items_in_batch": completion_mask.sum()}
+    return {
+        "prompt_ids": torch.randint(10, n_tokens, (batch, prompt), generator=g),
+        "prompt_mask": torch.ones(batch, prompt, dtype=torch.long),
+        "completion_ids": torch.randint(10, n_tokens, (batch, completion), generator=g),
+        "completion_mask": completion_mask,
+        "num_items_in_batch": completion_mask.sum(),
+    }
 
 
 def loss_step(trainer, batch) -> None:
@@ -86,8 +89,12 @@ def loss_step(trainer, batch) -> None:
 def build(name, student, teacher, out):
     common = tiny_training_kwargs(out, max_completion_length=40, per_device_train_batch_size=8)
     if name == "opd (k1)":
-        return OPDTrainer(model=student, teacher_model=teacher, args=OPDConfig(**common, divergence="k1"),
-                          train_dataset=make_dataset(16, seed=0))
+        return OPDTrainer(
+            model=student,
+            teacher_model=teacher,
+            args=OPDConfig(**common, divergence="k1"),
+            train_dataset=make_dataset(16, seed=0),
+        )
     threshold = 1.0 if "δ=1" in name else 0.0
     config = TrOPDConfig(**common, trust_threshold=threshold, guidance_prob_start=0.0)
     return TrOPDTrainer(model=student, teacher_model=teacher, args=config, train_dataset=make_dataset(16, seed=0))
@@ -119,8 +126,10 @@ def bench_pair(label: str, student: str, teacher: str, out: str, reps: int) -> N
     print(f"\n{label} (trusted fraction at δ=1: {trusted:.2f})")
     print(f"{'variant':<22}{'cpu ms':>9}{'x opd':>8}{'wall ms':>9}{'x opd':>8}{'peak MiB':>10}{'x opd':>8}")
     for name in names:
-        print(f"{name:<22}{cpu[name] * 1e3:>9.1f}{cpu[name] / base_time:>8.3f}{wall[name] * 1e3:>9.1f}"
-              f"{wall[name] / wall[names[0]]:>8.3f}{peaks[name] / 2**20:>10.2f}{peaks[name] / base_peak:>8.3f}")
+        print(
+            f"{name:<22}{cpu[name] * 1e3:>9.1f}{cpu[name] / base_time:>8.3f}{wall[name] * 1e3:>9.1f}"
+            f"{wall[name] / wall[names[0]]:>8.3f}{peaks[name] / 2**20:>10.2f}{peaks[name] / base_peak:>8.3f}"
+        )
 
 
 def main() -> None:

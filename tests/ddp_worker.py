@@ -20,8 +20,9 @@ def main(out_path: str) -> None:
     student = build_tiny_model(tokenizer, "student", seed=0)
     teacher = build_tiny_model(tokenizer, "teacher", seed=1)
     config = OPDConfig(**tiny_training_kwargs(os.path.dirname(out_path), beta=0.5))
-    trainer = OPDTrainer(model=student, teacher_model=teacher, args=config, train_dataset=make_dataset(8),
-                         processing_class=tokenizer)
+    trainer = OPDTrainer(
+        model=student, teacher_model=teacher, args=config, train_dataset=make_dataset(8), processing_class=tokenizer
+    )
     rank, world = trainer.accelerator.process_index, trainer.accelerator.num_processes
     batch = fixed_generation_batch(tokenizer, batch=4)
     rows = slice(rank * 4 // world, (rank + 1) * 4 // world)

@@ -19,8 +19,16 @@ from trl_opd.testing import build_tiny_model, tiny_training_kwargs
 
 REPO = Path(__file__).resolve().parents[1]
 SOLUTION = "Step one: 2+3=5.\n\nStep two: 5*4=20.\n\nStep three: 20-1=19.\n\nStep four: check.\n\nSo \\boxed{19}."
-LOGGED = ("alpha", "beta_mean", "beta_concentration", "reward", "controller_loss", "mismatch", "probe_nll",
-          "teacher_grounding")
+LOGGED = (
+    "alpha",
+    "beta_mean",
+    "beta_concentration",
+    "reward",
+    "controller_loss",
+    "mismatch",
+    "probe_nll",
+    "teacher_grounding",
+)
 
 
 def _config(tmp_path, **overrides) -> ATESDConfig:
@@ -90,8 +98,12 @@ def opsd(tmp_path_factory, tiny_tokenizer, arithmetic_dataset):
     model = build_tiny_model(tiny_tokenizer, "student", seed=0)
     initial = copy.deepcopy(model)
     args = _config(tmp_path_factory.mktemp("opsd"), exposure_policy="fixed", alpha=1.0)
-    trainer = ATESDTrainer(model=model, args=args, train_dataset=_unboxed(arithmetic_dataset, (2, 3)),
-                           processing_class=copy.deepcopy(tiny_tokenizer))
+    trainer = ATESDTrainer(
+        model=model,
+        args=args,
+        train_dataset=_unboxed(arithmetic_dataset, (2, 3)),
+        processing_class=copy.deepcopy(tiny_tokenizer),
+    )
     rows = [trainer.train_dataset[i] for i in range(4)]
     trainer.model.train()
     torch.manual_seed(0)
@@ -162,7 +174,9 @@ def _dense_answer_nll(model, tok, prompts, answers):
     total, count = 0.0, 0
     for prompt, answer in zip(prompts, answers):
         text = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-        context = tok(text, add_special_tokens=False)["input_ids"] + tok(PROBE_PREFIX, add_special_tokens=False)["input_ids"]
+        context = (
+            tok(text, add_special_tokens=False)["input_ids"] + tok(PROBE_PREFIX, add_special_tokens=False)["input_ids"]
+        )
         target = tok(answer + "}", add_special_tokens=False)["input_ids"]
         logits = model(torch.tensor([context + target])).logits[0, len(context) - 1 : -1]
         total += -logits.log_softmax(-1).gather(-1, torch.tensor(target).unsqueeze(-1)).sum().item()
@@ -179,18 +193,31 @@ def test_probe_nll_and_teacher_grounding_against_dense(opsd):
     expected = _dense_answer_nll(trainer.model, tok, [row["prompt"] for row in rows], answers)
     assert trainer._probe_nll() == pytest.approx(expected, rel=1e-5)
     teacher_prompts = [privileged_prompt(row["prompt"], row["solution"]) for row in rows]
-    assert trainer._teacher_grounding() == pytest.approx(-_dense_answer_nll(initial, tok, teacher_prompts, answers),
-                                                         rel=1e-5)
+    assert trainer._teacher_grounding() == pytest.approx(
+        -_dense_answer_nll(initial, tok, teacher_prompts, answers), rel=1e-5
+    )
 
 
 # ---------------------------------------------------------------------------------------------- resume
 def _run(tmp_path, tokenizer, dataset, resume=None, **overrides):
     args = _config(
-        tmp_path, max_steps=5, save_strategy="steps", save_steps=3, hold_steps=1, reward_horizon=1,
-        controller_batch=2, probe_size=3, controller_lr=0.05, **overrides,
+        tmp_path,
+        max_steps=5,
+        save_strategy="steps",
+        save_steps=3,
+        hold_steps=1,
+        reward_horizon=1,
+        controller_batch=2,
+        probe_size=3,
+        controller_lr=0.05,
+        **overrides,
     )
-    trainer = ATESDTrainer(model=build_tiny_model(tokenizer, "student", seed=0), args=args, train_dataset=dataset,
-                           processing_class=copy.deepcopy(tokenizer))
+    trainer = ATESDTrainer(
+        model=build_tiny_model(tokenizer, "student", seed=0),
+        args=args,
+        train_dataset=dataset,
+        processing_class=copy.deepcopy(tokenizer),
+    )
     trainer.train(resume_from_checkpoint=resume)
     return trainer, {h["step"]: h for h in trainer.state.log_history if "loss" in h}
 
@@ -201,8 +228,9 @@ def test_resume_continues_the_same_alpha_trajectory(tmp_path, tiny_tokenizer, ar
     seen = {key for h in logs.values() for key in h}
     assert {f"atesd/{name}" for name in LOGGED} <= seen
     assert full.controller.num_updates == 2  # one update before the checkpoint, one after
-    resumed, resumed_logs = _run(tmp_path / "resumed", tiny_tokenizer, arithmetic_dataset,
-                                 resume=str(tmp_path / "full" / "checkpoint-3"))
+    resumed, resumed_logs = _run(
+        tmp_path / "resumed", tiny_tokenizer, arithmetic_dataset, resume=str(tmp_path / "full" / "checkpoint-3")
+    )
     assert resumed.state.global_step == 5 and {4, 5} <= set(resumed_logs)
     for step in (4, 5):
         for key in ("loss", "atesd/alpha", "atesd/reward", "atesd/probe_nll", "atesd/beta_mean"):

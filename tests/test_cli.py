@@ -20,11 +20,19 @@ def write_recipe(path: Path, **values) -> Path:
 def tiny_recipe(tmp_path, tiny_pair_dir, arithmetic_jsonl):
     def make(**overrides):
         values = {
-            "method": "opd", "model_name_or_path": str(tiny_pair_dir / "student"),
-            "teacher_model_name_or_path": str(tiny_pair_dir / "teacher"), "dataset_name": str(arithmetic_jsonl),
-            "prompt_column": "problem", "output_dir": str(tmp_path / "out"), "max_steps": 1,
-            "per_device_train_batch_size": 4, "max_completion_length": 8, "report_to": "none",
-            "save_strategy": "no", "bf16": True, "gradient_checkpointing": True,
+            "method": "opd",
+            "model_name_or_path": str(tiny_pair_dir / "student"),
+            "teacher_model_name_or_path": str(tiny_pair_dir / "teacher"),
+            "dataset_name": str(arithmetic_jsonl),
+            "prompt_column": "problem",
+            "output_dir": str(tmp_path / "out"),
+            "max_steps": 1,
+            "per_device_train_batch_size": 4,
+            "max_completion_length": 8,
+            "report_to": "none",
+            "save_strategy": "no",
+            "bf16": True,
+            "gradient_checkpointing": True,
         }
         values.update(overrides)
         return write_recipe(tmp_path / "recipe.yaml", **{k: v for k, v in values.items() if v is not None})
@@ -47,9 +55,14 @@ def test_flags_override_the_recipe(tiny_recipe):
 
 def test_unknown_key_names_the_nearest_field(tiny_recipe, capsys):
     code, _, err = run_cli(capsys, "train", "--config", str(tiny_recipe(learning_rat=1e-4)), "--dry-run")
-    assert code == 2 and err.strip().splitlines()[-1] == (
-        f"error: Unknown key 'learning_rat' in recipe {tiny_recipe()} for method 'opd'; did you mean 'learning_rate'?"
-    ) or "did you mean 'learning_rate'" in err
+    assert (
+        code == 2
+        and err.strip().splitlines()[-1]
+        == (
+            f"error: Unknown key 'learning_rat' in recipe {tiny_recipe()} for method 'opd'; did you mean 'learning_rate'?"
+        )
+        or "did you mean 'learning_rate'" in err
+    )
     code, _, err = run_cli(capsys, "train", "--config", str(tiny_recipe()), "--bta", "0.1")
     assert code == 2 and "Unknown key 'bta'" in err and "'beta'" in err
     assert "Traceback" not in err
@@ -64,8 +77,10 @@ def test_unknown_method_lists_the_valid_ones(tiny_recipe, capsys):
     ("overrides", "expected"),
     [
         ({"prompt_column": "question"}, "no column 'question'"),
-        ({"method": "grpo", "teacher_model_name_or_path": None, "answer_column": "final", "num_generations": 4},
-         "no column 'final'"),
+        (
+            {"method": "grpo", "teacher_model_name_or_path": None, "answer_column": "final", "num_generations": 4},
+            "no column 'final'",
+        ),
         ({"teacher_model_name_or_path": None}, "needs a teacher"),
         ({"dataset_name": "/nonexistent/data.jsonl"}, "does not exist"),
     ],
@@ -91,8 +106,9 @@ def test_bf16_flag_on_a_cpu_is_an_error(tiny_recipe, capsys):
     assert code == 2 and "no GPU" in err
 
 
-def test_teacher_tokenizer_mismatch_leaves_no_output_dir(tiny_recipe, capsys, tmp_path, qwen3_tokenizer,
-                                                         tiny_pair_dir):
+def test_teacher_tokenizer_mismatch_leaves_no_output_dir(
+    tiny_recipe, capsys, tmp_path, qwen3_tokenizer, tiny_pair_dir
+):
     import shutil
 
     teacher = tmp_path / "qwen_teacher"

@@ -17,8 +17,20 @@ def test_demo_writes_table_plot_and_a_complete_card(tmp_path, monkeypatch, capsy
     monkeypatch.setattr(demo, "N_TRAIN", 64)
     monkeypatch.setattr(demo, "N_HELDOUT", 8)
     out = tmp_path / "out"
-    code = demo.main(["--methods", "opd", "--steps", "2", "--eval-every", "1", "--output-dir", str(out),
-                      "--cache-dir", str(tmp_path / "cache")])
+    code = demo.main(
+        [
+            "--methods",
+            "opd",
+            "--steps",
+            "2",
+            "--eval-every",
+            "1",
+            "--output-dir",
+            str(out),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ]
+    )
     assert code == 0
     table = (out / "results.md").read_text()
     assert "| opd |" in table and "before" in table
@@ -42,9 +54,17 @@ def test_unknown_demo_method_is_an_error():
 @pytest.mark.parametrize("method", ["grpo", "gkd"])
 def test_trl_baselines_run_from_a_recipe(tmp_path, tiny_pair_dir, arithmetic_jsonl, method):
     recipe = {
-        "method": method, "model_name_or_path": str(tiny_pair_dir / "student"), "dataset_name": str(arithmetic_jsonl),
-        "prompt_column": "problem", "output_dir": str(tmp_path / "out"), "max_steps": 1, "report_to": "none",
-        "per_device_train_batch_size": 4, "save_strategy": "no", "learning_rate": 1e-3, "logging_steps": 1,
+        "method": method,
+        "model_name_or_path": str(tiny_pair_dir / "student"),
+        "dataset_name": str(arithmetic_jsonl),
+        "prompt_column": "problem",
+        "output_dir": str(tmp_path / "out"),
+        "max_steps": 1,
+        "report_to": "none",
+        "per_device_train_batch_size": 4,
+        "save_strategy": "no",
+        "learning_rate": 1e-3,
+        "logging_steps": 1,
     }
     if method == "grpo":
         recipe.update(num_generations=4, max_completion_length=8)

@@ -21,8 +21,21 @@ def test_two_processes_match_one(tmp_path):
     accelerate = Path(sys.executable).with_name("accelerate")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # `--multi_gpu` is the torchrun launcher; without a GPU the processes use gloo on the CPU
-    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
-           "no", "--dynamo_backend", "no", str(Path(__file__).with_name("ddp_worker.py")), str(out)]
+    cmd = [
+        str(accelerate),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(Path(__file__).with_name("ddp_worker.py")),
+        str(out),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     ddp = torch.load(out)
@@ -30,9 +43,13 @@ def test_two_processes_match_one(tmp_path):
 
     tokenizer = build_tiny_tokenizer()
     config = OPDConfig(**tiny_training_kwargs(tmp_path, beta=0.5))
-    trainer = OPDTrainer(model=build_tiny_model(tokenizer, "student", seed=0),
-                         teacher_model=build_tiny_model(tokenizer, "teacher", seed=1), args=config,
-                         train_dataset=make_dataset(8), processing_class=tokenizer)
+    trainer = OPDTrainer(
+        model=build_tiny_model(tokenizer, "student", seed=0),
+        teacher_model=build_tiny_model(tokenizer, "teacher", seed=1),
+        args=config,
+        train_dataset=make_dataset(8),
+        processing_class=tokenizer,
+    )
     trainer.model.train()
     loss = trainer.compute_loss(trainer.model, fixed_generation_batch(tokenizer, batch=4))
     loss.backward()

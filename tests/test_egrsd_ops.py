@@ -29,7 +29,9 @@ def brute_lookahead_min(values: torch.Tensor, mask: torch.Tensor, lookahead: int
 
 # right padding on row 0, a masked hole (tool tokens) inside row 1, row 2 fully unmasked
 MASK = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 1, 1], [1, 1, 1, 1, 1, 1]])
-VALUES = torch.tensor([[5.0, 1.0, 4.0, 3.0, 0.0, -9.0], [2.0, 6.0, -7.0, 0.5, 9.0, 8.0], [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]])
+VALUES = torch.tensor(
+    [[5.0, 1.0, 4.0, 3.0, 0.0, -9.0], [2.0, 6.0, -7.0, 0.5, 9.0, 8.0], [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]]
+)
 
 
 def test_lookahead_min_hand_built():
@@ -85,11 +87,13 @@ def test_magnitude_sign_handling_and_clipping():
     student = torch.zeros(3, 4)
     got = likelihood_ratio_magnitude(advantages, teacher, student, 0.2)
     e = math.exp
-    expected = torch.tensor([
-        [e(0.1), e(-0.1), 1.2, 0.8],  # rewarded: push where the teacher agrees more
-        [e(-0.1), e(0.1), 0.8, 1.2],  # penalised: the ratio flips
-        [1.0, 1.0, 1.0, 1.0],  # zero advantage: neutral
-    ])
+    expected = torch.tensor(
+        [
+            [e(0.1), e(-0.1), 1.2, 0.8],  # rewarded: push where the teacher agrees more
+            [e(-0.1), e(0.1), 0.8, 1.2],  # penalised: the ratio flips
+            [1.0, 1.0, 1.0, 1.0],  # zero advantage: neutral
+        ]
+    )
     torch.testing.assert_close(got, expected)
     assert torch.equal(likelihood_ratio_magnitude(advantages, teacher, student, 0.0), torch.ones(3, 4))
     with pytest.raises(ValueError, match="epsilon_w"):

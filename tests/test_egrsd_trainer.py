@@ -40,8 +40,14 @@ def fixed_completions(tiny_tokenizer, rows):
     texts = []
     for i, row in enumerate(rows):
         wrong = str(int(row["answer"]) + 1)
-        texts.append([f"\\boxed{{{row['answer']}}}", f"so it is \\boxed{{{row['answer']}}}", f"\\boxed{{{wrong}}}",
-                      "I do not know the answer"][i % G])
+        texts.append(
+            [
+                f"\\boxed{{{row['answer']}}}",
+                f"so it is \\boxed{{{row['answer']}}}",
+                f"\\boxed{{{wrong}}}",
+                "I do not know the answer",
+            ][i % G]
+        )
     eos = tiny_tokenizer.eos_token_id
     return [tiny_tokenizer.encode(t, add_special_tokens=False) + [eos] for t in texts]
 
@@ -56,8 +62,9 @@ def _with_fixed_rollouts(trainer, completions):
 def _egrsd(tmp_path, tokenizer, dataset, completions, seed=0, peft_config=None, **overrides):
     args = EGRSDConfig(**_kwargs(tmp_path, **overrides))
     model = build_tiny_model(tokenizer, "student", seed=seed)
-    trainer = EGRSDTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                           peft_config=peft_config)
+    trainer = EGRSDTrainer(
+        model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config
+    )
     return _with_fixed_rollouts(trainer, completions)
 
 
@@ -71,8 +78,10 @@ def _loss_and_grads(trainer, inputs):
 # ----------------------------------------------------------------- reductions
 def test_reduces_to_grpo_exactly(tmp_path, tiny_tokenizer, arithmetic_dataset, rows, fixed_completions):
     grpo = GRPOTrainer(
-        model=build_tiny_model(tiny_tokenizer, "student", seed=0), reward_funcs=[math_accuracy_reward],
-        args=GRPOBaselineConfig(**_kwargs(tmp_path / "grpo")), train_dataset=arithmetic_dataset,
+        model=build_tiny_model(tiny_tokenizer, "student", seed=0),
+        reward_funcs=[math_accuracy_reward],
+        args=GRPOBaselineConfig(**_kwargs(tmp_path / "grpo")),
+        train_dataset=arithmetic_dataset,
         processing_class=tiny_tokenizer,
     )
     _with_fixed_rollouts(grpo, fixed_completions)
@@ -81,7 +90,9 @@ def test_reduces_to_grpo_exactly(tmp_path, tiny_tokenizer, arithmetic_dataset, r
 
     ref = grpo._generate_and_score_completions(copy.deepcopy(rows))
     out = egrsd._generate_and_score_completions(copy.deepcopy(rows))
-    assert torch.equal(ref["completion_ids"], out["completion_ids"]) and torch.equal(ref["prompt_ids"], out["prompt_ids"])
+    assert torch.equal(ref["completion_ids"], out["completion_ids"]) and torch.equal(
+        ref["prompt_ids"], out["prompt_ids"]
+    )
     assert ref["advantages"].abs().sum() > 0 and out["advantages"].shape == out["completion_ids"].shape
     torch.testing.assert_close(out["advantages"], ref["advantages"][:, None] * out["completion_mask"], rtol=0, atol=0)
 
@@ -101,7 +112,9 @@ def _dense_reference(model, tokenizer, rows, out, g_min, epsilon_w, lookahead, b
         for i, row in enumerate(rows):
             completion = out["completion_ids"][i]
             for prompt, into in ((privileged_prompt(row["prompt"], row["solution"]), "teacher"), (row["prompt"], "s")):
-                ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)
+                ids = tokenizer.apply_chat_template(
+                    prompt, add_generation_prompt=True, tokenize=True, return_dict=True
+                )
                 prompt_ids = torch.tensor(ids["input_ids"])
                 logits = model(torch.cat([prompt_ids, completion])[None]).logits[0, len(prompt_ids) - 1 : -1]
                 logp = torch.log_softmax(logits.double(), -1)
@@ -126,13 +139,22 @@ def _dense_reference(model, tokenizer, rows, out, g_min, epsilon_w, lookahead, b
 
 
 @pytest.mark.parametrize(
-    ("g_min", "epsilon_w", "lookahead"), [(0.2, 0.2, 0), (0.2, 0.2, 3), (1.0, 0.2, 0)], ids=["egrsd", "cl-egrsd", "rlsd"]
+    ("g_min", "epsilon_w", "lookahead"),
+    [(0.2, 0.2, 0), (0.2, 0.2, 3), (1.0, 0.2, 0)],
+    ids=["egrsd", "cl-egrsd", "rlsd"],
 )
 def test_token_advantages_match_dense_reference(
     tmp_path, tiny_tokenizer, arithmetic_dataset, rows, fixed_completions, g_min, epsilon_w, lookahead
 ):
-    trainer = _egrsd(tmp_path, tiny_tokenizer, arithmetic_dataset, fixed_completions,
-                     g_min=g_min, epsilon_w=epsilon_w, entropy_lookahead=lookahead)
+    trainer = _egrsd(
+        tmp_path,
+        tiny_tokenizer,
+        arithmetic_dataset,
+        fixed_completions,
+        g_min=g_min,
+        epsilon_w=epsilon_w,
+        entropy_lookahead=lookahead,
+    )
     base = {}
     original = GRPOTrainer._generate_and_score_completions
 
@@ -176,17 +198,31 @@ def test_frozen_teacher_does_not_move(tmp_path, tiny_tokenizer, arithmetic_datas
     for name, param in trainer.teacher_model.named_parameters():
         assert torch.equal(param, teacher_before[name]), name
     logged = {k for entry in trainer.state.log_history for k in entry}
-    for name in ("egrsd/gate_mean", "egrsd/gate_below_half", "egrsd/magnitude_mean", "reward",
-                 "completions/mean_length"):
+    for name in (
+        "egrsd/gate_mean",
+        "egrsd/gate_below_half",
+        "egrsd/magnitude_mean",
+        "reward",
+        "completions/mean_length",
+    ):
         assert name in logged
 
 
-def test_peft_teacher_is_the_adapter_off_student(tmp_path, tiny_tokenizer, arithmetic_dataset, rows, fixed_completions):
+def test_peft_teacher_is_the_adapter_off_student(
+    tmp_path, tiny_tokenizer, arithmetic_dataset, rows, fixed_completions
+):
     from peft import LoraConfig
 
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
-    trainer = _egrsd(tmp_path, tiny_tokenizer, arithmetic_dataset, fixed_completions, peft_config=lora,
-                     max_steps=2, learning_rate=5e-2)
+    trainer = _egrsd(
+        tmp_path,
+        tiny_tokenizer,
+        arithmetic_dataset,
+        fixed_completions,
+        peft_config=lora,
+        max_steps=2,
+        learning_rate=5e-2,
+    )
     assert trainer.teacher_model is None  # no copy: the adapter is switched off to score
     out = trainer._generate_and_score_completions(copy.deepcopy(rows))
     teacher_before = trainer.teacher_token_stats(rows, out)
@@ -201,8 +237,13 @@ def test_peft_teacher_is_the_adapter_off_student(tmp_path, tiny_tokenizer, arith
 # ----------------------------------------------------------------- bad input
 @pytest.mark.parametrize(
     ("overrides", "match"),
-    [({"g_min": 1.5}, "g_min"), ({"g_min": -0.1}, "g_min"), ({"entropy_lookahead": -1}, "entropy_lookahead"),
-     ({"epsilon_w": 1.5}, "epsilon_w"), ({"self_teacher": "ema"}, "self_teacher")],
+    [
+        ({"g_min": 1.5}, "g_min"),
+        ({"g_min": -0.1}, "g_min"),
+        ({"entropy_lookahead": -1}, "entropy_lookahead"),
+        ({"epsilon_w": 1.5}, "epsilon_w"),
+        ({"self_teacher": "ema"}, "self_teacher"),
+    ],
 )
 def test_bad_config_is_one_clear_error(tmp_path, overrides, match):
     with pytest.raises(ValueError, match=match):
@@ -212,8 +253,9 @@ def test_bad_config_is_one_clear_error(tmp_path, overrides, match):
 def test_dataset_without_solution_fails_before_any_model_loads(tmp_path, arithmetic_dataset):
     no_solution = arithmetic_dataset.remove_columns("solution")
     with pytest.raises(DatasetValidationError, match="solution"):
-        EGRSDTrainer(model=str(tmp_path / "no-such-model"), args=EGRSDConfig(**_kwargs(tmp_path)),
-                     train_dataset=no_solution)
+        EGRSDTrainer(
+            model=str(tmp_path / "no-such-model"), args=EGRSDConfig(**_kwargs(tmp_path)), train_dataset=no_solution
+        )
 
 
 # ----------------------------------------------------------------- recipes

@@ -123,7 +123,9 @@ def test_delayed_discounted_reward():
 
 
 def _decisions(samples, rewards, state):
-    return [Decision(step=i, alpha=s, sample=s, state=state, reward=r) for i, (s, r) in enumerate(zip(samples, rewards))]
+    return [
+        Decision(step=i, alpha=s, sample=s, state=state, reward=r) for i, (s, r) in enumerate(zip(samples, rewards))
+    ]
 
 
 @pytest.mark.parametrize("sign", [1.0, -1.0])

@@ -37,7 +37,11 @@ def test_boundary_running_quantile_window_warmup_and_state():
 
 
 def test_monitor_signals_and_segment_scores():
-    s, t, best = torch.tensor([[-1.0, -2.0, 0.0]]), torch.tensor([[-3.0, -2.5, -9.0]]), torch.tensor([[-0.5, -1.0, 0.0]])
+    s, t, best = (
+        torch.tensor([[-1.0, -2.0, 0.0]]),
+        torch.tensor([[-3.0, -2.5, -9.0]]),
+        torch.tensor([[-0.5, -1.0, 0.0]]),
+    )
     mask = torch.tensor([[1, 1, 0]])
     assert segment_stray_scores(monitor_signal(s, t, best, "log_ratio"), mask).item() == pytest.approx(1.25)
     assert segment_stray_scores(monitor_signal(s, t, best, "teacher_nll"), mask).item() == pytest.approx(2.75)

@@ -158,8 +158,12 @@ def test_kv_cache_backends_match_dense_scoring_and_never_reencode(tiny_tokenizer
     tok = tiny_tokenizer
     student, teacher = build_tiny_model(tok, "student", seed=0).eval(), build_tiny_model(tok, "teacher", seed=1).eval()
     prompts = [tok.encode("1+2=3\n\n4+5="), tok.encode("Compute"), tok.encode("7*8=56\n\nso we get then")]
-    s_back = Recording(student, temperature=0.8, pad_token_id=tok.pad_token_id, compact_ratio=compact_ratio, compact_slack=0)
-    t_back = Recording(teacher, temperature=0.8, pad_token_id=tok.pad_token_id, compact_ratio=compact_ratio, compact_slack=0)
+    s_back = Recording(
+        student, temperature=0.8, pad_token_id=tok.pad_token_id, compact_ratio=compact_ratio, compact_slack=0
+    )
+    t_back = Recording(
+        teacher, temperature=0.8, pad_token_id=tok.pad_token_id, compact_ratio=compact_ratio, compact_slack=0
+    )
     stopper = SegmentStopper(tok, "\n\n", [tok.eos_token_id])
     with torch.no_grad():
         traces = SegmentRollout(s_back, t_back, stopper, 30, 5, max_backtracks=2).run(prompts, prompts, 0.0)

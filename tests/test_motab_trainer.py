@@ -19,8 +19,9 @@ from trl_opd.testing import tiny_training_kwargs
 
 def _trainer(pair, dataset, out, **overrides):
     args = MOTABConfig(**tiny_training_kwargs(out, **overrides))
-    return MOTABTrainer(model=str(pair / "student"), teacher_model=str(pair / "teacher"), args=args,
-                        train_dataset=dataset)
+    return MOTABTrainer(
+        model=str(pair / "student"), teacher_model=str(pair / "teacher"), args=args, train_dataset=dataset
+    )
 
 
 def _rollout(trainer, dataset, n=4):
@@ -31,8 +32,12 @@ def _rollout(trainer, dataset, n=4):
 
 @pytest.mark.parametrize(
     "bad, match",
-    [({"max_segment_tokens": 0}, "max_segment_tokens"), ({"boundary_quantile": 0.0}, "boundary_quantile"),
-     ({"boundary_quantile": 1.0}, "boundary_quantile"), ({"monitor_signal": "x"}, "monitor_signal")],
+    [
+        ({"max_segment_tokens": 0}, "max_segment_tokens"),
+        ({"boundary_quantile": 0.0}, "boundary_quantile"),
+        ({"boundary_quantile": 1.0}, "boundary_quantile"),
+        ({"monitor_signal": "x"}, "monitor_signal"),
+    ],
 )
 def test_bad_config_is_one_clear_error(tmp_path, bad, match):
     with pytest.raises(ValueError, match=match):
@@ -45,14 +50,20 @@ def test_delimiter_the_tokenizer_cannot_encode(tmp_path, tiny_pair_dir, arithmet
 
     word = Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1, "<|im_end|>": 2, "<|endoftext|>": 3}, unk_token="[UNK]"))
     word.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(tokenizer_object=word, unk_token="[UNK]", eos_token="<|im_end|>",
-                                  pad_token="<|endoftext|>")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=word, unk_token="[UNK]", eos_token="<|im_end|>", pad_token="<|endoftext|>"
+    )
     with pytest.raises(ValueError, match="step_delimiter"):
         check_step_delimiter(tok, "\n\n")
     args = MOTABConfig(**tiny_training_kwargs(tmp_path))
     with pytest.raises(ValueError, match="cannot be encoded"):
-        MOTABTrainer(model=str(tiny_pair_dir / "student"), teacher_model=str(tiny_pair_dir / "teacher"), args=args,
-                     train_dataset=arithmetic_dataset, processing_class=tok)
+        MOTABTrainer(
+            model=str(tiny_pair_dir / "student"),
+            teacher_model=str(tiny_pair_dir / "teacher"),
+            args=args,
+            train_dataset=arithmetic_dataset,
+            processing_class=tok,
+        )
     assert check_step_delimiter(PreTrainedTokenizerFast.from_pretrained(tiny_pair_dir / "student"), "\n\n")
 
 
@@ -64,8 +75,12 @@ def test_teacher_with_another_tokenizer_is_rejected(tmp_path, tiny_pair_dir, ari
     other.save_pretrained(tmp_path / "t")
     args = MOTABConfig(**tiny_training_kwargs(tmp_path / "o"))
     with pytest.raises(TeacherMismatchError):
-        MOTABTrainer(model=str(tiny_pair_dir / "student"), teacher_model=str(tmp_path / "t"), args=args,
-                     train_dataset=arithmetic_dataset)
+        MOTABTrainer(
+            model=str(tiny_pair_dir / "student"),
+            teacher_model=str(tmp_path / "t"),
+            args=args,
+            train_dataset=arithmetic_dataset,
+        )
 
 
 def _grads(model):
@@ -76,10 +91,16 @@ def test_boundary_at_inf_equals_trl_distillation_trainer(tmp_path, tiny_pair_dir
     motab = _trainer(tiny_pair_dir, arithmetic_dataset, tmp_path / "m", fixed_boundary=math.inf, beta=0.5)
     inputs = _rollout(motab, arithmetic_dataset)
     assert inputs["teacher_token_mask"].sum() == 0 and inputs["completion_ids"].size(1) > 0
-    ref_args = DistillationConfig(**tiny_training_kwargs(tmp_path / "r", beta=0.5, bf16=False,
-                                                         gradient_checkpointing=False))
-    ref = DistillationTrainer(model=str(tiny_pair_dir / "student"), teacher_model=str(tiny_pair_dir / "teacher"),
-                              args=ref_args, train_dataset=arithmetic_dataset, processing_class=motab.processing_class)
+    ref_args = DistillationConfig(
+        **tiny_training_kwargs(tmp_path / "r", beta=0.5, bf16=False, gradient_checkpointing=False)
+    )
+    ref = DistillationTrainer(
+        model=str(tiny_pair_dir / "student"),
+        teacher_model=str(tiny_pair_dir / "teacher"),
+        args=ref_args,
+        train_dataset=arithmetic_dataset,
+        processing_class=motab.processing_class,
+    )
     ref.model.train()
     ref_inputs = {k: v for k, v in inputs.items() if k != "teacher_token_mask"}
     loss, ref_loss = motab.compute_loss(motab.model, inputs), ref.compute_loss(ref.model, ref_inputs)
@@ -93,8 +114,16 @@ def test_boundary_at_inf_equals_trl_distillation_trainer(tmp_path, tiny_pair_dir
 
 
 def test_routed_loss_and_grads_match_dense_reference(tmp_path, tiny_pair_dir, arithmetic_dataset):
-    motab = _trainer(tiny_pair_dir, arithmetic_dataset, tmp_path, fixed_boundary=0.0, max_segment_tokens=4,
-                     beta=0.5, lambda_int=0.7, temperature=0.9)
+    motab = _trainer(
+        tiny_pair_dir,
+        arithmetic_dataset,
+        tmp_path,
+        fixed_boundary=0.0,
+        max_segment_tokens=4,
+        beta=0.5,
+        lambda_int=0.7,
+        temperature=0.9,
+    )
     inputs = _rollout(motab, arithmetic_dataset)
     mask, teacher_mask = inputs["completion_mask"], inputs["teacher_token_mask"]
     assert 0 < (teacher_mask * mask).sum() < mask.sum()
@@ -122,8 +151,9 @@ def test_routed_loss_and_grads_match_dense_reference(tmp_path, tiny_pair_dir, ar
 
 
 def test_provenance_mask_and_strayed_rows(tmp_path, tiny_pair_dir, arithmetic_dataset):
-    motab = _trainer(tiny_pair_dir, arithmetic_dataset, tmp_path, fixed_boundary=0.0, max_segment_tokens=4,
-                     train_on_strayed=True)
+    motab = _trainer(
+        tiny_pair_dir, arithmetic_dataset, tmp_path, fixed_boundary=0.0, max_segment_tokens=4, train_on_strayed=True
+    )
     captured = {}
     run = motab._generate_single_turn
 
@@ -164,16 +194,29 @@ class RecordingVLLM:
         self.synced += 1
 
     def generate(self, prompts, images, num_generations, profiler=None):
-        self.calls.append({"prompts": [list(p) for p in prompts], "max_tokens": self.max_completion_length,
-                           "logprobs": self.logprobs, "kwargs": dict(self.generation_kwargs)})
+        self.calls.append(
+            {
+                "prompts": [list(p) for p in prompts],
+                "max_tokens": self.max_completion_length,
+                "logprobs": self.logprobs,
+                "kwargs": dict(self.generation_kwargs),
+            }
+        )
         second = len(self.calls) == 2
         completions = [[5, self.eos] if (second and i == 0) else [5, 6, 7, 8, 9] for i in range(len(prompts))]
         return prompts, completions, [[[-0.5]] * len(c) for c in completions], None
 
 
 def test_vllm_path_with_recording_stand_in(tmp_path, tiny_pair_dir, arithmetic_dataset):
-    motab = _trainer(tiny_pair_dir, arithmetic_dataset, tmp_path, fixed_boundary=-math.inf, max_segment_tokens=3,
-                     max_backtracks=1, max_completion_length=9)
+    motab = _trainer(
+        tiny_pair_dir,
+        arithmetic_dataset,
+        tmp_path,
+        fixed_boundary=-math.inf,
+        max_segment_tokens=3,
+        max_backtracks=1,
+        max_completion_length=9,
+    )
     fake = RecordingVLLM(motab._tokenizer.eos_token_id)
     motab.use_vllm, motab.vllm_generation, motab._last_loaded_step = True, fake, -1
     rows = [arithmetic_dataset[i] for i in range(2)]
@@ -200,8 +243,17 @@ def test_vllm_path_with_recording_stand_in(tmp_path, tiny_pair_dir, arithmetic_d
 
 
 def test_resume_restores_boundary_and_losses(tmp_path, tiny_pair_dir, arithmetic_dataset):
-    common = {"max_steps": 4, "save_strategy": "steps", "save_steps": 2, "data_seed": 0, "boundary_warmup_steps": 1,
-              "boundary_window": 12, "boundary_quantile": 0.5, "max_segment_tokens": 4, "max_completion_length": 8}
+    common = {
+        "max_steps": 4,
+        "save_strategy": "steps",
+        "save_steps": 2,
+        "data_seed": 0,
+        "boundary_warmup_steps": 1,
+        "boundary_window": 12,
+        "boundary_quantile": 0.5,
+        "max_segment_tokens": 4,
+        "max_completion_length": 8,
+    }
     full = _trainer(tiny_pair_dir, arithmetic_dataset, tmp_path / "a", **common)
     full.train()
     resumed = _trainer(tiny_pair_dir, arithmetic_dataset, tmp_path / "b", **common)

@@ -29,8 +29,16 @@ def loss_and_grads(trainer, inputs, num_items=None):
 @pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
 def test_jsd_loss_and_grads_equal_trl_distillation(tiny_tokenizer, arithmetic_dataset, tmp_path, beta):
     ours = make_trainer(OPDTrainer, OPDConfig, tiny_tokenizer, arithmetic_dataset, tmp_path / "a", beta=beta)
-    theirs = make_trainer(DistillationTrainer, DistillationConfig, tiny_tokenizer, arithmetic_dataset, tmp_path / "b",
-                          beta=beta, bf16=False, gradient_checkpointing=False)
+    theirs = make_trainer(
+        DistillationTrainer,
+        DistillationConfig,
+        tiny_tokenizer,
+        arithmetic_dataset,
+        tmp_path / "b",
+        beta=beta,
+        bf16=False,
+        gradient_checkpointing=False,
+    )
     inputs = fixed_generation_batch(tiny_tokenizer)
     loss_a, grads_a = loss_and_grads(ours, inputs)
     loss_b, grads_b = loss_and_grads(theirs, inputs)
@@ -78,8 +86,14 @@ def test_gradient_accumulation_one_by_four_equals_four_by_one(tiny_tokenizer, ar
 
 def test_teacher_sees_privileged_context_and_its_own_template(tiny_tokenizer, arithmetic_dataset, tmp_path):
     trainer = make_trainer(
-        OPDTrainer, OPDConfig, tiny_tokenizer, arithmetic_dataset, tmp_path, privileged_context=True,
-        chat_template_kwargs={"enable_thinking": False}, teacher_chat_template_kwargs={"enable_thinking": True},
+        OPDTrainer,
+        OPDConfig,
+        tiny_tokenizer,
+        arithmetic_dataset,
+        tmp_path,
+        privileged_context=True,
+        chat_template_kwargs={"enable_thinking": False},
+        teacher_chat_template_kwargs={"enable_thinking": True},
     )
     rows = [arithmetic_dataset[i] for i in range(2)]
     student = trainer._tokenize_prompts([r["prompt"] for r in rows])[0]
@@ -93,8 +107,9 @@ def test_teacher_sees_privileged_context_and_its_own_template(tiny_tokenizer, ar
 
 def test_padded_teacher_head_is_aligned_and_trains(tiny_tokenizer, arithmetic_dataset, tmp_path):
     teacher = build_tiny_model(tiny_tokenizer, "teacher", seed=1, vocab_size=len(tiny_tokenizer) + 64)
-    trainer = make_trainer(OPDTrainer, OPDConfig, tiny_tokenizer, arithmetic_dataset, tmp_path, teacher=teacher,
-                           max_steps=2)
+    trainer = make_trainer(
+        OPDTrainer, OPDConfig, tiny_tokenizer, arithmetic_dataset, tmp_path, teacher=teacher, max_steps=2
+    )
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
     assert trainer.teacher_model.get_output_embeddings().weight.shape[0] == len(tiny_tokenizer)
@@ -107,10 +122,10 @@ def test_padded_teacher_head_is_aligned_and_trains(tiny_tokenizer, arithmetic_da
 @pytest.mark.parametrize("kind", ["frozen", "live", "ema"])
 def test_self_teacher_kinds(tiny_tokenizer, arithmetic_dataset, tmp_path, kind):
     student = build_tiny_model(tiny_tokenizer, "student", seed=0)
-    config = OPDConfig(**tiny_training_kwargs(tmp_path, self_teacher=kind, privileged_context=True,
-                                              teacher_ema_decay=0.5))
-    trainer = OPDTrainer(model=student, args=config, train_dataset=arithmetic_dataset,
-                         processing_class=tiny_tokenizer)
+    config = OPDConfig(
+        **tiny_training_kwargs(tmp_path, self_teacher=kind, privileged_context=True, teacher_ema_decay=0.5)
+    )
+    trainer = OPDTrainer(model=student, args=config, train_dataset=arithmetic_dataset, processing_class=tiny_tokenizer)
     initial = {n: p.detach().clone() for n, p in student.named_parameters()}
     trainer.train()
     if kind == "live":
@@ -128,9 +143,13 @@ def test_frozen_self_teacher_with_peft_switches_the_adapter_off(tiny_tokenizer, 
     student = build_tiny_model(tiny_tokenizer, "student", seed=0)
     reference = build_tiny_model(tiny_tokenizer, "student", seed=0)
     config = OPDConfig(**tiny_training_kwargs(tmp_path, learning_rate=5e-2))
-    trainer = OPDTrainer(model=student, args=config, train_dataset=arithmetic_dataset, processing_class=tiny_tokenizer,
-                         peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                                init_lora_weights=False))
+    trainer = OPDTrainer(
+        model=student,
+        args=config,
+        train_dataset=arithmetic_dataset,
+        processing_class=tiny_tokenizer,
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
     assert trainer.teacher_model is None
     inputs = fixed_generation_batch(tiny_tokenizer)
     hidden, _ = trainer.teacher_hidden_states(trainer.model, inputs, inputs["completion_ids"].size(1))

@@ -59,7 +59,9 @@ def test_fused_stats_equal_dense(inputs, beta, temperature, small_chunks, monkey
     grads = torch.autograd.grad(
         masked_global_mean(got["divergence"] + w * got["student_logp"], mask, None), inputs[:2]
     )
-    ref = torch.autograd.grad(masked_global_mean(want["divergence"] + w * want["student_logp"], mask, None), inputs[:2])
+    ref = torch.autograd.grad(
+        masked_global_mean(want["divergence"] + w * want["student_logp"], mask, None), inputs[:2]
+    )
     for g, r in zip(grads, ref):
         assert torch.isfinite(g).all()
         torch.testing.assert_close(g, r, atol=2e-5, rtol=1e-4)
@@ -88,8 +90,9 @@ def test_token_logprobs_and_entropy_equal_dense(inputs):
 
 def test_chunked_topk_equals_dense(inputs):
     student_hidden, student_weight, teacher_hidden, teacher_weight, _ = inputs
-    got = chunked_topk_forward_kl(student_hidden, student_weight, teacher_hidden, teacher_weight, k=5,
-                                  token_chunk_size=3)
+    got = chunked_topk_forward_kl(
+        student_hidden, student_weight, teacher_hidden, teacher_weight, k=5, token_chunk_size=3
+    )
     want = topk_forward_kl(teacher_hidden @ teacher_weight.T, student_hidden @ student_weight.T, 5)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
     g1 = torch.autograd.grad(got.sum(), student_hidden)[0]

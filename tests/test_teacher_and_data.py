@@ -51,7 +51,9 @@ def test_missing_column_error_suggests_the_nearest(arithmetic_dataset):
         prepare_dataset(arithmetic_dataset, ["prompt", "solution"], ColumnMap(solution="solutoin"))
     with pytest.raises(DatasetValidationError, match="empty"):
         prepare_dataset(arithmetic_dataset.select([]), ["prompt"])
-    renamed = prepare_dataset(arithmetic_dataset.rename_column("solution", "ref"), ["solution"], ColumnMap(solution="ref"))
+    renamed = prepare_dataset(
+        arithmetic_dataset.rename_column("solution", "ref"), ["solution"], ColumnMap(solution="ref")
+    )
     assert "solution" in renamed.column_names and "ref" not in renamed.column_names
 
 
@@ -81,8 +83,9 @@ def test_privileged_prompt_keeps_the_instruction_last(arithmetic_dataset):
 def test_real_qwen3_tokenizer_thinking_template(qwen3_tokenizer):
     assert qwen3_tokenizer.convert_tokens_to_ids(["<think>", "</think>"]) == [151667, 151668]
     messages = [{"role": "user", "content": "Compute 1+1."}]
-    off = qwen3_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
-                                              enable_thinking=False)
+    off = qwen3_tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True, enable_thinking=False
+    )
     on = qwen3_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert off == on + "<think>\n\n</think>\n\n"
     ids = qwen3_tokenizer(off, add_special_tokens=False)["input_ids"]

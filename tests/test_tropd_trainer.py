@@ -21,8 +21,12 @@ def make_trainer(tmp_path_factory, tiny_pair_dir, arithmetic_dataset):
     def build(cls=TrOPDTrainer, config_cls=TrOPDConfig, **overrides):
         out = tmp_path_factory.mktemp("tropd_out")
         config = config_cls(**tiny_training_kwargs(out, **overrides))
-        trainer = cls(model=str(tiny_pair_dir / "student"), teacher_model=str(tiny_pair_dir / "teacher"),
-                      args=config, train_dataset=arithmetic_dataset)
+        trainer = cls(
+            model=str(tiny_pair_dir / "student"),
+            teacher_model=str(tiny_pair_dir / "teacher"),
+            args=config,
+            train_dataset=arithmetic_dataset,
+        )
         trainer.model.train()
         return trainer
 
@@ -36,8 +40,13 @@ def hand_built_batch(vocab: int, seed: int = 0) -> dict[str, torch.Tensor]:
     completion_ids = torch.randint(10, vocab, (3, 7), generator=g)
     prompt_mask = torch.tensor([[1] * 5, [0, 0, 1, 1, 1], [0, 1, 1, 1, 1]])
     completion_mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] * 6 + [0]])
-    return {"prompt_ids": prompt_ids * prompt_mask, "prompt_mask": prompt_mask, "completion_ids": completion_ids,
-            "completion_mask": completion_mask, "num_items_in_batch": completion_mask.sum()}
+    return {
+        "prompt_ids": prompt_ids * prompt_mask,
+        "prompt_mask": prompt_mask,
+        "completion_ids": completion_ids,
+        "completion_mask": completion_mask,
+        "num_items_in_batch": completion_mask.sum(),
+    }
 
 
 def dense_reference_loss(student, teacher, batch, threshold, k, lambda_out=1.0, lambda_off=1.0):
@@ -54,12 +63,15 @@ def dense_reference_loss(student, teacher, batch, threshold, k, lambda_out=1.0, 
     trusted = ((lt - ls).detach().exp().clamp(max=1.0) >= threshold).float()
     k1 = -(lt - ls).detach() * ls
     top_t, idx = z_t.topk(k, dim=-1)
-    outlier_kl = F.kl_div(z_s.gather(-1, idx).log_softmax(-1), top_t.log_softmax(-1), log_target=True,
-                          reduction="none").sum(-1)
+    outlier_kl = F.kl_div(
+        z_s.gather(-1, idx).log_softmax(-1), top_t.log_softmax(-1), log_target=True, reduction="none"
+    ).sum(-1)
     forward_kl = F.kl_div(ls_all, lt_all, log_target=True, reduction="none").sum(-1)
     mask = batch["completion_mask"].float()
     prefix = batch.get("teacher_token_mask", torch.zeros_like(mask)).float()
-    per_token = (1 - prefix) * (trusted * k1 + lambda_out * (1 - trusted) * outlier_kl) + lambda_off * prefix * forward_kl
+    per_token = (1 - prefix) * (
+        trusted * k1 + lambda_out * (1 - trusted) * outlier_kl
+    ) + lambda_off * prefix * forward_kl
     return (per_token * mask).sum() / mask.sum(), trusted * mask * (1 - prefix)
 
 
@@ -75,7 +87,11 @@ def dense_and_grads(trainer, batch, **kwargs):
     teacher = trainer.accelerator.unwrap_model(trainer.teacher_model)
     loss, trusted = dense_reference_loss(trainer.model, teacher, batch, **kwargs)
     loss.backward()
-    return loss.detach(), {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}, trusted
+    return (
+        loss.detach(),
+        {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None},
+        trusted,
+    )
 
 
 def assert_same_grads(grads, ref, **tol):
@@ -120,9 +136,13 @@ def test_outlier_top_k_larger_than_vocabulary_fails(make_trainer):
 
 
 def greedy(model, ids: list[int], max_new_tokens: int) -> list[int]:
-    out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                         do_sample=False, max_new_tokens=max_new_tokens)
-    return out[0, len(ids):].tolist()
+    out = model.generate(
+        torch.tensor([ids]),
+        attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+    )
+    return out[0, len(ids) :].tolist()
 
 
 def test_guided_continuation_starts_where_the_teacher_prefix_ends(make_trainer, arithmetic_dataset, monkeypatch):
@@ -199,8 +219,15 @@ def test_training_logs_trust_and_guidance_metrics(make_trainer):
     trainer = make_trainer(max_steps=2, guidance_prob_start=1.0, guidance_prob_decay_share=1.0)
     trainer.train()
     logged = trainer.state.log_history[0]
-    for key in ("tropd/loss_trust_region", "tropd/loss_outlier", "tropd/loss_prefix", "tropd/trusted_fraction",
-                "tropd/mean_trust_ratio", "guidance/guided_fraction", "guidance/mean_prefix_length"):
+    for key in (
+        "tropd/loss_trust_region",
+        "tropd/loss_outlier",
+        "tropd/loss_prefix",
+        "tropd/trusted_fraction",
+        "tropd/mean_trust_ratio",
+        "guidance/guided_fraction",
+        "guidance/mean_prefix_length",
+    ):
         assert math.isfinite(logged[key]), key
     assert logged["guidance/p_guide"] == 1.0 and logged["guidance/guided_fraction"] > 0
     assert trainer.state.log_history[1]["guidance/p_guide"] == pytest.approx(0.5)

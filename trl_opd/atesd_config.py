@@ -54,22 +54,28 @@ class ATESDConfig(OPDConfig):
     discount: float = field(default=0.9, metadata={"help": "γ: discount of the controller's reward, in (0, 1]."})
     lambda_gt: float = field(
         default=0.1,
-        metadata={"help": "λ_gt: weight of the teacher-grounded term (log-prob the exposed teacher gives the "
-                  "reference answer on the probe set); 0 skips its computation."},
+        metadata={
+            "help": "λ_gt: weight of the teacher-grounded term (log-prob the exposed teacher gives the "
+            "reference answer on the probe set); 0 skips its computation."
+        },
     )
     controller_batch: int = field(
         default=8, metadata={"help": "B: finished decisions per REINFORCE update of the controller (>= 2)."}
     )
     entropy_target: float = field(
         default=-0.5,
-        metadata={"help": "Target differential entropy of the controller's Beta policy (<= 0; Beta(1,1) has 0); "
-                  "only entropy above it is penalised. [design]"},
+        metadata={
+            "help": "Target differential entropy of the controller's Beta policy (<= 0; Beta(1,1) has 0); "
+            "only entropy above it is penalised. [design]"
+        },
     )
     entropy_coef: float = field(default=0.01, metadata={"help": "Weight of the excess-entropy penalty. [design]"})
     probe_size: int = field(
         default=8,
-        metadata={"help": "Training rows in the fixed probe set whose reference-answer NLL under the student gives "
-                  "the controller's learning-progress reward. [design]"},
+        metadata={
+            "help": "Training rows in the fixed probe set whose reference-answer NLL under the student gives "
+            "the controller's learning-progress reward. [design]"
+        },
     )
     controller_lr: float = field(default=1e-3, metadata={"help": "Adam learning rate of the controller. [design]"})
     controller_hidden_size: int = field(
@@ -95,8 +101,13 @@ class ATESDConfig(OPDConfig):
             raise ValueError(f"alpha_min ({self.alpha_min}) must not exceed alpha_max ({self.alpha_max})")
         if not self.privileged_context:
             raise ValueError("ATESD/OPSD needs privileged_context=True: the teacher sees the reference solution.")
-        for name, low in (("hold_steps", 1), ("reward_horizon", 1), ("controller_batch", 2), ("probe_size", 1),
-                          ("controller_hidden_size", 1)):
+        for name, low in (
+            ("hold_steps", 1),
+            ("reward_horizon", 1),
+            ("controller_batch", 2),
+            ("probe_size", 1),
+            ("controller_hidden_size", 1),
+        ):
             if getattr(self, name) < low:
                 raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
         if not 0.0 < self.discount <= 1.0:

@@ -56,7 +56,10 @@ def usable_rows(dataset, where: str = "train dataset"):
     if len(keep) < len(dataset):
         logger.warning(
             "ATESD: %d of %d rows of the %s have no \\boxed{} final answer in their reference solution; they are "
-            "skipped.", len(dataset) - len(keep), len(dataset), where,
+            "skipped.",
+            len(dataset) - len(keep),
+            len(dataset),
+            where,
         )
         dataset = dataset.select(keep)
     return dataset
@@ -108,15 +111,34 @@ class ATESDTrainer(OPDTrainer):
         if eval_dataset is not None and not isinstance(eval_dataset, dict):
             eval_dataset = usable_rows(eval_dataset, "eval dataset")
         super().__init__(
-            model, teacher_model, args, train_dataset, eval_dataset, processing_class, callbacks, optimizers,
-            quantization_config, peft_config, tools,
+            model,
+            teacher_model,
+            args,
+            train_dataset,
+            eval_dataset,
+            processing_class,
+            callbacks,
+            optimizers,
+            quantization_config,
+            peft_config,
+            tools,
         )
         self.controller = ExposureController(
-            policy=args.exposure_policy, alpha=args.alpha, alpha_min=args.alpha_min, alpha_max=args.alpha_max,
-            hold_steps=args.hold_steps, reward_horizon=args.reward_horizon, discount=args.discount,
-            lambda_gt=args.lambda_gt, batch_decisions=args.controller_batch, entropy_target=args.entropy_target,
-            entropy_coef=args.entropy_coef, lr=args.controller_lr, hidden_size=args.controller_hidden_size,
-            ema_decay=args.controller_ema_decay, seed=args.seed,
+            policy=args.exposure_policy,
+            alpha=args.alpha,
+            alpha_min=args.alpha_min,
+            alpha_max=args.alpha_max,
+            hold_steps=args.hold_steps,
+            reward_horizon=args.reward_horizon,
+            discount=args.discount,
+            lambda_gt=args.lambda_gt,
+            batch_decisions=args.controller_batch,
+            entropy_target=args.entropy_target,
+            entropy_coef=args.entropy_coef,
+            lr=args.controller_lr,
+            hidden_size=args.controller_hidden_size,
+            ema_decay=args.controller_ema_decay,
+            seed=args.seed,
         )
         self.alpha = self.controller.alpha
         self._advanced_step = -1
@@ -178,10 +200,16 @@ class ATESDTrainer(OPDTrainer):
             mask = self.loss_mask(inputs).to(losses.device)
             mismatch = stats["student_logp"] - stats["teacher_logp"]
             confidence = stats["student_logp"].exp()
-            self._step_sums.append(torch.stack([
-                masked_sum(losses.detach(), mask), masked_sum(mismatch.detach(), mask),
-                masked_sum(confidence.detach(), mask), mask.sum().float(),
-            ]))
+            self._step_sums.append(
+                torch.stack(
+                    [
+                        masked_sum(losses.detach(), mask),
+                        masked_sum(mismatch.detach(), mask),
+                        masked_sum(confidence.detach(), mask),
+                        mask.sum().float(),
+                    ]
+                )
+            )
         return losses
 
     # ----------------------------------------------------------------- probe set

@@ -103,16 +103,34 @@ def build_trainer(script_args: ScriptArguments, config, model_args: ModelConfig,
     peft_config = get_peft_config(model_args)
     model = model_args.model_name_or_path
     if spec.family == "grpo":
-        return trainer_class(model=model, reward_funcs=[math_accuracy_reward], args=config,
-                             train_dataset=train_dataset, peft_config=peft_config, **extra)
+        return trainer_class(
+            model=model,
+            reward_funcs=[math_accuracy_reward],
+            args=config,
+            train_dataset=train_dataset,
+            peft_config=peft_config,
+            **extra,
+        )
     if spec.family == "gkd":  # its chat collator needs the tokenizer up front
         from transformers import AutoTokenizer
 
         extra.setdefault("processing_class", AutoTokenizer.from_pretrained(model, revision=model_args.model_revision))
-        return trainer_class(model=model, teacher_model=config.teacher_model_name_or_path, args=config,
-                             train_dataset=_as_gkd_dataset(train_dataset), peft_config=peft_config, **extra)
-    return trainer_class(model=model, teacher_model=getattr(config, "teacher_model_name_or_path", None),
-                         args=config, train_dataset=train_dataset, peft_config=peft_config, **extra)
+        return trainer_class(
+            model=model,
+            teacher_model=config.teacher_model_name_or_path,
+            args=config,
+            train_dataset=_as_gkd_dataset(train_dataset),
+            peft_config=peft_config,
+            **extra,
+        )
+    return trainer_class(
+        model=model,
+        teacher_model=getattr(config, "teacher_model_name_or_path", None),
+        args=config,
+        train_dataset=train_dataset,
+        peft_config=peft_config,
+        **extra,
+    )
 
 
 __all__ = ["BOXED_INSTRUCTION", "build_trainer", "check_teacher", "load_raw_dataset", "training_dataset"]

@@ -21,8 +21,14 @@ from .runtime import has_accelerator
 from .teacher import TeacherMismatchError
 
 
-USER_ERRORS = (RecipeError, UnknownMethodError, DatasetValidationError, TeacherMismatchError, ValueError,
-               FileNotFoundError)
+USER_ERRORS = (
+    RecipeError,
+    UnknownMethodError,
+    DatasetValidationError,
+    TeacherMismatchError,
+    ValueError,
+    FileNotFoundError,
+)
 USAGE = """usage: trl-opd <command> [options]
 
 commands:
@@ -76,10 +82,12 @@ def train_command(argv: list[str]) -> int:
     check_teacher(spec, config)
     dataset = training_dataset(script_args, spec)
     if dry_run:
-        print(f"ok: method={spec.name} ({spec.paper}), model={model_args.model_name_or_path}, "
-              f"teacher={getattr(config, 'teacher_model_name_or_path', None) or 'self'}, "
-              f"dataset={script_args.dataset_name} ({len(dataset)} rows, columns {sorted(dataset.column_names)}), "
-              f"output_dir={config.output_dir}")
+        print(
+            f"ok: method={spec.name} ({spec.paper}), model={model_args.model_name_or_path}, "
+            f"teacher={getattr(config, 'teacher_model_name_or_path', None) or 'self'}, "
+            f"dataset={script_args.dataset_name} ({len(dataset)} rows, columns {sorted(dataset.column_names)}), "
+            f"output_dir={config.output_dir}"
+        )
         return 0
     return _train(script_args, config, model_args, dataset)
 
@@ -112,9 +120,13 @@ def _write_card(script_args, config, model_args) -> str:
     from .model_card import load_eval_results, render_model_card, training_card_info, write_model_card
 
     info = training_card_info(
-        script_args.method, config, model_args.model_name_or_path,
-        teacher=getattr(config, "teacher_model_name_or_path", None), recipe=script_args.recipe_path,
-        training_data=script_args.dataset_name, evaluation=load_eval_results(config.output_dir),
+        script_args.method,
+        config,
+        model_args.model_name_or_path,
+        teacher=getattr(config, "teacher_model_name_or_path", None),
+        recipe=script_args.recipe_path,
+        training_data=script_args.dataset_name,
+        evaluation=load_eval_results(config.output_dir),
     )
     card = render_model_card(info)
     if config.should_save:

@@ -81,8 +81,20 @@ class EGRSDTrainer(GRPOTrainer):
             is_peft = peft_config is not None or (not isinstance(model, str) and is_peft_model(model))
             teacher = self_teacher_copy(model, "frozen", is_peft, args.model_init_kwargs)
         super().__init__(
-            model, reward_funcs, args, train_dataset, eval_dataset, processing_class, reward_processing_classes,
-            callbacks, optimizers, quantization_config, peft_config, tools, rollout_func, environment_factory,
+            model,
+            reward_funcs,
+            args,
+            train_dataset,
+            eval_dataset,
+            processing_class,
+            reward_processing_classes,
+            callbacks,
+            optimizers,
+            quantization_config,
+            peft_config,
+            tools,
+            rollout_func,
+            environment_factory,
         )
         self.teacher_model = self._prepare_teacher(teacher) if teacher is not None else None
         self._forward_redirection = _ForwardRedirection()
@@ -164,8 +176,13 @@ class EGRSDTrainer(GRPOTrainer):
         logps, entropies = [], []
         with self._teacher_module() as (wrapper, teacher):
             for a in range(0, input_ids.size(0), step):
-                args = (teacher, input_ids[a : a + step], attention_mask[a : a + step], completion_ids[a : a + step],
-                        self.temperature)
+                args = (
+                    teacher,
+                    input_ids[a : a + step],
+                    attention_mask[a : a + step],
+                    completion_ids[a : a + step],
+                    self.temperature,
+                )
                 if wrapper is None:
                     logp, entropy = self._score(*args)
                 else:  # through the wrapper's forward, so ZeRO-3 / FSDP materialise the teacher's shards
@@ -184,7 +201,10 @@ class EGRSDTrainer(GRPOTrainer):
         attention_mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
         with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
             logps, _, _ = self._get_per_token_logps_and_entropies(
-                self.model, input_ids, attention_mask, completion_ids.size(1),
+                self.model,
+                input_ids,
+                attention_mask,
+                completion_ids.size(1),
                 batch_size=self.args.per_device_train_batch_size,
             )
         return logps.float()
@@ -201,8 +221,14 @@ class EGRSDTrainer(GRPOTrainer):
         if self.args.epsilon_w > 0.0:
             student_logp = self.student_token_logps(output)
         weights = egrsd_token_advantages(
-            output["advantages"].float(), teacher_logp, student_logp, teacher_entropy, mask,
-            g_min=self.args.g_min, epsilon_w=self.args.epsilon_w, lookahead=self.args.entropy_lookahead,
+            output["advantages"].float(),
+            teacher_logp,
+            student_logp,
+            teacher_entropy,
+            mask,
+            g_min=self.args.g_min,
+            epsilon_w=self.args.epsilon_w,
+            lookahead=self.args.entropy_lookahead,
             tau=self._global_median(teacher_entropy, mask),
         )
         output["advantages"] = weights["advantages"].to(output["advantages"].dtype)
@@ -220,13 +246,20 @@ class EGRSDTrainer(GRPOTrainer):
         mode = "train" if self.model.training else "eval"
         keep = mask.bool()
         gate, magnitude = weights["gate"], weights["magnitude"]
-        sums = torch.stack([
-            gate[keep].sum(), (gate[keep] < 0.5).float().sum(), magnitude[keep].sum(), teacher_entropy[keep].sum(),
-            delta[keep].sum(), keep.sum().float(),
-        ])
+        sums = torch.stack(
+            [
+                gate[keep].sum(),
+                (gate[keep] < 0.5).float().sum(),
+                magnitude[keep].sum(),
+                teacher_entropy[keep].sum(),
+                delta[keep].sum(),
+                keep.sum().float(),
+            ]
+        )
         *totals, count = self.accelerator.gather(sums.unsqueeze(0)).sum(0).tolist()
         count = max(count, 1.0)
-        for name, total in zip(("gate_mean", "gate_below_half", "magnitude_mean", "teacher_entropy", "delta_mean"),
-                               totals, strict=True):
+        for name, total in zip(
+            ("gate_mean", "gate_below_half", "magnitude_mean", "teacher_entropy", "delta_mean"), totals, strict=True
+        ):
             self._metrics[mode][f"egrsd/{name}"].append(total / count)
         self._metrics[mode]["egrsd/tau_H"].append(float(weights["tau"]))

@@ -367,8 +367,17 @@ def push_model_with_card(
 
 # Training arguments every card lists (when the config has them); method-specific fields are added automatically.
 KEY_HYPERPARAMETERS = (
-    "learning_rate", "lr_scheduler_type", "per_device_train_batch_size", "gradient_accumulation_steps",
-    "num_train_epochs", "max_steps", "max_completion_length", "num_generations", "temperature", "beta", "seed",
+    "learning_rate",
+    "lr_scheduler_type",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "num_train_epochs",
+    "max_steps",
+    "max_completion_length",
+    "num_generations",
+    "temperature",
+    "beta",
+    "seed",
 )
 
 
@@ -381,14 +390,26 @@ def _method_fields(args: Any) -> list[str]:
     return [f.name for f in fields(args) if f.name not in base_names]
 
 
-def training_card_info(method: str, args: Any, base_model: str, teacher: str | None = None,
-                       recipe: str | None = None, training_data: Any = None, evaluation: dict | None = None) -> dict:
+def training_card_info(
+    method: str,
+    args: Any,
+    base_model: str,
+    teacher: str | None = None,
+    recipe: str | None = None,
+    training_data: Any = None,
+    evaluation: dict | None = None,
+) -> dict:
     """The `info` of [`render_model_card`] for a finished run, from its method name and training config."""
     names = [n for n in KEY_HYPERPARAMETERS if hasattr(args, n)] + _method_fields(args)
     hyperparameters = {name: getattr(args, name) for name in dict.fromkeys(names)}
     return {
-        "method": method, "base_model": base_model, "teacher": teacher, "recipe": recipe,
-        "training_data": training_data or "not recorded", "hyperparameters": hyperparameters,
-        "eval": evaluation, "hub_model_id": getattr(args, "hub_model_id", None),
+        "method": method,
+        "base_model": base_model,
+        "teacher": teacher,
+        "recipe": recipe,
+        "training_data": training_data or "not recorded",
+        "hyperparameters": hyperparameters,
+        "eval": evaluation,
+        "hub_model_id": getattr(args, "hub_model_id", None),
         "model_name": Path(getattr(args, "output_dir", "") or base_model).name,
     }

@@ -168,7 +168,9 @@ class SegmentRollout:
         return [min(self.max_segment_tokens, self.max_new_tokens - len(traces[r].tokens)) for r in rows]
 
     def _finished(self, trace: RolloutTrace) -> bool:
-        return len(trace.tokens) >= self.max_new_tokens or (bool(trace.tokens) and trace.tokens[-1] in self.stopper.eos)
+        return len(trace.tokens) >= self.max_new_tokens or (
+            bool(trace.tokens) and trace.tokens[-1] in self.stopper.eos
+        )
 
     def _student_round(self, rows: list[int], traces: list[RolloutTrace], boundary: float) -> list[int]:
         """Student proposes, teacher scores, accept or discard. Returns the rows that strayed (already rolled back)."""
@@ -236,7 +238,15 @@ class HFStepBackend:
     """
 
     def __init__(
-        self, model, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, pad_token_id=0, compact_ratio=2.0, compact_slack=64
+        self,
+        model,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        min_p=0.0,
+        pad_token_id=0,
+        compact_ratio=2.0,
+        compact_slack=64,
     ):
         self.model, self.temperature, self.pad_token_id = model, temperature, pad_token_id
         self.compact_ratio, self.compact_slack = compact_ratio, compact_slack
@@ -380,7 +390,14 @@ class HFStepBackend:
             if keep_rows:
                 keep = self._idx(keep_rows)
                 self.cache.batch_select_indices(keep)
-                for name in ("slot_mask", "n_valid", "next_logits", "commit_slot", "committed_valid", "committed_logits"):
+                for name in (
+                    "slot_mask",
+                    "n_valid",
+                    "next_logits",
+                    "commit_slot",
+                    "committed_valid",
+                    "committed_logits",
+                ):
                     setattr(self, name, getattr(self, name)[keep])
             self.rows = keep_rows
             self._pos = {r: i for i, r in enumerate(self.rows)}

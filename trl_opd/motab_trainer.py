@@ -56,14 +56,25 @@ class MOTABTrainer(OPDTrainer):
     ):
         args = args if args is not None else MOTABConfig(output_dir="motab-output")
         if teacher_model is None:
-            raise ValueError("MOTAB needs an external teacher: set `teacher_model_name_or_path` (or pass teacher_model).")
+            raise ValueError(
+                "MOTAB needs an external teacher: set `teacher_model_name_or_path` (or pass teacher_model)."
+            )
         if tools:
             raise ValueError("MOTAB does not support tool calling: its rollouts are written segment by segment.")
         if processing_class is not None:
             check_step_delimiter(getattr(processing_class, "tokenizer", processing_class), args.step_delimiter)
         super().__init__(
-            model, teacher_model, args, train_dataset, eval_dataset, processing_class, callbacks, optimizers,
-            quantization_config, peft_config, tools,
+            model,
+            teacher_model,
+            args,
+            train_dataset,
+            eval_dataset,
+            processing_class,
+            callbacks,
+            optimizers,
+            quantization_config,
+            peft_config,
+            tools,
         )
         check_step_delimiter(self._tokenizer, args.step_delimiter)
         self.boundary = AdaptiveBoundary(
@@ -94,8 +105,14 @@ class MOTABTrainer(OPDTrainer):
         tau = self.boundary.threshold(self.state.global_step)
         with self._rollout_backends() as (student, teacher):
             engine = SegmentRollout(
-                student, teacher, self.stopper, self.max_completion_length, self.args.max_segment_tokens,
-                self.args.max_backtracks, self.args.monitor_signal, any_active=self._any_process_active,
+                student,
+                teacher,
+                self.stopper,
+                self.max_completion_length,
+                self.args.max_segment_tokens,
+                self.args.max_backtracks,
+                self.args.monitor_signal,
+                any_active=self._any_process_active,
             )
             traces = engine.run(prompt_ids, self._teacher_prompt_ids(prompt_ids), tau)
         self._traces = traces
@@ -115,8 +132,13 @@ class MOTABTrainer(OPDTrainer):
     def _rollout_backends(self):
         """`(student, teacher)` step backends for one rollout batch, under `no_grad` and with gathered weights."""
         pad_id = self._tokenizer.pad_token_id
-        sampling = {"temperature": self.temperature, "top_k": self.top_k or 0, "top_p": self.top_p,
-                    "min_p": self.min_p or 0.0, "pad_token_id": pad_id}
+        sampling = {
+            "temperature": self.temperature,
+            "top_k": self.top_k or 0,
+            "top_p": self.top_p,
+            "min_p": self.min_p or 0.0,
+            "pad_token_id": pad_id,
+        }
         teacher = self.accelerator.unwrap_model(self.teacher_model)
         teacher.eval()
         with torch.no_grad(), _gathered(teacher.get_output_embeddings().weight):
@@ -129,7 +151,9 @@ class MOTABTrainer(OPDTrainer):
                 return
             with (
                 unwrap_model_for_generation(
-                    self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+                    self.model_wrapped,
+                    self.accelerator,
+                    gather_deepspeed3_params=self.args.ds3_gather_for_generation,
                     generation_kwargs=self.generation_kwargs,
                     gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
                 ) as student,
@@ -181,8 +205,9 @@ class MOTABTrainer(OPDTrainer):
         completions = [t.tokens for t in traces] + [traces[i].tokens[:cut] + toks for i, cut, toks in extra]
         width = max(output["completion_ids"].size(1), max(len(c) for c in completions))
         loss_rows = [[1] * len(t.tokens) for t in traces] + [[0] * cut + [1] * len(toks) for _, cut, toks in extra]
-        teacher_rows = [t.teacher_mask for t in traces] + [traces[i].teacher_mask[:cut] + [0] * len(toks)
-                                                           for i, cut, toks in extra]
+        teacher_rows = [t.teacher_mask for t in traces] + [
+            traces[i].teacher_mask[:cut] + [0] * len(toks) for i, cut, toks in extra
+        ]
         source = torch.tensor(list(range(n_rows)) + [i for i, _, _ in extra], device=device)
         for key, value in list(output.items()):
             if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.size(0) == n_rows:
@@ -211,8 +236,13 @@ class MOTABTrainer(OPDTrainer):
         hidden = stats["hidden"]
         device = hidden.student_weight.device
         kl = teacher_token_forward_kl(
-            hidden.student, hidden.student_weight, hidden.teacher.to(device), hidden.teacher_weight.to(device),
-            inputs["completion_ids"], teacher_mask, self.temperature,
+            hidden.student,
+            hidden.student_weight,
+            hidden.teacher.to(device),
+            hidden.teacher_weight.to(device),
+            inputs["completion_ids"],
+            teacher_mask,
+            self.temperature,
         )
         mode = "train" if self.model.training else "eval"
         mean_kl = kl.detach().sum() / teacher_mask.sum()

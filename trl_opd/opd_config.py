@@ -37,7 +37,7 @@ class OPDConfig(CPUSafeConfigMixin, DistillationConfig):
     teacher_chat_template_kwargs: dict | str | None = field(
         default=None,
         metadata={
-            "help": "Chat-template kwargs for the teacher's prompt, e.g. `{\"enable_thinking\": true}`; None uses the "
+            "help": 'Chat-template kwargs for the teacher\'s prompt, e.g. `{"enable_thinking": true}`; None uses the '
             "student's `chat_template_kwargs`."
         },
     )
@@ -73,7 +73,9 @@ class OPDConfig(CPUSafeConfigMixin, DistillationConfig):
         if self.divergence not in ("jsd", "k1"):
             raise ValueError(f"divergence must be 'jsd' or 'k1', got {self.divergence!r}")
         if self.teacher_quantization not in QUANTIZATION_CHOICES:
-            raise ValueError(f"teacher_quantization must be one of {QUANTIZATION_CHOICES}, got {self.teacher_quantization!r}")
+            raise ValueError(
+                f"teacher_quantization must be one of {QUANTIZATION_CHOICES}, got {self.teacher_quantization!r}"
+            )
         if self.self_teacher not in SELF_TEACHER_KINDS:
             raise ValueError(f"self_teacher must be one of {SELF_TEACHER_KINDS}, got {self.self_teacher!r}")
         if not 0.0 <= self.teacher_ema_decay < 1.0:

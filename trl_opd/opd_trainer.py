@@ -94,11 +94,22 @@ class OPDTrainer(DistillationTrainer):
         if teacher_model is not None:
             align_teacher_vocab(teacher_model, _vocab_size(model, args), len(processing_class))
         super().__init__(
-            model, teacher_model, args, train_dataset, eval_dataset, processing_class, callbacks, optimizers,
-            quantization_config, peft_config, tools,
+            model,
+            teacher_model,
+            args,
+            train_dataset,
+            eval_dataset,
+            processing_class,
+            callbacks,
+            optimizers,
+            quantization_config,
+            peft_config,
+            tools,
         )
         self.teacher_chat_template_kwargs = (
-            self.chat_template_kwargs if args.teacher_chat_template_kwargs is None else args.teacher_chat_template_kwargs
+            self.chat_template_kwargs
+            if args.teacher_chat_template_kwargs is None
+            else args.teacher_chat_template_kwargs
         )
 
     # ----------------------------------------------------------------- teacher prompts
@@ -150,7 +161,12 @@ class OPDTrainer(DistillationTrainer):
                 self.teacher_model.eval()
                 teacher = self.accelerator.unwrap_model(self.teacher_model)
                 hidden = self._forward_redirection(
-                    self.teacher_model, teacher, self._get_last_hidden_state, teacher, input_ids, attention_mask,
+                    self.teacher_model,
+                    teacher,
+                    self._get_last_hidden_state,
+                    teacher,
+                    input_ids,
+                    attention_mask,
                     logits_to_keep,
                 )
             else:
@@ -184,8 +200,13 @@ class OPDTrainer(DistillationTrainer):
         teacher_hidden, teacher_weight = self.teacher_hidden_states(unwrapped_student, inputs, logits_to_keep)
         student_weight = unwrapped_student.get_output_embeddings().weight
         stats = fused_distillation_stats(
-            student_hidden, student_weight, teacher_hidden.to(student_weight.device), teacher_weight.to(student_weight.device),
-            completion_ids, self.beta, self.temperature,
+            student_hidden,
+            student_weight,
+            teacher_hidden.to(student_weight.device),
+            teacher_weight.to(student_weight.device),
+            completion_ids,
+            self.beta,
+            self.temperature,
         )
         stats["hidden"] = HiddenStates(student_hidden, student_weight, teacher_hidden, teacher_weight)
         mask = self.loss_mask(inputs).to(student_weight.device)

@@ -42,8 +42,10 @@ class ScriptArguments:
     )
     chat_prompt: bool = field(
         default=True,
-        metadata={"help": "Wrap text prompts as one user message (followed by `instruction`) so the chat template "
-                  "applies; chat-message prompts are kept as they are."},
+        metadata={
+            "help": "Wrap text prompts as one user message (followed by `instruction`) so the chat template "
+            "applies; chat-message prompts are kept as they are."
+        },
     )
     instruction: str = field(
         default="Please reason step by step, and put your final answer within \\boxed{}.",

@@ -68,7 +68,9 @@ class TrOPDConfig(OPDConfig):
     lambda_off: float = field(default=1.0, metadata={"help": "Weight of the teacher-prefix loss L_OFF (≥ 0)."})
     guidance_prob_start: float = field(
         default=0.5,
-        metadata={"help": "p_guide at step 0: probability that a prompt starts from a teacher prefix. 0 = no guidance."},
+        metadata={
+            "help": "p_guide at step 0: probability that a prompt starts from a teacher prefix. 0 = no guidance."
+        },
     )
     guidance_prob_decay_share: float = field(
         default=0.4,
@@ -93,7 +95,9 @@ class TrOPDConfig(OPDConfig):
     )
     teacher_vllm_server_base_url: str | None = field(
         default=None,
-        metadata={"help": "Base URL of the teacher's vLLM server (`teacher_vllm_mode=server`), e.g. http://host:8001."},
+        metadata={
+            "help": "Base URL of the teacher's vLLM server (`teacher_vllm_mode=server`), e.g. http://host:8001."
+        },
     )
     teacher_vllm_server_port: int = field(
         default=8001, metadata={"help": "Port of the teacher's vLLM server when no base URL is given."}
@@ -109,22 +113,35 @@ class TrOPDConfig(OPDConfig):
     def __post_init__(self):
         super().__post_init__()
         checks = [
-            (self.divergence == "k1", f"TrOPD's in-region loss is K1: divergence must be 'k1', got {self.divergence!r}"),
+            (
+                self.divergence == "k1",
+                f"TrOPD's in-region loss is K1: divergence must be 'k1', got {self.divergence!r}",
+            ),
             (self.trust_mode in TRUST_MODES, f"trust_mode must be one of {TRUST_MODES}, got {self.trust_mode!r}"),
             (0.0 <= self.trust_threshold <= 1.0, f"trust_threshold must be in [0, 1], got {self.trust_threshold}"),
             (self.outlier_top_k >= 1, f"outlier_top_k must be ≥ 1, got {self.outlier_top_k}"),
             (self.lambda_out >= 0.0, f"lambda_out must be ≥ 0, got {self.lambda_out}"),
             (self.lambda_off >= 0.0, f"lambda_off must be ≥ 0, got {self.lambda_off}"),
-            (0.0 <= self.guidance_prob_start <= 1.0,
-             f"guidance_prob_start must be in [0, 1], got {self.guidance_prob_start}"),
-            (0.0 <= self.guidance_rho_start <= 1.0,
-             f"guidance_rho_start must be in [0, 1], got {self.guidance_rho_start}"),
-            (0.0 < self.guidance_prob_decay_share <= 1.0,
-             f"guidance_prob_decay_share must be in (0, 1], got {self.guidance_prob_decay_share}"),
-            (0.0 < self.guidance_rho_decay_share <= 1.0,
-             f"guidance_rho_decay_share must be in (0, 1], got {self.guidance_rho_decay_share}"),
-            (self.teacher_vllm_mode in (None, "colocate", "server"),
-             f"teacher_vllm_mode must be None, 'colocate' or 'server', got {self.teacher_vllm_mode!r}"),
+            (
+                0.0 <= self.guidance_prob_start <= 1.0,
+                f"guidance_prob_start must be in [0, 1], got {self.guidance_prob_start}",
+            ),
+            (
+                0.0 <= self.guidance_rho_start <= 1.0,
+                f"guidance_rho_start must be in [0, 1], got {self.guidance_rho_start}",
+            ),
+            (
+                0.0 < self.guidance_prob_decay_share <= 1.0,
+                f"guidance_prob_decay_share must be in (0, 1], got {self.guidance_prob_decay_share}",
+            ),
+            (
+                0.0 < self.guidance_rho_decay_share <= 1.0,
+                f"guidance_rho_decay_share must be in (0, 1], got {self.guidance_rho_decay_share}",
+            ),
+            (
+                self.teacher_vllm_mode in (None, "colocate", "server"),
+                f"teacher_vllm_mode must be None, 'colocate' or 'server', got {self.teacher_vllm_mode!r}",
+            ),
         ]
         for ok, message in checks:
             if not ok:

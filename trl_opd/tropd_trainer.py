@@ -92,7 +92,9 @@ class TrOPDTrainer(OPDTrainer):
             return super()._generate_single_turn(prompt_ids, images, multimodal_fields, has_tool_images)
         prefixes: list[list[int]] = [[] for _ in prompt_ids]
         if p_guide > 0.0 and rho > 0.0:
-            rng = random.Random(f"{self.args.seed}-{self.state.global_step}-{self._step}-{self.accelerator.process_index}")
+            rng = random.Random(
+                f"{self.args.seed}-{self.state.global_step}-{self._step}-{self.accelerator.process_index}"
+            )
             guided = [rng.random() < p_guide for _ in prompt_ids]
             # The teacher rolls out every prompt of the rank: vLLM's server and tensor-parallel paths slice their
             # gathered outputs by rank assuming equal counts, and ZeRO-3 gathers must stay in step across ranks.
@@ -145,7 +147,8 @@ class TrOPDTrainer(OPDTrainer):
             tensor_parallel_size=args.vllm_tensor_parallel_size,
             gpu_memory_utilization=args.teacher_vllm_gpu_memory_utilization,
             max_model_length=args.vllm_max_model_length,
-            max_num_seqs=args.per_device_train_batch_size * args.vllm_tensor_parallel_size
+            max_num_seqs=args.per_device_train_batch_size
+            * args.vllm_tensor_parallel_size
             * args.gradient_accumulation_steps,
             model_impl=args.vllm_model_impl,
             trust_remote_code=args.trust_remote_code,
@@ -193,8 +196,13 @@ class TrOPDTrainer(OPDTrainer):
         # Parts not routed anywhere are constant zeros, so they cost nothing in the backward.
         prefix_div = stats["divergence"] if prefix.any() else torch.zeros_like(student_logp)
         parts = tropd_token_losses(
-            k1_policy_gradient_loss(student_logp, teacher_logp), self._outlier_kl(stats["hidden"], outliers), prefix_div, trusted,
-            prefix, self.args.lambda_out, self.args.lambda_off,
+            k1_policy_gradient_loss(student_logp, teacher_logp),
+            self._outlier_kl(stats["hidden"], outliers),
+            prefix_div,
+            trusted,
+            prefix,
+            self.args.lambda_out,
+            self.args.lambda_off,
         )
         self._log_trust(parts, ratio, trusted, on_policy, mask)
         return parts["total"]
@@ -207,8 +215,12 @@ class TrOPDTrainer(OPDTrainer):
         rows = outliers.nonzero(as_tuple=True)
         device = hidden.student_weight.device
         values = chunked_topk_forward_kl(
-            hidden.student[rows], hidden.student_weight, hidden.teacher[rows].to(device),
-            hidden.teacher_weight.to(device), self.args.outlier_top_k, self.temperature,
+            hidden.student[rows],
+            hidden.student_weight,
+            hidden.teacher[rows].to(device),
+            hidden.teacher_weight.to(device),
+            self.args.outlier_top_k,
+            self.temperature,
         )
         return kl.index_put(rows, values.float())
 

@@ -105,16 +105,16 @@ class ExposureController:
         if policy not in EXPOSURE_POLICIES:
             raise ValueError(f"exposure policy must be one of {EXPOSURE_POLICIES}, got {policy!r}")
         if not 0.0 <= alpha_min <= alpha_max <= 1.0:
-            raise ValueError(f"need 0 <= alpha_min <= alpha_max <= 1, got alpha_min={alpha_min}, alpha_max={alpha_max}")
+            raise ValueError(
+                f"need 0 <= alpha_min <= alpha_max <= 1, got alpha_min={alpha_min}, alpha_max={alpha_max}"
+            )
         self.policy, self.alpha_min, self.alpha_max = policy, alpha_min, alpha_max
         self.hold_steps, self.reward_horizon, self.discount = hold_steps, reward_horizon, discount
         self.lambda_gt, self.batch_decisions = lambda_gt, batch_decisions
         self.entropy_target, self.entropy_coef, self.ema_decay = entropy_target, entropy_coef, ema_decay
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.net = nn.Sequential(
-                nn.Linear(len(STATE_FEATURES), hidden_size), nn.Tanh(), nn.Linear(hidden_size, 2)
-            )
+            self.net = nn.Sequential(nn.Linear(len(STATE_FEATURES), hidden_size), nn.Tanh(), nn.Linear(hidden_size, 2))
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=lr)
         self.generator = torch.Generator().manual_seed(seed + 1)
         self.alpha = float(alpha)
@@ -136,8 +136,12 @@ class ExposureController:
         ema = {k: (0.0 if v is None else v) for k, v in self.ema.items()}
         ema_alpha = self.alpha if self.ema["alpha"] is None else ema["alpha"]
         values = [
-            step / max(total_steps, 1), ema_alpha, _squash(ema["loss"]), _squash(ema["mismatch"]),
-            _squash(ema["probe_nll"]), self.confidence,
+            step / max(total_steps, 1),
+            ema_alpha,
+            _squash(ema["loss"]),
+            _squash(ema["mismatch"]),
+            _squash(ema["probe_nll"]),
+            self.confidence,
         ]
         return torch.tensor(values, dtype=torch.float32)
 
@@ -236,7 +240,10 @@ class ExposureController:
         rewards = torch.tensor([d.reward for d in decisions], dtype=torch.float32)
         a, b = self.beta(states)
         loss = reinforce_loss(
-            beta_log_prob(samples, a, b), normalize_rewards(rewards), beta_entropy(a, b), self.entropy_target,
+            beta_log_prob(samples, a, b),
+            normalize_rewards(rewards),
+            beta_entropy(a, b),
+            self.entropy_target,
             self.entropy_coef,
         )
         self.optimizer.zero_grad(set_to_none=True)

@@ -32,8 +32,17 @@ def _batch(examples: list[tuple[list[int], int]], pad_id: int) -> tuple[torch.Te
     return input_ids, attention, labels
 
 
-def supervised_warmup(model, tokenizer, dataset, steps: int, batch_size: int = 32, lr: float = 3e-3, seed: int = 0,
-                      desc: str = "SFT", decay: bool = True) -> list[float]:
+def supervised_warmup(
+    model,
+    tokenizer,
+    dataset,
+    steps: int,
+    batch_size: int = 32,
+    lr: float = 3e-3,
+    seed: int = 0,
+    desc: str = "SFT",
+    decay: bool = True,
+) -> list[float]:
     """Train `model` on `prompt -> solution` (loss on the solution tokens) for `steps` AdamW steps. Returns losses.
 
     The learning rate warms up over 20 steps, then decays linearly to 0 (`decay`) or stays constant, which leaves a
@@ -42,7 +51,9 @@ def supervised_warmup(model, tokenizer, dataset, steps: int, batch_size: int = 3
     rng = random.Random(seed)
     examples = [encode_example(tokenizer, row["prompt"], row["solution"]) for row in dataset]
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 20) * ((1 - s / (steps + 1)) if decay else 1.0))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / 20) * ((1 - s / (steps + 1)) if decay else 1.0)
+    )
     model.train()
     losses = []
     for _ in tqdm(range(steps), desc=desc, leave=False):
@@ -69,8 +80,13 @@ def heldout_accuracy(model, tokenizer, dataset, max_new_tokens: int = 48, batch_
         rows = dataset[start : start + batch_size]
         texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in rows["prompt"]]
         batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        out = model.generate(
+            **batch,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
         completions = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
         correct += sum(score_completion(c, a) for c, a in zip(completions, rows["answer"]))
     tokenizer.padding_side = side

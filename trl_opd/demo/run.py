@@ -45,8 +45,14 @@ DEFAULT_EXCLUDE = ("gkd", "grpo", "cl-egrsd")  # reachable with --methods; not i
 # Per-family settings for a few fast steps on 2 CPU cores; per-method overrides on top.
 FAMILY_SETTINGS = {
     "distillation": {"per_device_train_batch_size": 32, "learning_rate": STUDENT_LR / 2, "beta": 0.0},
-    "gkd": {"per_device_train_batch_size": 32, "learning_rate": STUDENT_LR / 2, "beta": 0.0, "lmbda": 1.0,
-            "max_new_tokens": 40, "max_length": 160},
+    "gkd": {
+        "per_device_train_batch_size": 32,
+        "learning_rate": STUDENT_LR / 2,
+        "beta": 0.0,
+        "lmbda": 1.0,
+        "max_new_tokens": 40,
+        "max_length": 160,
+    },
     # policy-gradient updates of a tiny model collapse at the distillation rate (plain GRPO included): 10x lower
     "grpo": {"per_device_train_batch_size": 32, "num_generations": 4, "learning_rate": STUDENT_LR / 10, "beta": 0.0},
 }
@@ -59,16 +65,24 @@ METHOD_SETTINGS: dict[str, dict] = {
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="trl-opd demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", default=None,
-                        help="Comma-separated methods (default: opd and every implemented method).")
+    parser.add_argument(
+        "--methods", default=None, help="Comma-separated methods (default: opd and every implemented method)."
+    )
     parser.add_argument("--steps", type=int, default=150, help="Optimizer steps per method (default: 150).")
     parser.add_argument("--eval-every", type=int, default=25, help="Held-out scoring interval in steps.")
     parser.add_argument("--output-dir", default="demo_output", help="Where the table, plot and runs go.")
-    parser.add_argument("--cache-dir", default=None,
-                        help="Where the pre-trained teacher/student are cached (default: ~/.cache/trl-opd/demo).")
+    parser.add_argument(
+        "--cache-dir",
+        default=None,
+        help="Where the pre-trained teacher/student are cached (default: ~/.cache/trl-opd/demo).",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default 1: tiny models run faster on one thread than on two busy ones).")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: tiny models run faster on one thread than on two busy ones).",
+    )
     return parser.parse_args(argv)
 
 
@@ -84,7 +98,9 @@ def select_methods(requested: str | None) -> list[str]:
 
 def _cache_root(cache_dir: str | None) -> Path:
     base = Path(cache_dir) if cache_dir else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "trl-opd"
-    key = hashlib.sha1(f"{DEMO_VERSION}-{TEACHER_STEPS}-{STUDENT_STEPS}-{N_TRAIN}-{STUDENT_SHAPE}".encode()).hexdigest()[:10]
+    key = hashlib.sha1(
+        f"{DEMO_VERSION}-{TEACHER_STEPS}-{STUDENT_STEPS}-{N_TRAIN}-{STUDENT_SHAPE}".encode()
+    ).hexdigest()[:10]
     return (base if cache_dir else base / "demo") / key
 
 
@@ -99,8 +115,16 @@ def pretrained(role: str, steps: int, tokenizer, train, cache: Path, seed: int) 
     else:
         model = build_tiny_model(tokenizer, "student", seed=seed, **STUDENT_SHAPE)
         warmup_data = concatenate_datasets([train, with_privileged_context(train, seed)]).shuffle(seed=seed)
-        supervised_warmup(model, tokenizer, warmup_data, steps=steps, lr=STUDENT_LR, seed=seed, decay=False,
-                          desc="warming up the student")
+        supervised_warmup(
+            model,
+            tokenizer,
+            warmup_data,
+            steps=steps,
+            lr=STUDENT_LR,
+            seed=seed,
+            decay=False,
+            desc="warming up the student",
+        )
     tmp = cache / f".{role}.tmp-{os.getpid()}"
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
@@ -142,10 +166,21 @@ def method_config(method: str, output_dir: Path, steps: int, seed: int, teacher:
     spec = get_spec(method)
     config_class, _ = load_method(method)
     kwargs = {
-        "output_dir": str(output_dir), "max_steps": steps, "max_completion_length": 40, "temperature": 1.0,
-        "logging_steps": 25, "save_strategy": "no", "report_to": "none", "seed": seed, "disable_tqdm": False,
-        "lr_scheduler_type": "constant_with_warmup", "warmup_steps": 10, "dataloader_num_workers": 0,
-        **FAMILY_SETTINGS[spec.family], **spec.config_overrides, **METHOD_SETTINGS.get(method, {}),
+        "output_dir": str(output_dir),
+        "max_steps": steps,
+        "max_completion_length": 40,
+        "temperature": 1.0,
+        "logging_steps": 25,
+        "save_strategy": "no",
+        "report_to": "none",
+        "seed": seed,
+        "disable_tqdm": False,
+        "lr_scheduler_type": "constant_with_warmup",
+        "warmup_steps": 10,
+        "dataloader_num_workers": 0,
+        **FAMILY_SETTINGS[spec.family],
+        **spec.config_overrides,
+        **METHOD_SETTINGS.get(method, {}),
     }
     if spec.family == "gkd":
         kwargs.pop("max_completion_length")
@@ -175,7 +210,11 @@ def run_method(method: str, student: Path, teacher: Path, train, heldout, tokeni
     trainer.train()
     seconds = time.perf_counter() - start
     lengths = [h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h]
-    result = {"curve": callback.curve, "seconds": seconds, "mean_length": sum(lengths) / len(lengths) if lengths else None}
+    result = {
+        "curve": callback.curve,
+        "seconds": seconds,
+        "mean_length": sum(lengths) / len(lengths) if lengths else None,
+    }
     write_demo_card(trainer, method, student, teacher if spec.needs_teacher else None, result, len(heldout))
     return result
 
@@ -186,16 +225,31 @@ def write_demo_card(trainer, method: str, student: Path, teacher: Path | None, r
 
     trainer.save_model(trainer.args.output_dir)
     evaluation = {
-        "results": [{"task": "demo_arithmetic", "title": "synthetic arithmetic (held-out)",
-                     "average_at_k": result["curve"][-1][1], "pass_at_k": result["curve"][-1][1],
-                     "mean_length": result["mean_length"] or 0.0, "k": 1, "num_problems": n_heldout}],
+        "results": [
+            {
+                "task": "demo_arithmetic",
+                "title": "synthetic arithmetic (held-out)",
+                "average_at_k": result["curve"][-1][1],
+                "pass_at_k": result["curve"][-1][1],
+                "mean_length": result["mean_length"] or 0.0,
+                "k": 1,
+                "num_problems": n_heldout,
+            }
+        ],
         "sampling": {"temperature": 0.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": 48},
-        "num_samples": 1, "backend": "transformers (greedy, trl-opd demo)", "data": "the demo's generator",
+        "num_samples": 1,
+        "backend": "transformers (greedy, trl-opd demo)",
+        "data": "the demo's generator",
         "step": trainer.state.global_step,
     }
-    info = training_card_info(method, trainer.args, str(student), teacher=str(teacher) if teacher else None,
-                              training_data="synthetic multi-step arithmetic (trl_opd.demo.task)",
-                              evaluation=evaluation)
+    info = training_card_info(
+        method,
+        trainer.args,
+        str(student),
+        teacher=str(teacher) if teacher else None,
+        training_data="synthetic multi-step arithmetic (trl_opd.demo.task)",
+        evaluation=evaluation,
+    )
     write_model_card(trainer.args.output_dir, render_model_card(info))
 
 

@@ -77,8 +77,9 @@ class FusedDistillationFunction(torch.autograd.Function):
         with maybe_gather_lm_head_ctx(s_weight, t_weight):  # ZeRO-3: the heads are read outside their forward
             for a in range(0, n_tok, TOKEN_CHUNK_SIZE):
                 sl = slice(a, min(a + TOKEN_CHUNK_SIZE, n_tok))
-                outputs[:, sl] = _forward_chunk(s_hidden[sl], s_weight, t_hidden[sl], t_weight, targets[sl], beta,
-                                                inv_t)
+                outputs[:, sl] = _forward_chunk(
+                    s_hidden[sl], s_weight, t_hidden[sl], t_weight, targets[sl], beta, inv_t
+                )
         divergence, s_logp, t_logp, s_entropy, t_entropy, s_log_z, t_log_z, aux = outputs.unbind(0)
         ctx.save_for_backward(s_hidden, s_weight, t_hidden, t_weight, targets, s_log_z, t_log_z, aux)
         ctx.beta, ctx.mode, ctx.inv_t = beta, mode, inv_t
@@ -97,8 +98,23 @@ class FusedDistillationFunction(torch.autograd.Function):
             grad_w = torch.zeros_like(s_weight, dtype=torch.float32) if need_w else None
             rows = max(1, min(s_hidden.size(0), TOKEN_CHUNK_SIZE))
             s_buf = torch.empty((rows, min(s_weight.size(0), VOCAB_CHUNK_SIZE)), device=s_hidden.device)
-            _backward_tiles(ctx, s_hidden, s_weight, t_hidden, t_weight, targets, s_log_z, t_log_z, aux, g_div,
-                            g_logp, grad_h, grad_w, s_buf, torch.empty_like(s_buf))
+            _backward_tiles(
+                ctx,
+                s_hidden,
+                s_weight,
+                t_hidden,
+                t_weight,
+                targets,
+                s_log_z,
+                t_log_z,
+                aux,
+                g_div,
+                g_logp,
+                grad_h,
+                grad_w,
+                s_buf,
+                torch.empty_like(s_buf),
+            )
         return (
             grad_h.to(s_hidden.dtype) if grad_h is not None else None,
             grad_w.to(s_weight.dtype) if grad_w is not None else None,
@@ -106,8 +122,23 @@ class FusedDistillationFunction(torch.autograd.Function):
         )
 
 
-def _backward_tiles(ctx, s_hidden, s_weight, t_hidden, t_weight, targets, s_log_z, t_log_z, aux, g_div, g_logp,
-                    grad_h, grad_w, s_buf, t_buf) -> None:
+def _backward_tiles(
+    ctx,
+    s_hidden,
+    s_weight,
+    t_hidden,
+    t_weight,
+    targets,
+    s_log_z,
+    t_log_z,
+    aux,
+    g_div,
+    g_logp,
+    grad_h,
+    grad_w,
+    s_buf,
+    t_buf,
+) -> None:
     """Accumulate the student's hidden-state and head gradients tile by tile, recomputing each tile."""
     n_tok, vocab = s_hidden.size(0), s_weight.size(0)
     for a in range(0, n_tok, TOKEN_CHUNK_SIZE):
@@ -116,8 +147,17 @@ def _backward_tiles(ctx, s_hidden, s_weight, t_hidden, t_weight, targets, s_log_
         for v0 in range(0, vocab, VOCAB_CHUNK_SIZE):
             v1 = min(v0 + VOCAB_CHUNK_SIZE, vocab)
             zs, zt = _tiles(s_buf, t_buf, h_s, s_weight, t_hidden[sl], t_weight, v0, v1, ctx.inv_t)
-            grad = _logit_grad(ctx, zs, zt, s_log_z[sl], t_log_z[sl], aux[sl], targets[sl] - v0,
-                               None if g_div is None else g_div[sl], None if g_logp is None else g_logp[sl])
+            grad = _logit_grad(
+                ctx,
+                zs,
+                zt,
+                s_log_z[sl],
+                t_log_z[sl],
+                aux[sl],
+                targets[sl] - v0,
+                None if g_div is None else g_div[sl],
+                None if g_logp is None else g_logp[sl],
+            )
             if grad_h is not None:
                 grad_h[sl].addmm_(grad, s_weight[v0:v1].float())
             if grad_w is not None:
@@ -149,7 +189,9 @@ def _forward_chunk(h_s, s_weight, h_t, t_weight, targets, beta, inv_t) -> torch.
         for v0 in range(0, vocab, VOCAB_CHUNK_SIZE):
             v1 = min(v0 + VOCAB_CHUNK_SIZE, vocab)
             zs, zt = _tiles(s_buf, t_buf, h_s, s_weight, h_t, t_weight, v0, v1, inv_t)
-            _jsd_tile(zs, 0, zt, 0, s_log_z, t_log_z, div, aux, v1 - v0, beta, 1.0, 1.0, 1.0, 1.0, 1.0, False, False, 0)
+            _jsd_tile(
+                zs, 0, zt, 0, s_log_z, t_log_z, div, aux, v1 - v0, beta, 1.0, 1.0, 1.0, 1.0, 1.0, False, False, 0
+            )
     return torch.stack([div, s.target - s_log_z, t.target - t_log_z, s.entropy(), t.entropy(), s_log_z, t_log_z, aux])
 
 
@@ -228,8 +270,15 @@ def token_logprobs_and_entropy(
     """
     shape = targets.shape
     logp, entropy, *_ = ChunkedLogProbFunction.apply(
-        hidden.reshape(-1, hidden.size(-1)), weight, None, targets.reshape(-1), temperature, VOCAB_CHUNK_SIZE,
-        None, 1.0, ("entropy",),
+        hidden.reshape(-1, hidden.size(-1)),
+        weight,
+        None,
+        targets.reshape(-1),
+        temperature,
+        VOCAB_CHUNK_SIZE,
+        None,
+        1.0,
+        ("entropy",),
     )
     return logp.view(shape), entropy.view(shape)
 
@@ -258,9 +307,17 @@ def chunked_topk_forward_kl(
     with maybe_gather_lm_head_ctx(student_weight, teacher_weight):  # ZeRO-3: read outside the heads' forward
         if k < 1 or k > teacher_weight.size(0):
             raise ValueError(f"k must be in [1, {teacher_weight.size(0)}], got {k}")
-        parts = [_topk_chunk(student_hidden[a : a + token_chunk_size], student_weight,
-                             teacher_hidden[a : a + token_chunk_size], teacher_weight, k, temperature)
-                 for a in range(0, student_hidden.size(0), token_chunk_size)]
+        parts = [
+            _topk_chunk(
+                student_hidden[a : a + token_chunk_size],
+                student_weight,
+                teacher_hidden[a : a + token_chunk_size],
+                teacher_weight,
+                k,
+                temperature,
+            )
+            for a in range(0, student_hidden.size(0), token_chunk_size)
+        ]
     return (torch.cat(parts) if parts else student_hidden.new_zeros(0)).view(shape)
 
 

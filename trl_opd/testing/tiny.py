@@ -177,5 +177,10 @@ def fixed_generation_batch(tokenizer, batch: int = 4, prompt_len: int = 6, compl
     if batch > 1:
         completion_mask[1, -2:] = 0
         completion_ids[1, -2:] = tokenizer.pad_token_id
-    return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids,
-            "completion_mask": completion_mask, "num_items_in_batch": completion_mask.sum()}
+    return {
+        "prompt_ids": prompt_ids,
+        "prompt_mask": prompt_mask,
+        "completion_ids": completion_ids,
+        "completion_mask": completion_mask,
+        "num_items_in_batch": completion_mask.sum(),
+    }
