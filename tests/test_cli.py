@@ -83,6 +83,7 @@ def test_unknown_method_lists_the_valid_ones(tiny_recipe, capsys):
         ),
         ({"teacher_model_name_or_path": None}, "needs a teacher"),
         ({"dataset_name": "/nonexistent/data.jsonl"}, "does not exist"),
+        ({"model_name_or_path": "/nonexistent/student"}, "/nonexistent/student"),
     ],
 )
 def test_bad_input_is_one_line_before_any_model_loads(tiny_recipe, capsys, tmp_path, overrides, expected):

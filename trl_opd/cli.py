@@ -27,7 +27,7 @@ USER_ERRORS = (
     DatasetValidationError,
     TeacherMismatchError,
     ValueError,
-    FileNotFoundError,
+    OSError,  # transformers' "not a local folder and not a valid model identifier", offline Hub misses
 )
 USAGE = """usage: trl-opd <command> [options]
 
