@@ -57,3 +57,54 @@ def test_two_processes_match_one(tmp_path):
     torch.testing.assert_close(ddp["loss"], loss.detach(), atol=1e-6, rtol=1e-5)
     for name, param in trainer.model.named_parameters():
         torch.testing.assert_close(ddp["grads"][name], param.grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+@pytest.mark.slow
+def test_accelerate_launch_runs_the_cli_on_two_processes(tmp_path, tiny_pair_dir, arithmetic_jsonl):
+    import yaml
+
+    out = tmp_path / "out"
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "method": "opd",
+                "model_name_or_path": str(tiny_pair_dir / "student"),
+                "teacher_model_name_or_path": str(tiny_pair_dir / "teacher"),
+                "dataset_name": str(arithmetic_jsonl),
+                "prompt_column": "problem",
+                "output_dir": str(out),
+                "max_steps": 2,
+                "per_device_train_batch_size": 2,
+                "max_completion_length": 8,
+                "report_to": "none",
+                "save_strategy": "no",
+                "logging_steps": 1,
+            }
+        )
+    )
+    accelerate = Path(sys.executable).with_name("accelerate")
+    cmd = [
+        str(accelerate),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "trl_opd",
+        "train",
+        "--config",
+        str(recipe),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "model.safetensors").is_file()
+    card = (out / "README.md").read_text()
+    assert "on-policy distillation" in card and str(recipe) in card

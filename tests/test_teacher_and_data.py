@@ -12,7 +12,13 @@ from trl_opd.data import (
     split_reasoning_segments,
     truncate_reference,
 )
-from trl_opd.teacher import TeacherMismatchError, align_teacher_vocab, check_same_vocabulary, ema_update
+from trl_opd.teacher import (
+    TeacherMismatchError,
+    align_teacher_vocab,
+    check_same_vocabulary,
+    ema_update,
+    quantization_config,
+)
 from trl_opd.testing import build_tiny_model, build_tiny_tokenizer
 
 
@@ -98,3 +104,12 @@ def test_tiny_template_mirrors_qwen3(tiny_tokenizer, qwen3_tokenizer):
         tiny = tiny_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
         real = qwen3_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
         assert tiny == real
+
+
+def test_teacher_quantization_configs():
+    assert quantization_config(None) is None
+    four = quantization_config("4bit")
+    assert four.load_in_4bit and four.bnb_4bit_quant_type == "nf4" and four.bnb_4bit_use_double_quant
+    assert quantization_config("8bit").load_in_8bit
+    with pytest.raises(ValueError, match="quantization"):
+        quantization_config("3bit")
