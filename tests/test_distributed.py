@@ -15,28 +15,20 @@ from trl_opd.opd_trainer import OPDTrainer
 from trl_opd.testing import build_tiny_model, build_tiny_tokenizer, fixed_generation_batch, tiny_training_kwargs
 
 
+def launch_on_two_cpu_processes(args: list[str]) -> subprocess.CompletedProcess:
+    """`accelerate launch` of `args` on two processes: `--multi_gpu` is the torchrun launcher, and without a GPU the
+    processes use gloo on the CPU (the CPU-safe configs set `use_cpu`)."""
+    accelerate = Path(sys.executable).with_name("accelerate")
+    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
     out = tmp_path / "ddp.pt"
-    accelerate = Path(sys.executable).with_name("accelerate")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # `--multi_gpu` is the torchrun launcher; without a GPU the processes use gloo on the CPU
-    cmd = [
-        str(accelerate),
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        str(Path(__file__).with_name("ddp_worker.py")),
-        str(out),
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    result = launch_on_two_cpu_processes([str(Path(__file__).with_name("ddp_worker.py")), str(out)])
     assert result.returncode == 0, result.stderr[-3000:]
     ddp = torch.load(out)
     assert ddp["world"] == 2
@@ -83,27 +75,7 @@ def test_accelerate_launch_runs_the_cli_on_two_processes(tmp_path, tiny_pair_dir
             }
         )
     )
-    accelerate = Path(sys.executable).with_name("accelerate")
-    cmd = [
-        str(accelerate),
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "-m",
-        "trl_opd",
-        "train",
-        "--config",
-        str(recipe),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    result = launch_on_two_cpu_processes(["-m", "trl_opd", "train", "--config", str(recipe)])
     assert result.returncode == 0, result.stderr[-3000:]
     assert (out / "model.safetensors").is_file()
     card = (out / "README.md").read_text()
