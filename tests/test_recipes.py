@@ -35,6 +35,16 @@ def test_recipe_parses(path):
     assert config.output_dir
 
 
+@pytest.mark.parametrize("path", RECIPE_FILES, ids=lambda p: str(p.relative_to(RECIPES)))
+def test_recipe_dry_run_offline(path, capsys):
+    """`--dry-run` validates a recipe without weights; a Hub dataset that cannot be reached is reported, not fatal."""
+    from trl_opd.cli import main
+
+    assert main(["train", "--config", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ok: method=") and "dataset=" in out
+
+
 @pytest.mark.parametrize("path", ACCELERATE_FILES, ids=lambda p: p.name)
 def test_accelerate_config_is_valid_yaml(path):
     config = yaml.safe_load(path.read_text())

@@ -12,7 +12,7 @@ from typing import Any
 from datasets import Dataset, load_dataset
 from trl import ModelConfig, get_peft_config, get_quantization_config
 
-from .data import BOXED_INSTRUCTION, ColumnMap, DatasetValidationError, prepare_dataset
+from .data import BOXED_INSTRUCTION, ColumnMap, DatasetUnavailableError, DatasetValidationError, prepare_dataset
 from .methods import MethodSpec, get_spec, load_method
 from .recipe import ScriptArguments
 from .rewards import math_accuracy_reward
@@ -36,7 +36,7 @@ def load_raw_dataset(script_args: ScriptArguments, split: str) -> Dataset:
     except DatasetValidationError:
         raise
     except Exception as err:  # datasets raises many types; the user needs the one line
-        raise DatasetValidationError(f"Could not load dataset {name!r} split {split!r}: {err}") from err
+        raise DatasetUnavailableError(f"Could not load dataset {name!r} split {split!r}: {err}") from err
 
 
 def format_prompts(dataset: Dataset, script_args: ScriptArguments) -> Dataset:

@@ -27,6 +27,10 @@ class DatasetValidationError(ValueError):
     """A dataset cannot be used as given (missing column, empty, ...). Its message is one line for the user."""
 
 
+class DatasetUnavailableError(DatasetValidationError):
+    """A named dataset (Hub id or folder) could not be loaded from here, e.g. offline: nothing is known of it."""
+
+
 @dataclass(frozen=True)
 class ColumnMap:
     """Dataset column names for the three canonical columns."""
