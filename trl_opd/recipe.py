@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from trl import ModelConfig, TrlParser
 
+from .data import BOXED_INSTRUCTION
 from .methods import get_spec, load_method
 
 
@@ -48,7 +49,7 @@ class ScriptArguments:
         },
     )
     instruction: str = field(
-        default="Please reason step by step, and put your final answer within \\boxed{}.",
+        default=BOXED_INSTRUCTION,
         metadata={"help": "Appended to text prompts when `chat_prompt` is on; empty for none."},
     )
 

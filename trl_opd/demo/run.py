@@ -24,9 +24,12 @@ from pathlib import Path
 import torch
 from datasets import concatenate_datasets
 from transformers import AutoModelForCausalLM, TrainerCallback
+from trl import ModelConfig
 
+from ..build import build_trainer
 from ..data import privileged_prompt, truncate_reference
 from ..methods import METHODS, available_methods, get_spec, load_method
+from ..recipe import ScriptArguments
 from ..testing import build_tiny_model, build_tiny_tokenizer
 from .pretrain import heldout_accuracy, supervised_warmup
 from .report import write_plot, write_table
@@ -190,22 +193,18 @@ def method_config(method: str, output_dir: Path, steps: int, seed: int, teacher:
 
 
 def run_method(method: str, student: Path, teacher: Path, train, heldout, tokenizer, args, out: Path) -> dict:
-    from ..build import _as_gkd_dataset
-
+    """Train one method from the warmed-up student through the CLI's own trainer factory; score it as it goes."""
     spec = get_spec(method)
-    _, trainer_class = load_method(method)
     config = method_config(method, out / "runs" / method, args.steps, args.seed, teacher)
-    model = AutoModelForCausalLM.from_pretrained(student)
     callback = HeldoutCallback(tokenizer, heldout, args.eval_every)
-    kwargs = {"model": model, "args": config, "processing_class": build_tiny_tokenizer(), "callbacks": [callback]}
-    if spec.family == "grpo":
-        from ..rewards import math_accuracy_reward
-
-        trainer = trainer_class(reward_funcs=[math_accuracy_reward], train_dataset=train, **kwargs)
-    else:
-        dataset = _as_gkd_dataset(train) if spec.family == "gkd" else train
-        teacher_model = str(teacher) if spec.needs_teacher else None
-        trainer = trainer_class(teacher_model=teacher_model, train_dataset=dataset, **kwargs)
+    trainer = build_trainer(
+        ScriptArguments(method=method),
+        config,
+        ModelConfig(model_name_or_path=str(student)),
+        train_dataset=train,
+        processing_class=build_tiny_tokenizer(),
+        callbacks=[callback],
+    )
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
