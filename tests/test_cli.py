@@ -1,7 +1,6 @@
 # Copyright 2026 The trl-opd developers. Licensed under the Apache License, Version 2.0.
 """The `trl-opd` CLI: recipe parsing, unknown keys and methods, dry runs, bad input, and a tiny training run."""
 
-import json
 from pathlib import Path
 
 import pytest
@@ -54,14 +53,11 @@ def test_flags_override_the_recipe(tiny_recipe):
 
 
 def test_unknown_key_names_the_nearest_field(tiny_recipe, capsys):
-    code, _, err = run_cli(capsys, "train", "--config", str(tiny_recipe(learning_rat=1e-4)), "--dry-run")
-    assert (
-        code == 2
-        and err.strip().splitlines()[-1]
-        == (
-            f"error: Unknown key 'learning_rat' in recipe {tiny_recipe()} for method 'opd'; did you mean 'learning_rate'?"
-        )
-        or "did you mean 'learning_rate'" in err
+    recipe = tiny_recipe(learning_rat=1e-4)
+    code, _, err = run_cli(capsys, "train", "--config", str(recipe), "--dry-run")
+    assert code == 2
+    assert err.strip().splitlines()[-1] == (
+        f"error: Unknown key 'learning_rat' in recipe {recipe} for method 'opd'; did you mean 'learning_rate'?"
     )
     code, _, err = run_cli(capsys, "train", "--config", str(tiny_recipe()), "--bta", "0.1")
     assert code == 2 and "Unknown key 'bta'" in err and "'beta'" in err
@@ -95,11 +91,11 @@ def test_bad_input_is_one_line_before_any_model_loads(tiny_recipe, capsys, tmp_p
 
 def test_empty_dataset(tiny_recipe, capsys, tmp_path):
     empty = tmp_path / "empty.jsonl"
-    empty.write_text(json.dumps({"problem": "x", "answer": "1", "solution": "\\boxed{1}"}) + "\n")
-    # a file with one row filtered to none: `max_train_samples` can't be 0, so use an empty split file instead
     empty.write_text("")
     code, _, err = run_cli(capsys, "train", "--config", str(tiny_recipe(dataset_name=str(empty))))
-    assert code == 2 and err.startswith("error:") and ("empty" in err or "load" in err)
+    assert code == 2 and err.strip().splitlines()[-1] == f"error: Dataset file {empty} is empty."
+    code, _, err = run_cli(capsys, "train", "--config", str(tiny_recipe(dataset_name=str(empty))), "--dry-run")
+    assert code == 2 and "is empty" in err  # a bad local file fails a dry run too
 
 
 def test_bf16_flag_on_a_cpu_is_an_error(tiny_recipe, capsys):

@@ -12,7 +12,7 @@ from typing import Any
 from datasets import Dataset, load_dataset
 from trl import ModelConfig, get_peft_config, get_quantization_config
 
-from .data import BOXED_INSTRUCTION, ColumnMap, DatasetUnavailableError, DatasetValidationError, prepare_dataset
+from .data import ColumnMap, DatasetUnavailableError, DatasetValidationError, prepare_dataset
 from .methods import MethodSpec, get_spec, load_method
 from .recipe import ScriptArguments
 from .rewards import math_accuracy_reward
@@ -22,21 +22,29 @@ _FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".cs
 
 
 def load_raw_dataset(script_args: ScriptArguments, split: str) -> Dataset:
-    """Load one split from a Hub id, a local folder or a single data file."""
+    """Load one split from a Hub id, a local folder or a single data file.
+
+    A data file that is missing, empty or unreadable is a [`DatasetValidationError`]; a Hub id or folder that cannot
+    be loaded from here is a [`DatasetUnavailableError`] (a dry run reports it and goes on).
+    """
     name = script_args.dataset_name
     if not name:
         raise DatasetValidationError("No dataset: set `dataset_name` in the recipe (Hub id, folder or data file).")
     path = Path(name)
+    if path.suffix in _FILE_BUILDERS:
+        if not path.is_file():
+            raise DatasetValidationError(f"Dataset file {name} does not exist.")
+        if path.stat().st_size == 0:
+            raise DatasetValidationError(f"Dataset file {name} is empty.")
+        return _load(DatasetValidationError, name, split, _FILE_BUILDERS[path.suffix], data_files={split: name})
+    return _load(DatasetUnavailableError, name, split, name, script_args.dataset_config)
+
+
+def _load(error: type[DatasetValidationError], name: str, split: str, *args, **kwargs) -> Dataset:
     try:
-        if path.suffix in _FILE_BUILDERS:
-            if not path.is_file():
-                raise DatasetValidationError(f"Dataset file {name} does not exist.")
-            return load_dataset(_FILE_BUILDERS[path.suffix], data_files={split: str(path)}, split=split)
-        return load_dataset(name, script_args.dataset_config, split=split)
-    except DatasetValidationError:
-        raise
+        return load_dataset(*args, split=split, **kwargs)
     except Exception as err:  # datasets raises many types; the user needs the one line
-        raise DatasetUnavailableError(f"Could not load dataset {name!r} split {split!r}: {err}") from err
+        raise error(f"Could not load dataset {name!r} split {split!r}: {err or type(err).__name__}") from err
 
 
 def format_prompts(dataset: Dataset, script_args: ScriptArguments) -> Dataset:
@@ -133,4 +141,4 @@ def build_trainer(script_args: ScriptArguments, config, model_args: ModelConfig,
     )
 
 
-__all__ = ["BOXED_INSTRUCTION", "build_trainer", "check_teacher", "load_raw_dataset", "training_dataset"]
+__all__ = ["build_trainer", "check_teacher", "load_raw_dataset", "training_dataset"]
