@@ -47,7 +47,8 @@ class EGRSDTrainer(GRPOTrainer):
 
     _tag_names = ["trl", "trl-opd", "grpo", "egrsd"]
     _name = "EGRSD"
-    #: Dataset columns the trainer reads: the prompt, the answer (reward) and the solution (teacher's context).
+    #: Dataset columns the trainer can read: the prompt, the answer (default reward) and the solution (teacher's
+    #: context). Which of them a run needs is [`EGRSDTrainer.needed_columns`].
     required_columns: tuple[str, ...] = ("prompt", "answer", "solution")
 
     def __init__(
@@ -70,8 +71,9 @@ class EGRSDTrainer(GRPOTrainer):
         args = args if args is not None else EGRSDConfig(output_dir="egrsd-output")
         if not isinstance(args, EGRSDConfig):
             raise TypeError(f"EGRSDTrainer needs an EGRSDConfig, got {type(args).__name__}")
+        self._needed_columns = self.needed_columns(args, default_reward=reward_funcs is None)
         if train_dataset is not None:  # checked before any weights load
-            train_dataset = prepare_dataset(train_dataset, list(self.required_columns), ColumnMap(), "train dataset")
+            train_dataset = prepare_dataset(train_dataset, list(self._needed_columns), ColumnMap(), "train dataset")
         if reward_funcs is None:
             from .rewards import math_accuracy_reward
 
@@ -81,20 +83,20 @@ class EGRSDTrainer(GRPOTrainer):
             is_peft = peft_config is not None or (not isinstance(model, str) and is_peft_model(model))
             teacher = self_teacher_copy(model, "frozen", is_peft, args.model_init_kwargs)
         super().__init__(
-            model,
-            reward_funcs,
-            args,
-            train_dataset,
-            eval_dataset,
-            processing_class,
-            reward_processing_classes,
-            callbacks,
-            optimizers,
-            quantization_config,
-            peft_config,
-            tools,
-            rollout_func,
-            environment_factory,
+            model=model,
+            reward_funcs=reward_funcs,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            reward_processing_classes=reward_processing_classes,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            quantization_config=quantization_config,
+            peft_config=peft_config,
+            tools=tools,
+            rollout_func=rollout_func,
+            environment_factory=environment_factory,
         )
         self.teacher_model = self._prepare_teacher(teacher) if teacher is not None else None
         self._forward_redirection = _ForwardRedirection()
@@ -103,6 +105,18 @@ class EGRSDTrainer(GRPOTrainer):
     def _needs_teacher(args: EGRSDConfig) -> bool:
         """At `g_min=1, epsilon_w=0` every weight is 1: the teacher is neither built nor run."""
         return args.g_min < 1.0 or args.epsilon_w > 0.0
+
+    @classmethod
+    def needed_columns(cls, args: EGRSDConfig, default_reward: bool) -> tuple[str, ...]:
+        """The dataset columns a run reads: `prompt`; `answer` when the default math reward scores it; `solution`
+        when the self-teacher runs (it sees the reference). At the GRPO setting with user rewards: `prompt` only,
+        as `trl.GRPOTrainer`."""
+        needed = (
+            {"prompt"}
+            | ({"answer"} if default_reward else set())
+            | ({"solution"} if cls._needs_teacher(args) else set())
+        )
+        return tuple(c for c in cls.required_columns if c in needed)
 
     def _prepare_teacher(self, teacher: nn.Module) -> nn.Module:
         if self.is_deepspeed_enabled:
@@ -113,7 +127,7 @@ class EGRSDTrainer(GRPOTrainer):
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
-        self._signature_columns = list(dict.fromkeys([*self._signature_columns, *self.required_columns]))
+        self._signature_columns = list(dict.fromkeys([*self._signature_columns, *self._needed_columns]))
 
     # ----------------------------------------------------------------- teacher
     def teacher_prompt(self, example: dict[str, Any]) -> Any:

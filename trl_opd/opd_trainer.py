@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import torch
@@ -82,6 +84,7 @@ class OPDTrainer(DistillationTrainer):
             processing_class = AutoTokenizer.from_pretrained(model if isinstance(model, str) else model.name_or_path)
         processing_class.padding_side = "left"
         self._self_teacher_kind = None
+        built_here = teacher_model is None or isinstance(teacher_model, str)
         if teacher_model is None:
             self._self_teacher_kind = args.self_teacher
             is_peft = peft_config is not None or (not isinstance(model, str) and is_peft_model(model))
@@ -89,23 +92,31 @@ class OPDTrainer(DistillationTrainer):
         elif isinstance(teacher_model, str):
             check_same_vocabulary(processing_class, AutoTokenizer.from_pretrained(teacher_model))
             teacher_model = load_teacher(
-                teacher_model, args.teacher_model_init_kwargs, args.teacher_quantization, args.teacher_model_revision
+                teacher_model,
+                args.teacher_model_init_kwargs,
+                args.teacher_quantization,
+                args.teacher_model_revision,
+                trust_remote_code=args.trust_remote_code,
+                distributed=args.distributed_state.distributed_type in ("MULTI_GPU", "DEEPSPEED"),
             )
         if teacher_model is not None:
             align_teacher_vocab(teacher_model, _vocab_size(model, args), len(processing_class))
-        super().__init__(
-            model,
-            teacher_model,
-            args,
-            train_dataset,
-            eval_dataset,
-            processing_class,
-            callbacks,
-            optimizers,
-            quantization_config,
-            peft_config,
-            tools,
-        )
+        # A teacher we loaded from a name has used `teacher_model_init_kwargs`; the parent, handed the instance, would
+        # refuse the field (it does so, rightly, for an instance the caller built).
+        with _teacher_init_kwargs_consumed(args, built_here):
+            super().__init__(
+                model=model,
+                teacher_model=teacher_model,
+                args=args,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=processing_class,
+                callbacks=callbacks,
+                optimizers=optimizers,
+                quantization_config=quantization_config,
+                peft_config=peft_config,
+                tools=tools,
+            )
         self.teacher_chat_template_kwargs = (
             self.chat_template_kwargs
             if args.teacher_chat_template_kwargs is None
@@ -257,6 +268,18 @@ class OPDTrainer(DistillationTrainer):
             if os.path.isfile(path):
                 self.load_extra_state_dict(torch.load(path, map_location="cpu", weights_only=False))
         return super().train(resume_from_checkpoint=resume_from_checkpoint or None, **kwargs)
+
+
+@contextlib.contextmanager
+def _teacher_init_kwargs_consumed(args: OPDConfig, consumed: bool) -> Iterator[None]:
+    """While the parent's `__init__` runs, hide `teacher_model_init_kwargs` when the teacher was loaded here."""
+    kwargs = args.teacher_model_init_kwargs
+    if consumed:
+        args.teacher_model_init_kwargs = None
+    try:
+        yield
+    finally:
+        args.teacher_model_init_kwargs = kwargs
 
 
 def _vocab_size(model, args: OPDConfig) -> int:

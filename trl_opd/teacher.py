@@ -45,9 +45,19 @@ def quantization_config(quantization: str | None, compute_dtype: torch.dtype = t
 
 
 def load_teacher(
-    name_or_path: str, init_kwargs: dict | None = None, quantization: str | None = None, revision: str | None = None
+    name_or_path: str,
+    init_kwargs: dict | None = None,
+    quantization: str | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    distributed: bool = False,
 ) -> nn.Module:
-    """Load an external teacher (`AutoModelForCausalLM`), quantised on its own if asked, in eval mode, frozen."""
+    """Load an external teacher (`AutoModelForCausalLM`), quantised on its own if asked, in eval mode, frozen.
+
+    `init_kwargs` are read as `trl.DistillationTrainer` reads `teacher_model_init_kwargs`: a `dtype` name becomes the
+    torch dtype, `revision` and `trust_remote_code` are defaults, and `device_map` is dropped when `distributed`
+    (DDP / DeepSpeed place the model themselves).
+    """
     from transformers import AutoModelForCausalLM
 
     kwargs = dict(init_kwargs or {})
@@ -55,6 +65,9 @@ def load_teacher(
     kwargs["dtype"] = dtype if dtype in ("auto", None) or isinstance(dtype, torch.dtype) else getattr(torch, dtype)
     if revision is not None:
         kwargs.setdefault("revision", revision)
+    if distributed:
+        kwargs["device_map"] = None
+    kwargs.setdefault("trust_remote_code", trust_remote_code)
     qconfig = quantization_config(quantization)
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig
