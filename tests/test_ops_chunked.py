@@ -105,3 +105,53 @@ def test_masked_global_mean_uses_global_count_and_ignores_nan():
     mask = torch.tensor([[1, 0], [1, 1]])
     assert masked_global_mean(values, mask, None).item() == pytest.approx(3.0)
     assert masked_global_mean(values, mask, torch.tensor(6.0)).item() == pytest.approx(1.5)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize(
+    "student_post,teacher_post",
+    [((1.0, 3.0), (1.0, 2.5)), ((0.0625, None), (4.0, None)), ((0.5, 2.0), (1.0, None))],
+    ids=["softcap", "scale", "both"],
+)
+def test_fused_stats_with_bias_scale_softcap_equal_dense(inputs, beta, student_post, teacher_post, monkeypatch):
+    """Gemma-style softcap, Cohere/Granite-style scale and an `lm_head` bias, as TRL's DistillationTrainer applies
+    them: `z = c·tanh(s·(h·Wᵀ + b)/c) / T`; values and gradients (hidden, weight and bias) against full logits."""
+    from trl_opd.ops.chunked import LogitHead, apply_logit_head
+
+    monkeypatch.setattr(chunked, "TOKEN_CHUNK_SIZE", 5)
+    monkeypatch.setattr(chunked, "VOCAB_CHUNK_SIZE", 16)
+    g = torch.Generator().manual_seed(1)
+    s_bias = torch.randn(V, generator=g).requires_grad_()
+    t_bias = torch.randn(V, generator=g)
+    student_head, teacher_head = LogitHead(s_bias, *student_post), LogitHead(t_bias, *teacher_post)
+    h_s, w_s, h_t, w_t, targets = inputs
+    temperature = 0.8
+    got = fused_distillation_stats(h_s, w_s, h_t, w_t, targets, beta, temperature, student_head, teacher_head)
+    s = (apply_logit_head(h_s @ w_s.T + s_bias, student_head) / temperature).log_softmax(-1)
+    t = (apply_logit_head(h_t @ w_t.T + t_bias, teacher_head) / temperature).log_softmax(-1)
+    want = {
+        "divergence": generalized_jsd(t, s, beta),
+        "student_logp": s.gather(-1, targets.unsqueeze(-1)).squeeze(-1),
+        "teacher_logp": t.gather(-1, targets.unsqueeze(-1)).squeeze(-1),
+        "student_entropy": -(s.exp() * s).sum(-1),
+        "teacher_entropy": -(t.exp() * t).sum(-1),
+    }
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], atol=2e-5, rtol=1e-4, msg=key)
+    w = torch.randn(B, T, generator=g)
+    params = (h_s, w_s, s_bias)
+    grads = torch.autograd.grad((got["divergence"] + w * got["student_logp"]).sum(), params)
+    want_grads = torch.autograd.grad((want["divergence"] + w * want["student_logp"]).sum(), params)
+    for name, a, b in zip(("hidden", "weight", "bias"), grads, want_grads):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4, msg=name)
+
+
+def test_token_logprobs_with_bias_scale_softcap_equal_dense(inputs):
+    from trl_opd.ops.chunked import LogitHead, apply_logit_head
+
+    h_s, w_s, _, _, targets = inputs
+    head = LogitHead(torch.randn(V), 0.5, 2.0)
+    logp, entropy = token_logprobs_and_entropy(h_s, w_s, targets, 0.9, head)
+    dense_logp = (apply_logit_head(h_s @ w_s.T + head.bias, head) / 0.9).log_softmax(-1)
+    torch.testing.assert_close(logp, dense_logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1), atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(entropy, -(dense_logp.exp() * dense_logp).sum(-1), atol=2e-5, rtol=1e-4)

@@ -33,7 +33,8 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from .ops.motab import monitor_signal, segment_stray_scores, token_logprob_and_best
+from .heads import logit_head
+from .ops.motab import monitor_signal, project_logits, segment_stray_scores, token_logprob_and_best
 
 
 class SegmentStopper:
@@ -252,6 +253,7 @@ class HFStepBackend:
         self.compact_ratio, self.compact_slack = compact_ratio, compact_slack
         self.decoder = model.get_decoder()
         self.weight = model.get_output_embeddings().weight
+        self.head = logit_head(model)
         warpers = [TopKLogitsWarper(top_k)] if top_k else []
         warpers += [TopPLogitsWarper(top_p)] if top_p is not None and top_p < 1.0 else []
         warpers += [MinPLogitsWarper(min_p)] if min_p else []
@@ -291,7 +293,7 @@ class HFStepBackend:
         return out.last_hidden_state
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return (hidden.float() @ self.weight.float().t()) / self.temperature
+        return project_logits(hidden, self.weight, self.head) / self.temperature
 
     def sample(self, rows: Sequence[int], budgets: Sequence[int], stopper: SegmentStopper) -> list[Segment]:
         if not rows:
@@ -345,7 +347,7 @@ class HFStepBackend:
         logp0, best0 = log_first.gather(-1, ids[:, :1]).squeeze(-1), log_first.amax(-1)
         rest = mask[:, 1:].bool()
         logp_rest, best_rest = token_logprob_and_best(
-            hidden[:, :-1][rest], self.weight, ids[:, 1:][rest], self.temperature
+            hidden[:, :-1][rest], self.weight, ids[:, 1:][rest], self.temperature, head=self.head
         )
         logp, best = torch.zeros((b, width), device=device), torch.zeros((b, width), device=device)
         logp[:, 0], best[:, 0] = logp0, best0

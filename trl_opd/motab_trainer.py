@@ -243,6 +243,8 @@ class MOTABTrainer(OPDTrainer):
             inputs["completion_ids"],
             teacher_mask,
             self.temperature,
+            hidden.student_head,
+            hidden.teacher_head,
         )
         mode = "train" if self.model.training else "eval"
         mean_kl = kl.detach().sum() / teacher_mask.sum()

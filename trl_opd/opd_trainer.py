@@ -16,8 +16,10 @@ from trl import DistillationTrainer
 from trl.trainer.utils import pad
 
 from .data import ColumnMap, prepare_dataset, privileged_prompt
+from .heads import logit_head
 from .opd_config import OPDConfig
 from .ops import fused_distillation_stats, k1_policy_gradient_loss, masked_global_mean, masked_mean, masked_sum
+from .ops.chunked import PLAIN_HEAD, LogitHead
 from .teacher import (
     align_teacher_vocab,
     check_same_vocabulary,
@@ -32,12 +34,15 @@ EXTRA_STATE_FILE = "trl_opd_state.pt"
 
 
 class HiddenStates(NamedTuple):
-    """Both models' last hidden states on the completion tokens and their `lm_head` weights, as the loss saw them."""
+    """Both models' last hidden states on the completion tokens, their `lm_head` weights and logit post-processing
+    (bias, scale, softcap), as the loss saw them."""
 
     student: torch.Tensor  # (B, K, H_S), differentiable
     student_weight: torch.Tensor  # (V, H_S)
     teacher: torch.Tensor  # (B, K, H_T), detached
     teacher_weight: torch.Tensor  # (V, H_T)
+    student_head: LogitHead = PLAIN_HEAD
+    teacher_head: LogitHead = PLAIN_HEAD
 
 
 class OPDTrainer(DistillationTrainer):
@@ -186,6 +191,12 @@ class OPDTrainer(DistillationTrainer):
         weight = teacher.get_output_embeddings().weight  # not detached: ZeRO-3 gathers it by identity
         return hidden.detach(), weight
 
+    def teacher_logit_head(self, unwrapped_student) -> LogitHead:
+        """The teacher's logit post-processing (bias, scale, softcap): the external teacher's, else the student's."""
+        if self.teacher_model is None:
+            return logit_head(unwrapped_student)
+        return logit_head(self.accelerator.unwrap_model(self.teacher_model))
+
     # ----------------------------------------------------------------- loss
     def token_losses(self, stats: dict[str, torch.Tensor], inputs: dict[str, Any]) -> torch.Tensor:
         """Per-token loss `(B, K)` from the fused statistics; masked and normalised by the caller.
@@ -210,6 +221,7 @@ class OPDTrainer(DistillationTrainer):
         student_hidden = self._get_last_hidden_state(unwrapped_student, input_ids, attention_mask, logits_to_keep)
         teacher_hidden, teacher_weight = self.teacher_hidden_states(unwrapped_student, inputs, logits_to_keep)
         student_weight = unwrapped_student.get_output_embeddings().weight
+        student_head, teacher_head = logit_head(unwrapped_student), self.teacher_logit_head(unwrapped_student)
         stats = fused_distillation_stats(
             student_hidden,
             student_weight,
@@ -218,8 +230,12 @@ class OPDTrainer(DistillationTrainer):
             completion_ids,
             self.beta,
             self.temperature,
+            student_head,
+            teacher_head,
         )
-        stats["hidden"] = HiddenStates(student_hidden, student_weight, teacher_hidden, teacher_weight)
+        stats["hidden"] = HiddenStates(
+            student_hidden, student_weight, teacher_hidden, teacher_weight, student_head, teacher_head
+        )
         mask = self.loss_mask(inputs).to(student_weight.device)
         loss = masked_global_mean(self.token_losses(stats, inputs), mask, num_items_in_batch)
         self._log_token_stats(stats, mask)

@@ -221,6 +221,8 @@ class TrOPDTrainer(OPDTrainer):
             hidden.teacher_weight.to(device),
             self.args.outlier_top_k,
             self.temperature,
+            student_head=hidden.student_head,
+            teacher_head=hidden.teacher_head,
         )
         return kl.index_put(rows, values.float())
 

@@ -9,6 +9,7 @@ recomputes the tiles. Inputs are flattened to `N = B·T` positions; callers mask
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -21,6 +22,48 @@ from .divergences import forward_kl
 
 def _divergence_mode(beta: float) -> int:
     return 0 if beta == 0.0 else 1 if beta == 1.0 else 2
+
+
+class LogitHead(NamedTuple):
+    """How a model turns its projection `h·Wᵀ` into logits: `z = c·tanh(s·(h·Wᵀ + b) / c)` (no tanh when `c` is None).
+
+    `bias` `(V,)` is the `lm_head` bias, `scale` `s` a Cohere-style `logit_scale` (Granite: `1 / logits_scaling`),
+    `softcap` `c` Gemma's `final_logit_softcapping`: the post-processing `trl.DistillationTrainer` applies.
+    """
+
+    bias: torch.Tensor | None = None
+    scale: float = 1.0
+    softcap: float | None = None
+
+
+PLAIN_HEAD = LogitHead()
+
+
+def apply_logit_head(raw: torch.Tensor, head: LogitHead) -> torch.Tensor:
+    """`(..., V) -> (..., V)`: scale, then softcap, of logits that already hold the bias (out of place)."""
+    z = raw * head.scale if head.scale != 1.0 else raw
+    return head.softcap * torch.tanh(z / head.softcap) if head.softcap is not None else z
+
+
+def _transform_tile_(tile: torch.Tensor, head: LogitHead, inv_t: float) -> None:
+    """In place on a projected tile (bias included): scale, softcap, then `1/T`."""
+    if head.scale != 1.0:
+        tile.mul_(head.scale)
+    if head.softcap is not None:
+        tile.div_(head.softcap).tanh_().mul_(head.softcap)
+    if inv_t != 1.0:
+        tile.mul_(inv_t)
+
+
+def _head_jacobian_(grad: torch.Tensor, z: torch.Tensor, head: LogitHead, inv_t: float) -> torch.Tensor:
+    """Chain a gradient with respect to the pre-temperature logits back through the softcap and scale, in place;
+    `z` is the transformed tile (`c·tanh(·)/T`), so `tanh = z·T/c`."""
+    if head.softcap is not None:
+        th = z / (inv_t * head.softcap)
+        grad.mul_(1.0 - th * th)
+    if head.scale != 1.0:
+        grad.mul_(head.scale)
+    return grad
 
 
 class _Online:
@@ -63,90 +106,87 @@ class _Online:
 class FusedDistillationFunction(torch.autograd.Function):
     """Per-token generalized JSD_β, both models' sampled-token log-probs and both entropies, in one tiled pass.
 
-    `(N, H_s), (V, H_s), (N, H_t), (V, H_t), (N,) -> 5 x (N,)`: divergence, `log p_S(y)`, `log p_T(y)`, `H(p_S)`,
-    `H(p_T)`, all at softmax temperature `temperature`. Gradients flow to the student's hidden states and `lm_head`
-    through the divergence and `log p_S(y)`; the teacher outputs and the entropies are constants.
+    `(N, H_s), (V, H_s), (V,)?, (N, H_t), (V, H_t), (V,)?, (N,) -> 5 x (N,)`: divergence, `log p_S(y)`, `log p_T(y)`,
+    `H(p_S)`, `H(p_T)`, all at softmax temperature `temperature`, on logits post-processed as each model's
+    [`LogitHead`] says (bias, scale, softcap). Gradients flow to the student's hidden states, `lm_head` weight and
+    bias through the divergence and `log p_S(y)`; the teacher outputs and the entropies are constants.
     """
 
     @staticmethod
-    def forward(ctx, s_hidden, s_weight, t_hidden, t_weight, targets, beta, temperature):  # noqa: D102
+    def forward(
+        ctx, s_hidden, s_weight, s_bias, t_hidden, t_weight, t_bias, targets, beta, temperature, s_post, t_post
+    ):  # noqa: D102
         ctx.set_materialize_grads(False)
         n_tok, device = s_hidden.size(0), s_hidden.device
         inv_t, mode = 1.0 / temperature, _divergence_mode(beta)
+        heads = (LogitHead(s_bias, *s_post), LogitHead(t_bias, *t_post))
         outputs = torch.zeros((8, n_tok), device=device)  # div, s_logp, t_logp, s_ent, t_ent, s_log_z, t_log_z, aux
-        with maybe_gather_lm_head_ctx(s_weight, t_weight):  # ZeRO-3: the heads are read outside their forward
+        with maybe_gather_lm_head_ctx(s_weight, t_weight, s_bias, t_bias):  # ZeRO-3: heads read outside forward
             for a in range(0, n_tok, TOKEN_CHUNK_SIZE):
                 sl = slice(a, min(a + TOKEN_CHUNK_SIZE, n_tok))
                 outputs[:, sl] = _forward_chunk(
-                    s_hidden[sl], s_weight, t_hidden[sl], t_weight, targets[sl], beta, inv_t
+                    s_hidden[sl], s_weight, t_hidden[sl], t_weight, targets[sl], beta, inv_t, heads
                 )
         divergence, s_logp, t_logp, s_entropy, t_entropy, s_log_z, t_log_z, aux = outputs.unbind(0)
-        ctx.save_for_backward(s_hidden, s_weight, t_hidden, t_weight, targets, s_log_z, t_log_z, aux)
-        ctx.beta, ctx.mode, ctx.inv_t = beta, mode, inv_t
+        ctx.save_for_backward(s_hidden, s_weight, s_bias, t_hidden, t_weight, t_bias, targets, s_log_z, t_log_z, aux)
+        ctx.beta, ctx.mode, ctx.inv_t, ctx.posts = beta, mode, inv_t, (s_post, t_post)
         ctx.mark_non_differentiable(t_logp, s_entropy, t_entropy)
         return divergence.clone(), s_logp.clone(), t_logp.clone(), s_entropy.clone(), t_entropy.clone()
 
     @staticmethod
     def backward(ctx, g_div, g_logp, *_):  # noqa: D102
-        s_hidden, s_weight, t_hidden, t_weight, targets, s_log_z, t_log_z, aux = ctx.saved_tensors
-        none = (None,) * 7
+        s_hidden, s_weight, s_bias, t_hidden, t_weight, t_bias, targets, s_log_z, t_log_z, aux = ctx.saved_tensors
+        none = (None,) * 11
         if g_div is None and g_logp is None:
             return none
-        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        with maybe_gather_lm_head_ctx(s_weight, t_weight):  # shapes are only known once gathered (ZeRO-3)
-            grad_h = torch.zeros_like(s_hidden, dtype=torch.float32) if need_h else None
-            grad_w = torch.zeros_like(s_weight, dtype=torch.float32) if need_w else None
+        need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        heads = (LogitHead(s_bias, *ctx.posts[0]), LogitHead(t_bias, *ctx.posts[1]))
+        with maybe_gather_lm_head_ctx(s_weight, t_weight, s_bias, t_bias):  # shapes known once gathered (ZeRO-3)
+            grads = _StudentGrads(
+                torch.zeros_like(s_hidden, dtype=torch.float32) if need_h else None,
+                torch.zeros_like(s_weight, dtype=torch.float32) if need_w else None,
+                torch.zeros(s_weight.size(0), device=s_weight.device) if need_b else None,
+            )
             rows = max(1, min(s_hidden.size(0), TOKEN_CHUNK_SIZE))
             s_buf = torch.empty((rows, min(s_weight.size(0), VOCAB_CHUNK_SIZE)), device=s_hidden.device)
             _backward_tiles(
                 ctx,
-                s_hidden,
-                s_weight,
-                t_hidden,
-                t_weight,
-                targets,
-                s_log_z,
-                t_log_z,
-                aux,
+                (s_hidden, s_weight, t_hidden, t_weight, targets),
+                heads,
+                (s_log_z, t_log_z, aux),
                 g_div,
                 g_logp,
-                grad_h,
-                grad_w,
+                grads,
                 s_buf,
                 torch.empty_like(s_buf),
             )
         return (
-            grad_h.to(s_hidden.dtype) if grad_h is not None else None,
-            grad_w.to(s_weight.dtype) if grad_w is not None else None,
-            *none[:5],
+            grads.hidden.to(s_hidden.dtype) if grads.hidden is not None else None,
+            grads.weight.to(s_weight.dtype) if grads.weight is not None else None,
+            grads.bias.to(s_bias.dtype) if grads.bias is not None else None,
+            *none[:8],
         )
 
 
-def _backward_tiles(
-    ctx,
-    s_hidden,
-    s_weight,
-    t_hidden,
-    t_weight,
-    targets,
-    s_log_z,
-    t_log_z,
-    aux,
-    g_div,
-    g_logp,
-    grad_h,
-    grad_w,
-    s_buf,
-    t_buf,
-) -> None:
-    """Accumulate the student's hidden-state and head gradients tile by tile, recomputing each tile."""
+class _StudentGrads(NamedTuple):
+    """fp32 accumulators of the student's gradients (None where not needed)."""
+
+    hidden: torch.Tensor | None
+    weight: torch.Tensor | None
+    bias: torch.Tensor | None
+
+
+def _backward_tiles(ctx, tensors, heads, stats, g_div, g_logp, grads: _StudentGrads, s_buf, t_buf) -> None:
+    """Accumulate the student's hidden-state, head and bias gradients tile by tile, recomputing each tile."""
+    s_hidden, s_weight, t_hidden, t_weight, targets = tensors
+    s_log_z, t_log_z, aux = stats
     n_tok, vocab = s_hidden.size(0), s_weight.size(0)
     for a in range(0, n_tok, TOKEN_CHUNK_SIZE):
         sl = slice(a, min(a + TOKEN_CHUNK_SIZE, n_tok))
         h_s = s_hidden[sl]
         for v0 in range(0, vocab, VOCAB_CHUNK_SIZE):
             v1 = min(v0 + VOCAB_CHUNK_SIZE, vocab)
-            zs, zt = _tiles(s_buf, t_buf, h_s, s_weight, t_hidden[sl], t_weight, v0, v1, ctx.inv_t)
+            zs, zt = _tiles(s_buf, t_buf, h_s, s_weight, t_hidden[sl], t_weight, v0, v1, ctx.inv_t, heads)
             grad = _logit_grad(
                 ctx,
                 zs,
@@ -158,13 +198,16 @@ def _backward_tiles(
                 None if g_div is None else g_div[sl],
                 None if g_logp is None else g_logp[sl],
             )
-            if grad_h is not None:
-                grad_h[sl].addmm_(grad, s_weight[v0:v1].float())
-            if grad_w is not None:
-                grad_w[v0:v1].addmm_(grad.t(), h_s.float())
+            grad = _head_jacobian_(grad, zs, heads[0], ctx.inv_t)
+            if grads.hidden is not None:
+                grads.hidden[sl].addmm_(grad, s_weight[v0:v1].float())
+            if grads.weight is not None:
+                grads.weight[v0:v1].addmm_(grad.t(), h_s.float())
+            if grads.bias is not None:
+                grads.bias[v0:v1] += grad.sum(0)
 
 
-def _forward_chunk(h_s, s_weight, h_t, t_weight, targets, beta, inv_t) -> torch.Tensor:
+def _forward_chunk(h_s, s_weight, h_t, t_weight, targets, beta, inv_t, heads) -> torch.Tensor:
     """Statistics of one token chunk, `(n, H_s), (V, H_s), (n, H_t), (V, H_t), (n,) -> (8, n)`: divergence, both
     target log-probs, both entropies, both log-normalisers and the backward's auxiliary term."""
     n, vocab, device = h_s.size(0), s_weight.size(0), h_s.device
@@ -173,7 +216,7 @@ def _forward_chunk(h_s, s_weight, h_t, t_weight, targets, beta, inv_t) -> torch.
     s, t = _Online(n, device), _Online(n, device)
     for v0 in range(0, vocab, VOCAB_CHUNK_SIZE):
         v1 = min(v0 + VOCAB_CHUNK_SIZE, vocab)
-        zs, zt = _tiles(s_buf, t_buf, h_s, s_weight, h_t, t_weight, v0, v1, inv_t)
+        zs, zt = _tiles(s_buf, t_buf, h_s, s_weight, h_t, t_weight, v0, v1, inv_t, heads)
         s.fold(zs, zt - zs, targets - v0)
         t.fold(zt, zs - zt, targets - v0)
     s_log_z, t_log_z = s.log_z(), t.log_z()
@@ -188,22 +231,21 @@ def _forward_chunk(h_s, s_weight, h_t, t_weight, targets, beta, inv_t) -> torch.
         div, aux = torch.zeros(n, device=device), torch.zeros(n, device=device)
         for v0 in range(0, vocab, VOCAB_CHUNK_SIZE):
             v1 = min(v0 + VOCAB_CHUNK_SIZE, vocab)
-            zs, zt = _tiles(s_buf, t_buf, h_s, s_weight, h_t, t_weight, v0, v1, inv_t)
+            zs, zt = _tiles(s_buf, t_buf, h_s, s_weight, h_t, t_weight, v0, v1, inv_t, heads)
             _jsd_tile(
                 zs, 0, zt, 0, s_log_z, t_log_z, div, aux, v1 - v0, beta, 1.0, 1.0, 1.0, 1.0, 1.0, False, False, 0
             )
     return torch.stack([div, s.target - s_log_z, t.target - t_log_z, s.entropy(), t.entropy(), s_log_z, t_log_z, aux])
 
 
-def _tiles(s_buf, t_buf, h_s, s_weight, h_t, t_weight, v0, v1, inv_t):
-    """Project one `(n, v1 − v0)` tile of both models into the fp32 buffers and scale by `1/T`; returns views."""
+def _tiles(s_buf, t_buf, h_s, s_weight, h_t, t_weight, v0, v1, inv_t, heads):
+    """Project one `(n, v1 − v0)` tile of both models into the fp32 buffers (bias, scale, softcap as each model's
+    [`LogitHead`]), then scale by `1/T`; returns views."""
     n = h_s.size(0)
     s_tile, t_tile = s_buf[:n, : v1 - v0], t_buf[:n, : v1 - v0]
-    _project(s_tile, h_s, s_weight, None, v0, v1, h_s.dtype)
-    _project(t_tile, h_t, t_weight, None, v0, v1, h_t.dtype)
-    if inv_t != 1.0:
-        s_tile.mul_(inv_t)
-        t_tile.mul_(inv_t)
+    for tile, hidden, weight, head in ((s_tile, h_s, s_weight, heads[0]), (t_tile, h_t, t_weight, heads[1])):
+        _project(tile, hidden, weight, head.bias, v0, v1, hidden.dtype)
+        _transform_tile_(tile, head, inv_t)
     return s_tile, t_tile
 
 
@@ -239,45 +281,57 @@ def fused_distillation_stats(
     targets: torch.Tensor,
     beta: float,
     temperature: float = 1.0,
+    student_head: LogitHead = PLAIN_HEAD,
+    teacher_head: LogitHead = PLAIN_HEAD,
 ) -> dict[str, torch.Tensor]:
     """Per-token student/teacher statistics for on-policy distillation, without full logits.
 
     `(B, T, H_s), (V, H_s), (B, T, H_t), (V, H_t), (B, T) -> dict of (B, T)` with keys `divergence` (JSD_β, `β=0`
     forward KL, `β=1` reverse KL), `student_logp` and `teacher_logp` (of `targets`), `student_entropy`,
-    `teacher_entropy`. The student's hidden states and head receive gradients through `divergence` and
-    `student_logp`. The teacher inputs should be detached.
+    `teacher_entropy`. Logits are `z = softcap(scale·(h·Wᵀ + b))/T` per model ([`LogitHead`]). The student's hidden
+    states, head and head bias receive gradients through `divergence` and `student_logp`. The teacher inputs should
+    be detached.
     """
     shape = targets.shape
     out = FusedDistillationFunction.apply(
         student_hidden.reshape(-1, student_hidden.size(-1)),
         student_weight,
+        student_head.bias,
         teacher_hidden.reshape(-1, teacher_hidden.size(-1)),
         teacher_weight,
+        teacher_head.bias,
         targets.reshape(-1),
         float(beta),
         float(temperature),
+        (float(student_head.scale), student_head.softcap),
+        (float(teacher_head.scale), teacher_head.softcap),
     )
     names = ("divergence", "student_logp", "teacher_logp", "student_entropy", "teacher_entropy")
     return {name: value.view(shape) for name, value in zip(names, out)}
 
 
 def token_logprobs_and_entropy(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float = 1.0,
+    head: LogitHead = PLAIN_HEAD,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probabilities of `targets` and the entropy of one model, chunked with TRL's `ChunkedLogProbFunction`.
 
-    `(B, T, H), (V, H), (B, T) -> (B, T), (B, T)`. Differentiable through the log-probs (and the entropy).
+    `(B, T, H), (V, H), (B, T) -> (B, T), (B, T)`, on logits `softcap(scale·(h·Wᵀ + b))/T` ([`LogitHead`]).
+    Differentiable through the log-probs (and the entropy).
     """
     shape = targets.shape
     logp, entropy, *_ = ChunkedLogProbFunction.apply(
         hidden.reshape(-1, hidden.size(-1)),
         weight,
-        None,
+        head.bias,
         targets.reshape(-1),
         temperature,
         VOCAB_CHUNK_SIZE,
-        None,
-        1.0,
+        head.softcap,
+        float(head.scale),
         ("entropy",),
     )
     return logp.view(shape), entropy.view(shape)
@@ -291,6 +345,8 @@ def chunked_topk_forward_kl(
     k: int,
     temperature: float = 1.0,
     token_chunk_size: int = 256,
+    student_head: LogitHead = PLAIN_HEAD,
+    teacher_head: LogitHead = PLAIN_HEAD,
 ) -> torch.Tensor:
     """Forward KL over the teacher's top-k, renormalised: `KL(p̄_T || p̄_S)`, `p̄(v) = p(v)/Σ_{u∈K} p(u)` (see
     [`~trl_opd.ops.topk_forward_kl`]), without full logits. `(..., H_s), (V, H_s), (..., H_t), (V, H_t) -> (...)`.
@@ -304,7 +360,7 @@ def chunked_topk_forward_kl(
     shape = student_hidden.shape[:-1]
     student_hidden = student_hidden.reshape(-1, student_hidden.size(-1))
     teacher_hidden = teacher_hidden.reshape(-1, teacher_hidden.size(-1))
-    with maybe_gather_lm_head_ctx(student_weight, teacher_weight):  # ZeRO-3: read outside the heads' forward
+    with maybe_gather_lm_head_ctx(student_weight, teacher_weight, student_head.bias, teacher_head.bias):  # ZeRO-3
         if k < 1 or k > teacher_weight.size(0):
             raise ValueError(f"k must be in [1, {teacher_weight.size(0)}], got {k}")
         parts = [
@@ -315,28 +371,37 @@ def chunked_topk_forward_kl(
                 teacher_weight,
                 k,
                 temperature,
+                (student_head, teacher_head),
             )
             for a in range(0, student_hidden.size(0), token_chunk_size)
         ]
     return (torch.cat(parts) if parts else student_hidden.new_zeros(0)).view(shape)
 
 
-def _topk_chunk(hs, student_weight, ht, teacher_weight, k, temperature) -> torch.Tensor:
+def _topk_chunk(hs, student_weight, ht, teacher_weight, k, temperature, heads) -> torch.Tensor:
     """One chunk of [`chunked_topk_forward_kl`]. `(n, H_s), (V, H_s), (n, H_t), (V, H_t) -> (n,)`."""
+    student_head, teacher_head = heads
     with torch.no_grad():  # pick the ids in the head's dtype, then take their logits in fp32
-        idx = (ht.to(teacher_weight.dtype) @ teacher_weight.t()).topk(k, dim=-1).indices
-        teacher_logp = (_gathered_logits(ht, teacher_weight, idx) / temperature).log_softmax(-1)
+        z = ht.to(teacher_weight.dtype) @ teacher_weight.t()
+        if teacher_head.bias is not None:
+            z = z + teacher_head.bias.to(z.dtype)
+        idx = apply_logit_head(z, teacher_head).topk(k, dim=-1).indices
+        teacher_logp = (_gathered_logits(ht, teacher_weight, idx, teacher_head) / temperature).log_softmax(-1)
     if torch.is_grad_enabled() and (hs.requires_grad or student_weight.requires_grad):
-        return checkpoint(_gathered_chunk_kl, hs, student_weight, teacher_logp, idx, temperature, use_reentrant=False)
-    return _gathered_chunk_kl(hs, student_weight, teacher_logp, idx, temperature)
+        return checkpoint(
+            _gathered_chunk_kl, hs, student_weight, teacher_logp, idx, temperature, student_head, use_reentrant=False
+        )
+    return _gathered_chunk_kl(hs, student_weight, teacher_logp, idx, temperature, student_head)
 
 
-def _gathered_chunk_kl(hs, student_weight, teacher_logp, idx, temperature):
+def _gathered_chunk_kl(hs, student_weight, teacher_logp, idx, temperature, student_head):
     """`(n, H), (V, H), (n, k), (n, k) -> (n,)`: student logits on the teacher's top-k ids, then the KL."""
-    top_s = _gathered_logits(hs, student_weight, idx) / temperature
+    top_s = _gathered_logits(hs, student_weight, idx, student_head) / temperature
     return forward_kl(teacher_logp, top_s.log_softmax(-1))
 
 
-def _gathered_logits(hidden: torch.Tensor, weight: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """fp32 logits of the `k` given ids only: `z[n, j] = h_n · W[idx[n, j]]`. `(n, H), (V, H), (n, k) -> (n, k)`."""
-    return torch.einsum("nh,nkh->nk", hidden.float(), weight[idx].float())
+def _gathered_logits(hidden: torch.Tensor, weight: torch.Tensor, idx: torch.Tensor, head: LogitHead) -> torch.Tensor:
+    """fp32 logits of the `k` given ids only: `z[n, j] = head(h_n · W[idx[n, j]] + b[idx[n, j]])`.
+    `(n, H), (V, H), (n, k) -> (n, k)`."""
+    z = torch.einsum("nh,nkh->nk", hidden.float(), weight[idx].float())
+    return apply_logit_head(z + head.bias[idx].float() if head.bias is not None else z, head)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .chunked import fused_distillation_stats
+from .chunked import PLAIN_HEAD, LogitHead, apply_logit_head, fused_distillation_stats
 
 
 MONITOR_SIGNALS = ("log_ratio", "teacher_nll", "teacher_margin")
@@ -46,22 +46,33 @@ def segment_stray_scores(token_signal: torch.Tensor, mask: torch.Tensor) -> torc
 
 @torch.no_grad()
 def token_logprob_and_best(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0, chunk: int = 256
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float = 1.0,
+    chunk: int = 256,
+    head: LogitHead = PLAIN_HEAD,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""`log p(y_t)` and `max_v log p(v)` at softmax temperature `T`, from hidden states, in position chunks.
 
-    `(N, H), (V, H), (N,) -> (N,), (N,)` with `p = softmax(h Wᵀ / T)` in fp32. At most `(chunk, V)` logits are
-    alive at a time. No gradient.
+    `(N, H), (V, H), (N,) -> (N,), (N,)` with `p = softmax(head(h Wᵀ) / T)` in fp32 ([`LogitHead`]: bias, scale,
+    softcap). At most `(chunk, V)` logits are alive at a time. No gradient.
     """
     logp = torch.empty(targets.shape, dtype=torch.float32, device=hidden.device)
     best = torch.empty_like(logp)
     w = weight.float()
     for a in range(0, hidden.size(0), chunk):
-        z = (hidden[a : a + chunk].float() @ w.t()) / temperature
+        z = project_logits(hidden[a : a + chunk], w, head) / temperature
         log_z = torch.logsumexp(z, dim=-1)
         logp[a : a + chunk] = z.gather(-1, targets[a : a + chunk, None]).squeeze(-1) - log_z
         best[a : a + chunk] = z.amax(-1) - log_z
     return logp, best
+
+
+def project_logits(hidden: torch.Tensor, weight: torch.Tensor, head: LogitHead = PLAIN_HEAD) -> torch.Tensor:
+    """fp32 logits of a model from its hidden states: `head(h·Wᵀ + b)`. `(..., H), (V, H) -> (..., V)`."""
+    z = hidden.float() @ weight.float().t()
+    return apply_logit_head(z + head.bias.float() if head.bias is not None else z, head)
 
 
 def teacher_token_forward_kl(
@@ -72,6 +83,8 @@ def teacher_token_forward_kl(
     targets: torch.Tensor,
     teacher_token_mask: torch.Tensor,
     temperature: float = 1.0,
+    student_head: LogitHead = PLAIN_HEAD,
+    teacher_head: LogitHead = PLAIN_HEAD,
 ) -> torch.Tensor:
     r"""Forward KL `KL(p_T,t || p_S,t)` at the teacher-written positions, 0 elsewhere. Differentiable in the student.
 
@@ -87,7 +100,15 @@ def teacher_token_forward_kl(
     s_h = student_hidden.reshape(-1, student_hidden.size(-1)).index_select(0, idx)
     t_h = teacher_hidden.reshape(-1, teacher_hidden.size(-1)).index_select(0, idx)
     stats = fused_distillation_stats(
-        s_h[None], student_weight, t_h[None], teacher_weight, targets.reshape(-1)[idx][None], 0.0, temperature
+        s_h[None],
+        student_weight,
+        t_h[None],
+        teacher_weight,
+        targets.reshape(-1)[idx][None],
+        0.0,
+        temperature,
+        student_head,
+        teacher_head,
     )
     return out.index_put((idx,), stats["divergence"][0].float()).view(targets.shape)
 
