@@ -19,7 +19,7 @@ from trl_opd.ops.trust import (
     trust_ratio,
 )
 from trl_opd.testing import tiny_training_kwargs
-from trl_opd.tropd_config import TrOPDConfig
+from trl_opd.trainers.tropd_config import TrOPDConfig
 
 
 LOG = math.log

@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 from .data import DatasetValidationError
-from .methods import METHODS, UnknownMethodError, get_spec, is_available
-from .recipe import RecipeError, parse_recipe
+from .launch.methods import METHODS, UnknownMethodError, get_spec, is_available
+from .launch.recipe import RecipeError, parse_recipe
 from .runtime import has_accelerator
 from .teacher import TeacherMismatchError
 
@@ -76,7 +76,7 @@ def train_command(argv: list[str]) -> int:
     config_path = _pop_value(argv, "--config")
     _check_bf16_flag(argv)
     script_args, config, model_args = parse_recipe(config_path, argv)
-    from .build import check_teacher, training_dataset
+    from .launch.build import check_teacher, training_dataset
 
     spec = get_spec(script_args.method)
     check_teacher(spec, config)
@@ -87,8 +87,8 @@ def train_command(argv: list[str]) -> int:
 
 def _dry_run(script_args, config, model_args, spec) -> int:
     """Report what a run would do; check the dataset's columns when the dataset can be reached from here."""
-    from .build import training_dataset
     from .data import DatasetUnavailableError
+    from .launch.build import training_dataset
 
     try:
         dataset = training_dataset(script_args, spec)
@@ -104,7 +104,7 @@ def _dry_run(script_args, config, model_args, spec) -> int:
 
 
 def _train(script_args, config, model_args, dataset) -> int:
-    from .build import build_trainer
+    from .launch.build import build_trainer
 
     output_dir = Path(config.output_dir)
     created = not output_dir.exists()
@@ -116,7 +116,7 @@ def _train(script_args, config, model_args, dataset) -> int:
         trainer.save_model(config.output_dir)
         card = _write_card(script_args, config, model_args)
         if config.push_to_hub and trainer.accelerator.is_main_process:
-            from .model_card import push_model_with_card
+            from .launch.model_card import push_model_with_card
 
             hub_model_id = config.hub_model_id or Path(config.output_dir).name
             push_model_with_card(config.output_dir, hub_model_id, config.hub_revision or "main", card)
@@ -128,7 +128,7 @@ def _train(script_args, config, model_args, dataset) -> int:
 
 def _write_card(script_args, config, model_args) -> str:
     """Our model card (method, paper, recipe, hyperparameters, evaluation) in place of TRL's generic one."""
-    from .model_card import load_eval_results, render_model_card, training_card_info, write_model_card
+    from .launch.model_card import load_eval_results, render_model_card, training_card_info, write_model_card
 
     info = training_card_info(
         script_args.method,

@@ -26,10 +26,10 @@ from datasets import concatenate_datasets
 from transformers import AutoModelForCausalLM, TrainerCallback
 from trl import ModelConfig
 
-from ..build import build_trainer
 from ..data import privileged_prompt, truncate_reference
-from ..methods import METHODS, available_methods, get_spec, load_method
-from ..recipe import ScriptArguments
+from ..launch.build import build_trainer
+from ..launch.methods import METHODS, available_methods, get_spec, load_method
+from ..launch.recipe import ScriptArguments
 from ..testing import build_tiny_model, build_tiny_tokenizer
 from .pretrain import heldout_accuracy, supervised_warmup
 from .report import write_plot, write_table
@@ -220,7 +220,7 @@ def run_method(method: str, student: Path, teacher: Path, train, heldout, tokeni
 
 def write_demo_card(trainer, method: str, student: Path, teacher: Path | None, result: dict, n_heldout: int) -> None:
     """Save the distilled student with a complete model card (its eval table: the held-out arithmetic accuracy)."""
-    from ..model_card import render_model_card, training_card_info, write_model_card
+    from ..launch.model_card import render_model_card, training_card_info, write_model_card
 
     trainer.save_model(trainer.args.output_dir)
     evaluation = {

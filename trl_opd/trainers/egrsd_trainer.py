@@ -16,11 +16,11 @@ from trl.models import prepare_deepspeed, prepare_fsdp
 from trl.models.utils import _ForwardRedirection, disable_gradient_checkpointing
 from trl.trainer.utils import maybe_gather_lm_head_ctx, pad
 
-from .data import ColumnMap, prepare_dataset, privileged_prompt
+from ..data import ColumnMap, prepare_dataset, privileged_prompt
+from ..ops import token_logprobs_and_entropy
+from ..ops.gates import egrsd_token_advantages, masked_median
+from ..teacher import self_teacher_copy, student_as_teacher
 from .egrsd_config import EGRSDConfig
-from .ops import token_logprobs_and_entropy
-from .ops.gates import egrsd_token_advantages, masked_median
-from .teacher import self_teacher_copy, student_as_teacher
 
 
 class EGRSDTrainer(GRPOTrainer):
@@ -73,7 +73,7 @@ class EGRSDTrainer(GRPOTrainer):
         if train_dataset is not None:  # checked before any weights load
             train_dataset = prepare_dataset(train_dataset, list(self.required_columns), ColumnMap(), "train dataset")
         if reward_funcs is None:
-            from .rewards import math_accuracy_reward
+            from ..rewards import math_accuracy_reward
 
             reward_funcs = [math_accuracy_reward]
         teacher = None

@@ -1,8 +1,8 @@
 # Copyright 2026 The trl-opd developers. Licensed under the Apache License, Version 2.0.
-"""Model cards: one template for every method (`trl_opd/model_cards/model_card.md`), and a thin Hub upload.
+"""Model cards: one template for every method (`trl_opd/launch/model_cards/model_card.md`), and a thin Hub upload.
 
 ```python
-from trl_opd.model_card import render_model_card, write_model_card
+from trl_opd.launch.model_card import render_model_card, write_model_card
 
 card = render_model_card({"base_model": "Qwen/Qwen3-1.7B", "teacher": "Qwen/Qwen3-8B", "method": "tropd", ...})
 write_model_card("outputs/tropd-qwen3-1.7b", card)
@@ -87,13 +87,13 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def load_template(name: str = TEMPLATE_NAME) -> str:
-    """The card template shipped in `trl_opd/model_cards/`."""
-    return resources.files("trl_opd").joinpath("model_cards", name).read_text(encoding="utf-8")
+    """The card template shipped in `trl_opd/launch/model_cards/`."""
+    return resources.files("trl_opd.launch").joinpath("model_cards", name).read_text(encoding="utf-8")
 
 
 def git_commit(path: str | os.PathLike | None = None) -> str:
     """The git commit of the trl-opd checkout (`-dirty` when it has uncommitted changes); `"unknown"` otherwise."""
-    cwd = Path(path) if path is not None else Path(__file__).resolve().parents[1]
+    cwd = Path(path) if path is not None else Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..ops.motab import MONITOR_SIGNALS
 from .opd_config import OPDConfig
-from .ops.motab import MONITOR_SIGNALS
 
 
 @dataclass

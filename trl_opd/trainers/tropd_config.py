@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..ops.trust import TRUST_MODES
 from .opd_config import OPDConfig
-from .ops.trust import TRUST_MODES
 
 
 @dataclass

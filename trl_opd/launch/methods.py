@@ -31,8 +31,8 @@ METHODS: dict[str, MethodSpec] = {
     for spec in [
         MethodSpec(
             "opd",
-            "trl_opd.opd_config:OPDConfig",
-            "trl_opd.opd_trainer:OPDTrainer",
+            "trl_opd.trainers.opd_config:OPDConfig",
+            "trl_opd.trainers.opd_trainer:OPDTrainer",
             "distillation",
             "TRL DistillationTrainer",
             True,
@@ -41,7 +41,7 @@ METHODS: dict[str, MethodSpec] = {
         ),
         MethodSpec(
             "gkd",
-            "trl_opd.baselines:GKDBaselineConfig",
+            "trl_opd.trainers.baselines:GKDBaselineConfig",
             "trl.experimental.gkd:GKDTrainer",
             "gkd",
             "arXiv 2306.13649",
@@ -51,7 +51,7 @@ METHODS: dict[str, MethodSpec] = {
         ),
         MethodSpec(
             "grpo",
-            "trl_opd.baselines:GRPOBaselineConfig",
+            "trl_opd.trainers.baselines:GRPOBaselineConfig",
             "trl:GRPOTrainer",
             "grpo",
             "arXiv 2402.03300",
@@ -61,8 +61,8 @@ METHODS: dict[str, MethodSpec] = {
         ),
         MethodSpec(
             "motab",
-            "trl_opd.motab_config:MOTABConfig",
-            "trl_opd.motab_trainer:MOTABTrainer",
+            "trl_opd.trainers.motab_config:MOTABConfig",
+            "trl_opd.trainers.motab_trainer:MOTABTrainer",
             "distillation",
             "arXiv 2605.19433",
             True,
@@ -71,8 +71,8 @@ METHODS: dict[str, MethodSpec] = {
         ),
         MethodSpec(
             "tropd",
-            "trl_opd.tropd_config:TrOPDConfig",
-            "trl_opd.tropd_trainer:TrOPDTrainer",
+            "trl_opd.trainers.tropd_config:TrOPDConfig",
+            "trl_opd.trainers.tropd_trainer:TrOPDTrainer",
             "distillation",
             "arXiv 2606.01249",
             True,
@@ -81,8 +81,8 @@ METHODS: dict[str, MethodSpec] = {
         ),
         MethodSpec(
             "egrsd",
-            "trl_opd.egrsd_config:EGRSDConfig",
-            "trl_opd.egrsd_trainer:EGRSDTrainer",
+            "trl_opd.trainers.egrsd_config:EGRSDConfig",
+            "trl_opd.trainers.egrsd_trainer:EGRSDTrainer",
             "grpo",
             "arXiv 2605.13255",
             False,
@@ -91,8 +91,8 @@ METHODS: dict[str, MethodSpec] = {
         ),
         MethodSpec(
             "cl-egrsd",
-            "trl_opd.egrsd_config:EGRSDConfig",
-            "trl_opd.egrsd_trainer:EGRSDTrainer",
+            "trl_opd.trainers.egrsd_config:EGRSDConfig",
+            "trl_opd.trainers.egrsd_trainer:EGRSDTrainer",
             "grpo",
             "arXiv 2605.13255",
             False,
@@ -102,8 +102,8 @@ METHODS: dict[str, MethodSpec] = {
         ),
         MethodSpec(
             "atesd",
-            "trl_opd.atesd_config:ATESDConfig",
-            "trl_opd.atesd_trainer:ATESDTrainer",
+            "trl_opd.trainers.atesd_config:ATESDConfig",
+            "trl_opd.trainers.atesd_trainer:ATESDTrainer",
             "distillation",
             "arXiv 2605.11458",
             False,
@@ -112,8 +112,8 @@ METHODS: dict[str, MethodSpec] = {
         ),
         MethodSpec(
             "opsd",
-            "trl_opd.atesd_config:ATESDConfig",
-            "trl_opd.atesd_trainer:ATESDTrainer",
+            "trl_opd.trainers.atesd_config:ATESDConfig",
+            "trl_opd.trainers.atesd_trainer:ATESDTrainer",
             "distillation",
             "arXiv 2605.11458",
             False,

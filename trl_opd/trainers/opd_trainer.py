@@ -13,10 +13,9 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl import DistillationTrainer
 from trl.trainer.utils import pad
 
-from .data import ColumnMap, prepare_dataset, privileged_prompt
-from .opd_config import OPDConfig
-from .ops import fused_distillation_stats, k1_policy_gradient_loss, masked_global_mean, masked_mean, masked_sum
-from .teacher import (
+from ..data import ColumnMap, prepare_dataset, privileged_prompt
+from ..ops import fused_distillation_stats, k1_policy_gradient_loss, masked_global_mean, masked_mean, masked_sum
+from ..teacher import (
     align_teacher_vocab,
     check_same_vocabulary,
     ema_update,
@@ -24,6 +23,7 @@ from .teacher import (
     self_teacher_copy,
     student_as_teacher,
 )
+from .opd_config import OPDConfig
 
 
 EXTRA_STATE_FILE = "trl_opd_state.pt"

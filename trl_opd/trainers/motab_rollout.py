@@ -33,7 +33,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from .ops.motab import monitor_signal, segment_stray_scores, token_logprob_and_best
+from ..ops.motab import monitor_signal, segment_stray_scores, token_logprob_and_best
 
 
 class SegmentStopper:

@@ -10,9 +10,8 @@ from typing import Any
 import torch
 from trl.generation.vllm_generation import VLLMGeneration
 
-from .opd_trainer import OPDTrainer
-from .ops import chunked_topk_forward_kl, k1_policy_gradient_loss, masked_mean
-from .ops.trust import (
+from ..ops import chunked_topk_forward_kl, k1_policy_gradient_loss, masked_mean
+from ..ops.trust import (
     linear_decay,
     prefix_length,
     provenance_mask,
@@ -20,6 +19,7 @@ from .ops.trust import (
     trust_mask,
     trust_ratio,
 )
+from .opd_trainer import OPDTrainer
 from .tropd_config import TrOPDConfig
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
-from .runtime import CPUSafeConfigMixin
+from ..runtime import CPUSafeConfigMixin
 
 
 EGRSD_SELF_TEACHER_KINDS = ("frozen", "live")

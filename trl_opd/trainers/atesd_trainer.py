@@ -9,12 +9,12 @@ from typing import Any
 import torch
 from trl.trainer.utils import pad
 
+from ..controllers.exposure import ExposureController
+from ..data import ColumnMap, DatasetValidationError, prepare_dataset, privileged_prompt, truncate_reference
+from ..ops import masked_sum, token_logprobs_and_entropy
+from ..rewards import extract_boxed
 from .atesd_config import ATESDConfig
-from .controllers.exposure import ExposureController
-from .data import ColumnMap, DatasetValidationError, prepare_dataset, privileged_prompt, truncate_reference
 from .opd_trainer import OPDTrainer
-from .ops import masked_sum, token_logprobs_and_entropy
-from .rewards import extract_boxed
 
 
 logger = logging.getLogger("trl_opd")
