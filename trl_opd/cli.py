@@ -148,7 +148,7 @@ def _write_card(script_args, config, model_args) -> str:
 def methods_command(_: list[str]) -> int:
     for name, spec in METHODS.items():
         status = "" if is_available(name) else "  (not available in this install)"
-        print(f"{name:<9} {spec.paper:<24} {spec.description}{status}")
+        print(f"{name:<9} {spec.display_name:<9} {spec.paper:<17} {spec.description}{status}")
     return 0
 
 

@@ -43,7 +43,6 @@ N_TRAIN, N_HELDOUT = 4000, 256
 # distillation at the same rate continues its training smoothly instead of kicking it out of a decayed minimum.
 STUDENT_SHAPE = {"hidden_size": 96, "num_hidden_layers": 3, "intermediate_size": 192}
 STUDENT_LR = 1e-3
-DEFAULT_EXCLUDE = ("gkd", "grpo", "cl-egrsd")  # reachable with --methods; not in the default table
 
 # Per-family settings for a few fast steps on 2 CPU cores; per-method overrides on top.
 FAMILY_SETTINGS = {
@@ -91,7 +90,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def select_methods(requested: str | None) -> list[str]:
     if requested is None:
-        return [m for m in available_methods() if m not in DEFAULT_EXCLUDE]
+        return [m for m in available_methods() if METHODS[m].in_demo]  # the others: with --methods
     names = [m.strip() for m in requested.split(",") if m.strip()]
     for name in names:
         get_spec(name)
