@@ -13,6 +13,7 @@ from ..controllers.exposure import ExposureController
 from ..data import ColumnMap, DatasetValidationError, prepare_dataset, privileged_prompt, truncate_reference
 from ..ops import masked_sum, token_logprobs_and_entropy
 from ..rewards import extract_boxed
+from ..teacher import last_hidden_states
 from .atesd_config import ATESDConfig
 from .opd_trainer import OPDTrainer
 
@@ -31,16 +32,6 @@ def exposed_reference(solution: str, alpha: float) -> str | None:
     if truncated is None:
         return None
     return solution.strip() if alpha >= 1.0 else truncated[0]
-
-
-def _backbone_hidden_states(model, input_ids, attention_mask, logits_to_keep: int) -> torch.Tensor:
-    """Last hidden states predicting the final `logits_to_keep` tokens `(B, K, H)` of a text-only causal LM (its PEFT
-    adapter active). The parent's `_get_last_hidden_state` without its per-call checks (accelerate's
-    `is_peft_model` reads package metadata on every call, which costs as much as the tiny probe forward itself)."""
-    if hasattr(model, "peft_config") and hasattr(model, "disable_adapter"):
-        model = model.base_model.model
-    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-    return hidden[:, :-1][:, -logits_to_keep:]
 
 
 def usable_rows(dataset, where: str = "train dataset"):
@@ -245,7 +236,7 @@ class ATESDTrainer(OPDTrainer):
         else:
             input_ids = torch.cat([inputs["prompt_ids"], completion_ids], dim=1)
             attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
-            hidden = _backbone_hidden_states(unwrapped_student, input_ids, attention_mask, logits_to_keep)
+            hidden = last_hidden_states(unwrapped_student, input_ids, attention_mask, logits_to_keep)
             weight = unwrapped_student.get_output_embeddings().weight
         logp, _ = token_logprobs_and_entropy(hidden, weight.to(hidden.device), completion_ids)
         mask = inputs["score_mask"].to(logp.device)
