@@ -18,7 +18,7 @@ from trl.trainer.utils import maybe_gather_lm_head_ctx
 
 from ..data import ColumnMap, prepare_dataset, privileged_prompt
 from ..ops import token_logprobs_and_entropy
-from ..ops.gates import egrsd_token_advantages, masked_median
+from ..ops.egrsd import egrsd_token_advantages, masked_median
 from ..teacher import (
     TeacherHandle,
     last_hidden_states,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..ops.trust import TRUST_MODES
+from ..ops.tropd import TRUST_MODES
 from .opd_config import OPDConfig
 
 

@@ -11,7 +11,7 @@ import torch
 from trl.generation.vllm_generation import VLLMGeneration
 
 from ..ops import chunked_topk_forward_kl, k1_policy_gradient_loss, masked_mean
-from ..ops.trust import (
+from ..ops.tropd import (
     linear_decay,
     prefix_length,
     provenance_mask,
@@ -185,7 +185,7 @@ class TrOPDTrainer(OPDTrainer):
     # ----------------------------------------------------------------- loss
     def token_losses(self, stats: dict[str, torch.Tensor], inputs: dict[str, Any]) -> torch.Tensor:
         """`ℓ_t = (1 − O_t)[M_t ℓ^K1_t + λ_out (1 − M_t) KL_topk,t] + λ_off O_t JSD_β,t`, `(B, K)`; see
-        [`~trl_opd.ops.trust.tropd_token_losses`]. `O` is `teacher_token_mask`, `M` the trust mask."""
+        [`~trl_opd.ops.tropd.tropd_token_losses`]. `O` is `teacher_token_mask`, `M` the trust mask."""
         student_logp, teacher_logp = stats["student_logp"], stats["teacher_logp"]
         mask = self.loss_mask(inputs).to(student_logp.device)
         prefix = inputs.get("teacher_token_mask", torch.zeros_like(mask)).to(mask.device) * mask
