@@ -8,6 +8,7 @@ processes. Bad input ends with one `error:` line and exit code 2, before any mod
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import shutil
@@ -39,22 +40,13 @@ commands:
 """
 
 
-def _pop_flag(argv: list[str], flag: str) -> bool:
-    if flag in argv:
-        argv.remove(flag)
-        return True
-    return False
-
-
-def _pop_value(argv: list[str], flag: str) -> str | None:
-    if flag in argv:
-        index = argv.index(flag)
-        if index + 1 >= len(argv):
-            raise RecipeError(f"{flag} needs a value.")
-        value = argv[index + 1]
-        del argv[index : index + 2]
-        return value
-    return None
+def _train_parser() -> argparse.ArgumentParser:
+    """`trl-opd train`'s own options (argparse, like `eval` and `demo`); every other flag is a recipe field for TRL's
+    parser."""
+    parser = argparse.ArgumentParser(prog="trl-opd train", allow_abbrev=False, add_help=False, exit_on_error=False)
+    parser.add_argument("--config", default=None, help="The recipe (YAML).")
+    parser.add_argument("--dry-run", action="store_true", help="Validate the recipe and dataset; train nothing.")
+    return parser
 
 
 def _check_bf16_flag(argv: list[str]) -> None:
@@ -71,16 +63,17 @@ def _check_bf16_flag(argv: list[str]) -> None:
 
 def train_command(argv: list[str]) -> int:
     """`trl-opd train`: parse, validate, build, train, save."""
-    argv = list(argv)
-    dry_run = _pop_flag(argv, "--dry-run")
-    config_path = _pop_value(argv, "--config")
+    try:
+        options, argv = _train_parser().parse_known_args(list(argv))
+    except argparse.ArgumentError as err:
+        raise RecipeError(str(err)) from err
     _check_bf16_flag(argv)
-    script_args, config, model_args = parse_recipe(config_path, argv)
+    script_args, config, model_args = parse_recipe(options.config, argv)
     from .launch.build import check_teacher, training_dataset
 
     spec = get_spec(script_args.method)
     check_teacher(spec, config)
-    if dry_run:
+    if options.dry_run:
         return _dry_run(script_args, config, model_args, spec)
     return _train(script_args, config, model_args, training_dataset(script_args, spec))
 

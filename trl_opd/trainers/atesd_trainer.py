@@ -102,17 +102,17 @@ class ATESDTrainer(OPDTrainer):
         if eval_dataset is not None and not isinstance(eval_dataset, dict):
             eval_dataset = usable_rows(eval_dataset, "eval dataset")
         super().__init__(
-            model,
-            teacher_model,
-            args,
-            train_dataset,
-            eval_dataset,
-            processing_class,
-            callbacks,
-            optimizers,
-            quantization_config,
-            peft_config,
-            tools,
+            model=model,
+            teacher_model=teacher_model,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            quantization_config=quantization_config,
+            peft_config=peft_config,
+            tools=tools,
         )
         self.controller = ExposureController(
             policy=args.exposure_policy,

@@ -87,20 +87,20 @@ class EGRSDTrainer(GRPOTrainer):
             is_peft = peft_config is not None or (not isinstance(model, str) and is_peft_model(model))
             teacher = self_teacher_copy(model, "frozen", is_peft, args.model_init_kwargs)
         super().__init__(
-            model,
-            reward_funcs,
-            args,
-            train_dataset,
-            eval_dataset,
-            processing_class,
-            reward_processing_classes,
-            callbacks,
-            optimizers,
-            quantization_config,
-            peft_config,
-            tools,
-            rollout_func,
-            environment_factory,
+            model=model,
+            reward_funcs=reward_funcs,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            reward_processing_classes=reward_processing_classes,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            quantization_config=quantization_config,
+            peft_config=peft_config,
+            tools=tools,
+            rollout_func=rollout_func,
+            environment_factory=environment_factory,
         )
         self.teacher_model = self._prepare_teacher(teacher) if teacher is not None else None
         self._forward_redirection = _ForwardRedirection()

@@ -64,17 +64,17 @@ class MOTABTrainer(OPDTrainer):
         if processing_class is not None:
             check_step_delimiter(getattr(processing_class, "tokenizer", processing_class), args.step_delimiter)
         super().__init__(
-            model,
-            teacher_model,
-            args,
-            train_dataset,
-            eval_dataset,
-            processing_class,
-            callbacks,
-            optimizers,
-            quantization_config,
-            peft_config,
-            tools,
+            model=model,
+            teacher_model=teacher_model,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            quantization_config=quantization_config,
+            peft_config=peft_config,
+            tools=tools,
         )
         check_step_delimiter(self._tokenizer, args.step_delimiter)
         self.boundary = AdaptiveBoundary(

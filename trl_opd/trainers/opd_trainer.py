@@ -94,17 +94,17 @@ class OPDTrainer(DistillationTrainer):
         if teacher_model is not None:
             align_teacher_vocab(teacher_model, _vocab_size(model, args), len(processing_class))
         super().__init__(
-            model,
-            teacher_model,
-            args,
-            train_dataset,
-            eval_dataset,
-            processing_class,
-            callbacks,
-            optimizers,
-            quantization_config,
-            peft_config,
-            tools,
+            model=model,
+            teacher_model=teacher_model,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            quantization_config=quantization_config,
+            peft_config=peft_config,
+            tools=tools,
         )
         self.teacher_chat_template_kwargs = (
             self.chat_template_kwargs

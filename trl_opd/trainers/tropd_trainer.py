@@ -52,11 +52,12 @@ class TrOPDTrainer(OPDTrainer):
     _tag_names = ["trl", "trl-opd", "on-policy-distillation", "tropd"]
     _name = "TrOPD"
 
-    def __init__(self, model, teacher_model=None, args: TrOPDConfig | None = None, *more, **kwargs):
+    def __init__(self, model, teacher_model=None, args: TrOPDConfig | None = None, **kwargs):
+        """The parent's arguments (`train_dataset=...`, `peft_config=...` by keyword after the first three)."""
         args = args if args is not None else TrOPDConfig(output_dir="tropd-output")
         if not isinstance(args, TrOPDConfig):
             raise TypeError(f"TrOPDTrainer needs a TrOPDConfig, got {type(args).__name__}")
-        super().__init__(model, teacher_model, args, *more, **kwargs)
+        super().__init__(model=model, teacher_model=teacher_model, args=args, **kwargs)
         vocab = self.accelerator.unwrap_model(self.model).config.get_text_config().vocab_size
         if args.outlier_top_k > vocab:
             raise ValueError(f"outlier_top_k ({args.outlier_top_k}) is larger than the vocabulary ({vocab})")
