@@ -29,10 +29,10 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 import torch  # noqa: E402
 
-from trl_opd.atesd_config import ATESDConfig  # noqa: E402
-from trl_opd.atesd_trainer import ATESDTrainer  # noqa: E402
 from trl_opd.demo.task import make_dataset  # noqa: E402
 from trl_opd.testing import build_tiny_model, build_tiny_tokenizer, tiny_training_kwargs  # noqa: E402
+from trl_opd.trainers.atesd_config import ATESDConfig  # noqa: E402
+from trl_opd.trainers.atesd_trainer import ATESDTrainer  # noqa: E402
 
 
 def build(name: str, model, tokenizer, dataset, args, output_dir: str) -> ATESDTrainer:

@@ -39,12 +39,12 @@ def build(method: str, opts: argparse.Namespace):
     """A trainer for `method` on the tiny student, and the rows of one batch (2 prompts x 4 generations)."""
     from trl import GRPOTrainer
 
-    from trl_opd.baselines import GRPOBaselineConfig
     from trl_opd.demo.task import make_dataset
-    from trl_opd.egrsd_config import EGRSDConfig
-    from trl_opd.egrsd_trainer import EGRSDTrainer
     from trl_opd.rewards import math_accuracy_reward
     from trl_opd.testing import build_tiny_model, build_tiny_tokenizer, tiny_training_kwargs
+    from trl_opd.trainers.baselines import GRPOBaselineConfig
+    from trl_opd.trainers.egrsd_config import EGRSDConfig
+    from trl_opd.trainers.egrsd_trainer import EGRSDTrainer
 
     tokenizer = build_tiny_tokenizer()
     model = build_tiny_model(

@@ -28,12 +28,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 from trl_opd.demo.task import make_dataset  # noqa: E402
-from trl_opd.motab_config import MOTABConfig  # noqa: E402
-from trl_opd.motab_rollout import HFStepBackend, SegmentRollout, SegmentStopper  # noqa: E402
-from trl_opd.motab_trainer import MOTABTrainer  # noqa: E402
-from trl_opd.opd_config import OPDConfig  # noqa: E402
-from trl_opd.opd_trainer import OPDTrainer  # noqa: E402
 from trl_opd.testing import build_tiny_model, build_tiny_tokenizer, save_tiny_pair, tiny_training_kwargs  # noqa: E402
+from trl_opd.trainers.motab_config import MOTABConfig  # noqa: E402
+from trl_opd.trainers.motab_rollout import HFStepBackend, SegmentRollout, SegmentStopper  # noqa: E402
+from trl_opd.trainers.motab_trainer import MOTABTrainer  # noqa: E402
+from trl_opd.trainers.opd_config import OPDConfig  # noqa: E402
+from trl_opd.trainers.opd_trainer import OPDTrainer  # noqa: E402
 
 
 BATCH, NEW_TOKENS, SEGMENT, BACKTRACKS, REPEATS = 8, 64, 16, 2, 3

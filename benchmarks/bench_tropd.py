@@ -30,8 +30,8 @@ from torch.utils._pytree import tree_flatten  # noqa: E402
 from trl_opd import OPDConfig, OPDTrainer  # noqa: E402
 from trl_opd.demo.task import make_dataset  # noqa: E402
 from trl_opd.testing import build_tiny_model, build_tiny_tokenizer, tiny_training_kwargs  # noqa: E402
-from trl_opd.tropd_config import TrOPDConfig  # noqa: E402
-from trl_opd.tropd_trainer import TrOPDTrainer  # noqa: E402
+from trl_opd.trainers.tropd_config import TrOPDConfig  # noqa: E402
+from trl_opd.trainers.tropd_trainer import TrOPDTrainer  # noqa: E402
 
 
 class PeakTensorMemory(TorchDispatchMode):

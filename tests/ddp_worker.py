@@ -11,9 +11,9 @@ import torch.distributed as dist
 
 def main(out_path: str) -> None:
     from trl_opd.demo.task import make_dataset
-    from trl_opd.opd_config import OPDConfig
-    from trl_opd.opd_trainer import OPDTrainer
     from trl_opd.testing import build_tiny_model, build_tiny_tokenizer, fixed_generation_batch, tiny_training_kwargs
+    from trl_opd.trainers.opd_config import OPDConfig
+    from trl_opd.trainers.opd_trainer import OPDTrainer
 
     torch.set_num_threads(1)
     tokenizer = build_tiny_tokenizer()

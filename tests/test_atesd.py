@@ -11,10 +11,10 @@ import pytest
 import torch
 from datasets import Dataset
 
-from trl_opd.atesd_config import ATESDConfig
-from trl_opd.atesd_trainer import PROBE_PREFIX, ATESDTrainer, exposed_reference, usable_rows
 from trl_opd.data import DatasetValidationError, privileged_prompt, split_reasoning_segments
 from trl_opd.testing import build_tiny_model, tiny_training_kwargs
+from trl_opd.trainers.atesd_config import ATESDConfig
+from trl_opd.trainers.atesd_trainer import PROBE_PREFIX, ATESDTrainer, exposed_reference, usable_rows
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -245,7 +245,7 @@ RECIPES = sorted(REPO.glob("recipes/Qwen3-*/atesd/*.yaml")) + sorted(REPO.glob("
 
 
 def test_recipes_for_the_three_sizes_parse():
-    from trl_opd.recipe import parse_recipe
+    from trl_opd.launch.recipe import parse_recipe
 
     assert len(RECIPES) == 6
     for path in RECIPES:

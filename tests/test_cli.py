@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from trl_opd.cli import main
-from trl_opd.recipe import RecipeError, parse_recipe
+from trl_opd.launch.recipe import RecipeError, parse_recipe
 
 
 def write_recipe(path: Path, **values) -> Path:

@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 import trl_opd.demo.run as demo
-from trl_opd.build import build_trainer
-from trl_opd.recipe import parse_recipe
+from trl_opd.launch.build import build_trainer
+from trl_opd.launch.recipe import parse_recipe
 
 
 def test_demo_writes_table_plot_and_a_complete_card(tmp_path, monkeypatch, capsys):
@@ -45,7 +45,7 @@ def test_demo_writes_table_plot_and_a_complete_card(tmp_path, monkeypatch, capsy
 
 
 def test_unknown_demo_method_is_an_error():
-    from trl_opd.methods import UnknownMethodError
+    from trl_opd.launch.methods import UnknownMethodError
 
     with pytest.raises(UnknownMethodError):
         demo.select_methods("opd,nope")

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from trl_opd.demo.task import make_dataset
-from trl_opd.opd_config import OPDConfig
-from trl_opd.opd_trainer import OPDTrainer
 from trl_opd.testing import build_tiny_model, build_tiny_tokenizer, fixed_generation_batch, tiny_training_kwargs
+from trl_opd.trainers.opd_config import OPDConfig
+from trl_opd.trainers.opd_trainer import OPDTrainer
 
 
 def launch_on_two_cpu_processes(args: list[str]) -> subprocess.CompletedProcess:

@@ -1,5 +1,5 @@
 # Copyright 2026 The trl-opd developers. Licensed under the Apache License, Version 2.0.
-"""EGRSD token weights (`trl_opd.ops.gates`) on hand-built tensors, against hand-computed or brute-force references."""
+"""EGRSD token weights (`trl_opd.ops.egrsd`) on hand-built tensors, against hand-computed or brute-force references."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from trl_opd.ops.gates import (
+from trl_opd.ops.egrsd import (
     egrsd_token_advantages,
     entropy_gate,
     likelihood_ratio_magnitude,

@@ -11,12 +11,12 @@ import pytest
 import torch
 from trl import GRPOTrainer
 
-from trl_opd.baselines import GRPOBaselineConfig
 from trl_opd.data import DatasetValidationError, privileged_prompt
-from trl_opd.egrsd_config import EGRSDConfig
-from trl_opd.egrsd_trainer import EGRSDTrainer
 from trl_opd.rewards import math_accuracy_reward
 from trl_opd.testing import build_tiny_model, tiny_training_kwargs
+from trl_opd.trainers.baselines import GRPOBaselineConfig
+from trl_opd.trainers.egrsd_config import EGRSDConfig
+from trl_opd.trainers.egrsd_trainer import EGRSDTrainer
 
 
 G = 4  # generations per prompt
@@ -261,7 +261,7 @@ def test_dataset_without_solution_fails_before_any_model_loads(tmp_path, arithme
 # ----------------------------------------------------------------- recipes
 @pytest.mark.parametrize("path", RECIPES, ids=[f"{p.parent.parent.name}/{p.name}" for p in RECIPES])
 def test_recipes_parse(path):
-    from trl_opd.recipe import parse_recipe
+    from trl_opd.launch.recipe import parse_recipe
 
     script_args, config, model_args = parse_recipe(str(path))
     assert isinstance(config, EGRSDConfig) and script_args.method == "egrsd"
@@ -280,8 +280,8 @@ def test_recipes_cover_both_models_and_variants():
 def test_cli_build_loads_the_frozen_teacher_from_the_student_path(tmp_path, tiny_pair_dir, arithmetic_jsonl):
     from trl import ModelConfig
 
-    from trl_opd.build import build_trainer
-    from trl_opd.recipe import ScriptArguments
+    from trl_opd.launch.build import build_trainer
+    from trl_opd.launch.recipe import ScriptArguments
 
     script_args = ScriptArguments(method="cl-egrsd", dataset_name=str(arithmetic_jsonl), prompt_column="problem")
     config = EGRSDConfig(**_kwargs(tmp_path, entropy_lookahead=32))

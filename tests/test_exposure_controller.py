@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from trl_opd.controllers.exposure import Decision, ExposureController
-from trl_opd.ops.exposure import (
+from trl_opd.ops.atesd import (
     beta_entropy,
     beta_log_prob,
     beta_mean_concentration,

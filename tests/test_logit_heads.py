@@ -13,9 +13,9 @@ import transformers
 from trl import DistillationConfig, DistillationTrainer
 
 from trl_opd.heads import logit_head
-from trl_opd.opd_config import OPDConfig
-from trl_opd.opd_trainer import OPDTrainer
 from trl_opd.testing import fixed_generation_batch, tiny_training_kwargs
+from trl_opd.trainers.opd_config import OPDConfig
+from trl_opd.trainers.opd_trainer import OPDTrainer
 
 
 SMALL = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}
@@ -94,3 +94,18 @@ def test_step_backend_logits_equal_the_models_forward(family, tiny_tokenizer):
         want = model(input_ids=ids).logits
     got = project_logits(hidden, model.get_output_embeddings().weight, logit_head(model))
     torch.testing.assert_close(got, want.float(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_egrsd_teacher_scores_equal_the_models_forward(family, tiny_tokenizer):
+    """EGRSD's teacher scorer (backbone, then a chunked projection) gives the log-probs of the model's own logits."""
+    from trl_opd.trainers.egrsd_trainer import EGRSDTrainer
+
+    model = build(family, tiny_tokenizer, 0).eval()
+    ids = torch.randint(10, len(tiny_tokenizer), (2, 9))
+    mask, completion = torch.ones_like(ids), ids[:, -4:]
+    with torch.no_grad():
+        logp, entropy = EGRSDTrainer._score(model, ids, mask, completion, 0.7)
+        dense = (model(input_ids=ids).logits[:, -5:-1].float() / 0.7).log_softmax(-1)
+    torch.testing.assert_close(logp, dense.gather(-1, completion.unsqueeze(-1)).squeeze(-1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(entropy, -(dense.exp() * dense).sum(-1), atol=1e-5, rtol=1e-5)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from trl_opd.model_card import (
+from trl_opd.launch.model_card import (
     METHOD_PAPERS,
     load_eval_results,
     load_template,

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from trl_opd.motab_rollout import HFStepBackend, Segment, SegmentRollout, SegmentStopper
+from trl_opd.trainers.motab_rollout import HFStepBackend, Segment, SegmentRollout, SegmentStopper
 
 
 EOS = 2

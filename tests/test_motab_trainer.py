@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from trl import DistillationConfig, DistillationTrainer
 
-from trl_opd.motab_config import MOTABConfig, check_step_delimiter
-from trl_opd.motab_trainer import MOTABTrainer
 from trl_opd.teacher import TeacherMismatchError
 from trl_opd.testing import tiny_training_kwargs
+from trl_opd.trainers.motab_config import MOTABConfig, check_step_delimiter
+from trl_opd.trainers.motab_trainer import MOTABTrainer
 
 
 def _trainer(pair, dataset, out, **overrides):

@@ -6,9 +6,9 @@ import pytest
 import torch
 from trl import DistillationConfig, DistillationTrainer
 
-from trl_opd.opd_config import OPDConfig
-from trl_opd.opd_trainer import OPDTrainer
 from trl_opd.testing import build_tiny_model, fixed_generation_batch, tiny_training_kwargs
+from trl_opd.trainers.opd_config import OPDConfig
+from trl_opd.trainers.opd_trainer import OPDTrainer
 
 
 def make_trainer(cls, config_cls, tokenizer, dataset, tmp_path, student=None, teacher=None, **overrides):

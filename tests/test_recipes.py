@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trl_opd.methods import METHODS
-from trl_opd.recipe import parse_recipe, read_recipe
+from trl_opd.launch.methods import METHODS
+from trl_opd.launch.recipe import parse_recipe, read_recipe
 
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from trl_opd.ops import chunked_topk_forward_kl, k1_policy_gradient_loss, masked_global_mean, topk_forward_kl
-from trl_opd.ops.trust import (
+from trl_opd.ops.tropd import (
     linear_decay,
     prefix_length,
     provenance_mask,
@@ -19,7 +19,7 @@ from trl_opd.ops.trust import (
     trust_ratio,
 )
 from trl_opd.testing import tiny_training_kwargs
-from trl_opd.tropd_config import TrOPDConfig
+from trl_opd.trainers.tropd_config import TrOPDConfig
 
 
 LOG = math.log

@@ -12,8 +12,8 @@ from trl import DistillationTrainer
 
 from trl_opd import OPDConfig, OPDTrainer
 from trl_opd.testing import tiny_training_kwargs
-from trl_opd.tropd_config import TrOPDConfig
-from trl_opd.tropd_trainer import TrOPDTrainer
+from trl_opd.trainers.tropd_config import TrOPDConfig
+from trl_opd.trainers.tropd_trainer import TrOPDTrainer
 
 
 @pytest.fixture(scope="module")

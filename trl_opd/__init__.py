@@ -13,20 +13,20 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "OPDConfig": "trl_opd.opd_config",
-    "OPDTrainer": "trl_opd.opd_trainer",
-    "GKDBaselineConfig": "trl_opd.baselines",
-    "GRPOBaselineConfig": "trl_opd.baselines",
-    "MOTABConfig": "trl_opd.motab_config",
-    "MOTABTrainer": "trl_opd.motab_trainer",
-    "TrOPDConfig": "trl_opd.tropd_config",
-    "TrOPDTrainer": "trl_opd.tropd_trainer",
-    "EGRSDConfig": "trl_opd.egrsd_config",
-    "EGRSDTrainer": "trl_opd.egrsd_trainer",
-    "ATESDConfig": "trl_opd.atesd_config",
-    "ATESDTrainer": "trl_opd.atesd_trainer",
+    "OPDConfig": "trl_opd.trainers.opd_config",
+    "OPDTrainer": "trl_opd.trainers.opd_trainer",
+    "GKDBaselineConfig": "trl_opd.trainers.baselines",
+    "GRPOBaselineConfig": "trl_opd.trainers.baselines",
+    "MOTABConfig": "trl_opd.trainers.motab_config",
+    "MOTABTrainer": "trl_opd.trainers.motab_trainer",
+    "TrOPDConfig": "trl_opd.trainers.tropd_config",
+    "TrOPDTrainer": "trl_opd.trainers.tropd_trainer",
+    "EGRSDConfig": "trl_opd.trainers.egrsd_config",
+    "EGRSDTrainer": "trl_opd.trainers.egrsd_trainer",
+    "ATESDConfig": "trl_opd.trainers.atesd_config",
+    "ATESDTrainer": "trl_opd.trainers.atesd_trainer",
     "math_accuracy_reward": "trl_opd.rewards",
-    "METHODS": "trl_opd.methods",
+    "METHODS": "trl_opd.launch.methods",
 }
 
 __all__ = sorted(_EXPORTS)

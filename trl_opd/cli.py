@@ -8,6 +8,7 @@ processes. Bad input ends with one `error:` line and exit code 2, before any mod
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import shutil
@@ -15,8 +16,8 @@ import sys
 from pathlib import Path
 
 from .data import DatasetValidationError
-from .methods import METHODS, UnknownMethodError, get_spec, is_available
-from .recipe import RecipeError, parse_recipe
+from .launch.methods import METHODS, UnknownMethodError, get_spec, is_available
+from .launch.recipe import RecipeError, parse_recipe
 from .runtime import has_accelerator
 from .teacher import TeacherMismatchError
 
@@ -39,22 +40,13 @@ commands:
 """
 
 
-def _pop_flag(argv: list[str], flag: str) -> bool:
-    if flag in argv:
-        argv.remove(flag)
-        return True
-    return False
-
-
-def _pop_value(argv: list[str], flag: str) -> str | None:
-    if flag in argv:
-        index = argv.index(flag)
-        if index + 1 >= len(argv):
-            raise RecipeError(f"{flag} needs a value.")
-        value = argv[index + 1]
-        del argv[index : index + 2]
-        return value
-    return None
+def _train_parser() -> argparse.ArgumentParser:
+    """`trl-opd train`'s own options (argparse, like `eval` and `demo`); every other flag is a recipe field for TRL's
+    parser."""
+    parser = argparse.ArgumentParser(prog="trl-opd train", allow_abbrev=False, add_help=False, exit_on_error=False)
+    parser.add_argument("--config", default=None, help="The recipe (YAML).")
+    parser.add_argument("--dry-run", action="store_true", help="Validate the recipe and dataset; train nothing.")
+    return parser
 
 
 def _check_bf16_flag(argv: list[str]) -> None:
@@ -71,24 +63,25 @@ def _check_bf16_flag(argv: list[str]) -> None:
 
 def train_command(argv: list[str]) -> int:
     """`trl-opd train`: parse, validate, build, train, save."""
-    argv = list(argv)
-    dry_run = _pop_flag(argv, "--dry-run")
-    config_path = _pop_value(argv, "--config")
+    try:
+        options, argv = _train_parser().parse_known_args(list(argv))
+    except argparse.ArgumentError as err:
+        raise RecipeError(str(err)) from err
     _check_bf16_flag(argv)
-    script_args, config, model_args = parse_recipe(config_path, argv)
-    from .build import check_teacher, training_dataset
+    script_args, config, model_args = parse_recipe(options.config, argv)
+    from .launch.build import check_teacher, training_dataset
 
     spec = get_spec(script_args.method)
     check_teacher(spec, config)
-    if dry_run:
+    if options.dry_run:
         return _dry_run(script_args, config, model_args, spec)
     return _train(script_args, config, model_args, training_dataset(script_args, spec))
 
 
 def _dry_run(script_args, config, model_args, spec) -> int:
     """Report what a run would do; check the dataset's columns when the dataset can be reached from here."""
-    from .build import training_dataset
     from .data import DatasetUnavailableError
+    from .launch.build import training_dataset
 
     try:
         dataset = training_dataset(script_args, spec)
@@ -104,7 +97,7 @@ def _dry_run(script_args, config, model_args, spec) -> int:
 
 
 def _train(script_args, config, model_args, dataset) -> int:
-    from .build import build_trainer
+    from .launch.build import build_trainer
 
     output_dir = Path(config.output_dir)
     created = not output_dir.exists()
@@ -116,7 +109,7 @@ def _train(script_args, config, model_args, dataset) -> int:
         trainer.save_model(config.output_dir)
         card = _write_card(script_args, config, model_args)
         if config.push_to_hub and trainer.accelerator.is_main_process:
-            from .model_card import push_model_with_card
+            from .launch.model_card import push_model_with_card
 
             hub_model_id = config.hub_model_id or Path(config.output_dir).name
             push_model_with_card(config.output_dir, hub_model_id, config.hub_revision or "main", card)
@@ -128,7 +121,7 @@ def _train(script_args, config, model_args, dataset) -> int:
 
 def _write_card(script_args, config, model_args) -> str:
     """Our model card (method, paper, recipe, hyperparameters, evaluation) in place of TRL's generic one."""
-    from .model_card import load_eval_results, render_model_card, training_card_info, write_model_card
+    from .launch.model_card import load_eval_results, render_model_card, training_card_info, write_model_card
 
     info = training_card_info(
         script_args.method,
@@ -148,7 +141,7 @@ def _write_card(script_args, config, model_args) -> str:
 def methods_command(_: list[str]) -> int:
     for name, spec in METHODS.items():
         status = "" if is_available(name) else "  (not available in this install)"
-        print(f"{name:<9} {spec.paper:<24} {spec.description}{status}")
+        print(f"{name:<9} {spec.display_name:<9} {spec.paper:<17} {spec.description}{status}")
     return 0
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -150,3 +151,75 @@ def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
 
 def _is_peft(model: nn.Module) -> bool:
     return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+
+# --------------------------------------------------------------------------- the one teacher-scoring path
+# Shared by the DistillationTrainer family (`OPDTrainer` and its subclasses) and `EGRSDTrainer` (GRPO): the teacher's
+# prompt goes through the trainer's own prompt tokenization; the teacher runs without gradient, through its
+# accelerate wrapper when it has one (ZeRO-3 / FSDP gather its shards), else as the student's own module.
+
+
+def tokenize_teacher_prompts(
+    trainer, prompts: list, chat_template_kwargs: dict | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded teacher prompt ids and mask `(B, P_T)` through the TRL trainer's own `_tokenize_prompts`.
+
+    `chat_template_kwargs` (when given) replace the trainer's for this call only, so the teacher can use its own (e.g.
+    thinking on). Each distinct prompt is tokenized once: the rollouts of one prompt share it.
+    """
+    keys = [repr(p) for p in prompts]
+    first = {key: i for i, key in reversed(list(enumerate(keys)))}
+    student_kwargs = trainer.chat_template_kwargs
+    if chat_template_kwargs is not None:
+        trainer.chat_template_kwargs = chat_template_kwargs
+    try:
+        unique_ids, _, _ = trainer._tokenize_prompts([prompts[i] for i in first.values()])
+    finally:
+        trainer.chat_template_kwargs = student_kwargs
+    by_key = dict(zip(first, unique_ids, strict=True))
+    device = trainer.accelerator.device
+    ids = [torch.tensor(by_key[key], device=device) for key in keys]
+    masks = [torch.ones_like(p) for p in ids]
+    from trl.trainer.utils import pad
+
+    return (
+        pad(ids, padding_value=trainer._tokenizer.pad_token_id, padding_side="left"),
+        pad(masks, padding_value=0, padding_side="left"),
+    )
+
+
+class TeacherHandle(NamedTuple):
+    """The teacher to score with: its accelerate `wrapper` (`None` when the student's own module scores) and the
+    unwrapped `module`."""
+
+    wrapper: nn.Module | None
+    module: nn.Module
+
+    def run(self, forward_redirection, fn, *args):
+        """`fn(module, *args)`, through the wrapper's forward when there is one (sharded weights are gathered)."""
+        if self.wrapper is None:
+            return fn(self.module, *args)
+        return forward_redirection(self.wrapper, self.module, fn, self.module, *args)
+
+
+@contextlib.contextmanager
+def scoring_teacher(teacher_model: nn.Module | None, accelerator, student: nn.Module, adapter_off: bool):
+    """Yield a [`TeacherHandle`] under `torch.no_grad()`: the separate teacher (`teacher_model`, put in eval mode), or
+    without one the unwrapped `student` scoring as its own teacher (its PEFT adapter off when `adapter_off`)."""
+    if teacher_model is not None:
+        teacher_model.eval()
+        with torch.no_grad():
+            yield TeacherHandle(teacher_model, accelerator.unwrap_model(teacher_model))
+        return
+    with student_as_teacher(student, adapter_off=adapter_off) as module:
+        yield TeacherHandle(None, module)
+
+
+def last_hidden_states(model: nn.Module, input_ids, attention_mask, logits_to_keep: int) -> torch.Tensor:
+    """Last hidden states predicting the final `logits_to_keep` tokens `(B, K, H)` of a text-only causal LM (its PEFT
+    adapter, if any, active): one backbone forward, no logits. TRL's `_get_last_hidden_state` without its per-call
+    checks (accelerate's `is_peft_model` reads package metadata on every call)."""
+    if _is_peft(model):
+        model = model.base_model.model
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    return hidden[:, :-1][:, -logits_to_keep:]

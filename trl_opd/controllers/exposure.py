@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..ops.exposure import (
+from ..ops.atesd import (
     beta_entropy,
     beta_log_prob,
     beta_mean_concentration,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..methods import METHODS
+from ..launch.methods import METHODS
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

@@ -26,10 +26,10 @@ from datasets import concatenate_datasets
 from transformers import AutoModelForCausalLM, TrainerCallback
 from trl import ModelConfig
 
-from ..build import build_trainer
 from ..data import privileged_prompt, truncate_reference
-from ..methods import METHODS, available_methods, get_spec, load_method
-from ..recipe import ScriptArguments
+from ..launch.build import build_trainer
+from ..launch.methods import METHODS, available_methods, get_spec, load_method
+from ..launch.recipe import ScriptArguments
 from ..testing import build_tiny_model, build_tiny_tokenizer
 from .pretrain import heldout_accuracy, supervised_warmup
 from .report import write_plot, write_table
@@ -43,7 +43,6 @@ N_TRAIN, N_HELDOUT = 4000, 256
 # distillation at the same rate continues its training smoothly instead of kicking it out of a decayed minimum.
 STUDENT_SHAPE = {"hidden_size": 96, "num_hidden_layers": 3, "intermediate_size": 192}
 STUDENT_LR = 1e-3
-DEFAULT_EXCLUDE = ("gkd", "grpo", "cl-egrsd")  # reachable with --methods; not in the default table
 
 # Per-family settings for a few fast steps on 2 CPU cores; per-method overrides on top.
 FAMILY_SETTINGS = {
@@ -91,7 +90,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def select_methods(requested: str | None) -> list[str]:
     if requested is None:
-        return [m for m in available_methods() if m not in DEFAULT_EXCLUDE]
+        return [m for m in available_methods() if METHODS[m].in_demo]  # the others: with --methods
     names = [m.strip() for m in requested.split(",") if m.strip()]
     for name in names:
         get_spec(name)
@@ -220,7 +219,7 @@ def run_method(method: str, student: Path, teacher: Path, train, heldout, tokeni
 
 def write_demo_card(trainer, method: str, student: Path, teacher: Path | None, result: dict, n_heldout: int) -> None:
     """Save the distilled student with a complete model card (its eval table: the held-out arithmetic accuracy)."""
-    from ..model_card import render_model_card, training_card_info, write_model_card
+    from ..launch.model_card import render_model_card, training_card_info, write_model_card
 
     trainer.save_model(trainer.args.output_dir)
     evaluation = {

@@ -49,7 +49,7 @@ class LightevalCallback(TrainerCallback):
     Results go to `state.log_history` (keys `eval/<task>/avg@k`, `pass@k`, `mean_length`), to
     `<output_dir>/eval/<checkpoint>/eval_results.json` (plus lighteval's details), to
     `<output_dir>/eval_history.json` (all evals) and to `<output_dir>/eval_results.json` (the latest, which
-    [`trl_opd.model_card.load_eval_results`] reads for the card). A failed eval is logged and training goes on,
+    [`trl_opd.launch.model_card.load_eval_results`] reads for the card). A failed eval is logged and training goes on,
     unless `raise_on_error=True`.
 
     Args:

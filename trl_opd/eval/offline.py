@@ -19,7 +19,7 @@ from pathlib import Path
 
 TINY_BENCHMARKS_STUB = "tinyBenchmarks.pkl"
 
-# Versions known to break lighteval 0.13 at run time (see docs/STACK-NOTES.md, section 6).
+# Versions known to break lighteval 0.13 at run time (see docs/stack-notes.md).
 _VERSION_LIMITS = {"huggingface_hub": (2, "mt_bench's import-time HfApi call"), "xxhash": (4, "the details logger")}
 
 

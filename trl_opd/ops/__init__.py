@@ -1,5 +1,9 @@
 # Copyright 2026 The trl-opd developers. Licensed under the Apache License, Version 2.0.
-"""Pure tensor math: tensors in, tensors out. No trainer state, configs or logging."""
+"""Pure tensor math: tensors in, tensors out. No trainer state, configs or logging; never imports a trainer.
+
+Shared math, re-exported here: `divergences`, `chunked` (fused chunked statistics), `reductions`, `policy_gradient`.
+Per-method math, imported from its module (named by method): `motab`, `tropd`, `egrsd`, `atesd`.
+"""
 
 from .chunked import (
     FusedDistillationFunction,

@@ -11,11 +11,11 @@ from accelerate.utils import gather_object
 from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import pad
 
-from .controllers.boundary import AdaptiveBoundary
+from ..controllers.boundary import AdaptiveBoundary
+from ..ops.motab import route_token_losses, teacher_token_forward_kl
 from .motab_config import MOTABConfig, check_step_delimiter
 from .motab_rollout import HFStepBackend, RolloutTrace, SegmentRollout, SegmentStopper, VLLMStudentBackend
 from .opd_trainer import OPDTrainer
-from .ops.motab import route_token_losses, teacher_token_forward_kl
 
 
 class MOTABTrainer(OPDTrainer):
@@ -24,7 +24,7 @@ class MOTABTrainer(OPDTrainer):
     score exceeds the adaptive boundary is discarded and replaced by one teacher-written segment.
 
     What differs from [`OPDTrainer`]:
-    - Training rollouts come from [`~trl_opd.motab_rollout.SegmentRollout`] instead of one `generate` call
+    - Training rollouts come from [`~trl_opd.trainers.motab_rollout.SegmentRollout`] instead of one `generate` call
       (`_generate_single_turn` is replaced): transformers models with a KV cache of the accepted prefix, or the
       student through TRL's `VLLMGeneration` when `use_vllm`. Evaluation rollouts are plain student generations.
     - The batch carries `teacher_token_mask` `(B, K)`, 1 on teacher-written tokens; [`token_losses`] routes `D_β`
@@ -64,17 +64,17 @@ class MOTABTrainer(OPDTrainer):
         if processing_class is not None:
             check_step_delimiter(getattr(processing_class, "tokenizer", processing_class), args.step_delimiter)
         super().__init__(
-            model,
-            teacher_model,
-            args,
-            train_dataset,
-            eval_dataset,
-            processing_class,
-            callbacks,
-            optimizers,
-            quantization_config,
-            peft_config,
-            tools,
+            model=model,
+            teacher_model=teacher_model,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            quantization_config=quantization_config,
+            peft_config=peft_config,
+            tools=tools,
         )
         check_step_delimiter(self._tokenizer, args.step_delimiter)
         self.boundary = AdaptiveBoundary(

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 from trl import DistillationConfig
 
-from .runtime import CPUSafeConfigMixin
-from .teacher import QUANTIZATION_CHOICES, SELF_TEACHER_KINDS
+from ..runtime import CPUSafeConfigMixin
+from ..teacher import QUANTIZATION_CHOICES, SELF_TEACHER_KINDS
 
 
 @dataclass

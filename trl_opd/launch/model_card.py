@@ -1,8 +1,8 @@
 # Copyright 2026 The trl-opd developers. Licensed under the Apache License, Version 2.0.
-"""Model cards: one template for every method (`trl_opd/model_cards/model_card.md`), and a thin Hub upload.
+"""Model cards: one template for every method (`trl_opd/launch/model_cards/model_card.md`), and a thin Hub upload.
 
 ```python
-from trl_opd.model_card import render_model_card, write_model_card
+from trl_opd.launch.model_card import render_model_card, write_model_card
 
 card = render_model_card({"base_model": "Qwen/Qwen3-1.7B", "teacher": "Qwen/Qwen3-8B", "method": "tropd", ...})
 write_model_card("outputs/tropd-qwen3-1.7b", card)
@@ -19,6 +19,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from .methods import METHODS
+
 
 class MethodPaper(NamedTuple):
     """A method's paper: `(title, arxiv_id)`."""
@@ -27,42 +29,11 @@ class MethodPaper(NamedTuple):
     arxiv_id: str
 
 
-_GKD_PAPER = MethodPaper(
-    "On-Policy Distillation of Language Models: Learning from Self-Generated Mistakes", "2306.13649"
-)
-_ATESD_PAPER = MethodPaper("ATESD: Adaptive Teacher Exposure for Self-Distillation", "2605.11458")
-_EGRSD_PAPER = MethodPaper("EGRSD: Entropy-Guided Reinforced Self-Distillation", "2605.13255")
-
-# method -> (paper title, arXiv id). The four methods' titles are the names the papers give them; the baselines
-# point to the paper of the algorithm TRL implements (`opsd` is defined by the ATESD paper).
+# method -> its paper, read from the registry (the one table of method facts).
 METHOD_PAPERS: dict[str, MethodPaper] = {
-    "motab": MethodPaper("MOTAB: Monitoring Trajectories And Backtracking for on-policy distillation", "2605.19433"),
-    "egrsd": _EGRSD_PAPER,
-    "cl-egrsd": _EGRSD_PAPER,
-    "tropd": MethodPaper("TrOPD: Trust Region On-Policy Distillation", "2606.01249"),
-    "atesd": _ATESD_PAPER,
-    "opsd": _ATESD_PAPER,
-    "rlsd": MethodPaper("RLSD: Reinforced Self-Distillation", "2604.03128"),
-    "opd": _GKD_PAPER,
-    "gkd": _GKD_PAPER,
-    "grpo": MethodPaper(
-        "DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open Language Models", "2402.03300"
-    ),
+    name: MethodPaper(spec.paper_title, spec.paper_id) for name, spec in METHODS.items()
 }
 
-# method -> how the card names it.
-METHOD_NAMES: dict[str, str] = {
-    "motab": "MOTAB",
-    "egrsd": "EGRSD",
-    "cl-egrsd": "CL-EGRSD",
-    "tropd": "TrOPD",
-    "atesd": "ATESD",
-    "opsd": "OPSD (ATESD with fixed full exposure)",
-    "rlsd": "RLSD (EGRSD with the gate off)",
-    "opd": "on-policy distillation (TRL DistillationTrainer)",
-    "gkd": "GKD (TRL GKDTrainer)",
-    "grpo": "GRPO (TRL GRPOTrainer)",
-}
 
 TRL_CITATION = """@misc{vonwerra2022trl,
   title        = {{TRL: Transformer Reinforcement Learning}},
@@ -87,13 +58,13 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def load_template(name: str = TEMPLATE_NAME) -> str:
-    """The card template shipped in `trl_opd/model_cards/`."""
-    return resources.files("trl_opd").joinpath("model_cards", name).read_text(encoding="utf-8")
+    """The card template shipped in `trl_opd/launch/model_cards/`."""
+    return resources.files("trl_opd.launch").joinpath("model_cards", name).read_text(encoding="utf-8")
 
 
 def git_commit(path: str | os.PathLike | None = None) -> str:
     """The git commit of the trl-opd checkout (`-dirty` when it has uncommitted changes); `"unknown"` otherwise."""
-    cwd = Path(path) if path is not None else Path(__file__).resolve().parents[1]
+    cwd = Path(path) if path is not None else Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
@@ -201,9 +172,6 @@ def _training_data(value: Any) -> str:
     return ", ".join(f"`{v}`" if _HUB_ID.match(str(v)) or "/" in str(v) else str(v) for v in items)
 
 
-_SELF_TEACHER = {"egrsd", "cl-egrsd", "atesd", "opsd", "rlsd"}
-
-
 def _model_ref(name: str, link: bool) -> str:
     return f"[{name}](https://huggingface.co/{name})" if link and _HUB_ID.match(name) else f"`{name}`"
 
@@ -212,9 +180,10 @@ def _teacher(info: dict) -> str:
     teacher, method = info.get("teacher"), info["method"]
     if teacher:
         return _model_ref(str(teacher), link=True)
-    if method in _SELF_TEACHER:
+    kind = METHODS[method].teacher
+    if kind == "self":
         return "the student itself, shown privileged context (self-distillation)"
-    if method == "grpo":
+    if kind == "none":
         return "none (reinforcement learning with the verifiable math reward)"
     raise ValueError(f"model card: 'teacher' is required for method {method!r}")
 
@@ -241,7 +210,7 @@ def card_fields(info: dict) -> dict[str, str]:
         "model_name": str(model_name),
         "teacher": _teacher(info),
         "method": method,
-        "method_display": METHOD_NAMES[method],
+        "method_display": METHODS[method].display_name,
         "paper_reference": f"[{paper.title}](https://arxiv.org/abs/{paper.arxiv_id}), arXiv:{paper.arxiv_id}",
         "recipe": str(info.get("recipe") or "not recorded (trainer configured in code)"),
         "commit": str(info.get("commit") or git_commit()),

@@ -12,10 +12,10 @@ from typing import Any
 from datasets import Dataset, load_dataset
 from trl import ModelConfig, get_peft_config, get_quantization_config
 
-from .data import ColumnMap, DatasetUnavailableError, DatasetValidationError, prepare_dataset
+from ..data import ColumnMap, DatasetUnavailableError, DatasetValidationError, prepare_dataset
+from ..rewards import math_accuracy_reward
 from .methods import MethodSpec, get_spec, load_method
 from .recipe import ScriptArguments
-from .rewards import math_accuracy_reward
 
 
 _FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}

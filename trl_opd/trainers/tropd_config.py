@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..ops.tropd import TRUST_MODES
 from .opd_config import OPDConfig
-from .ops.trust import TRUST_MODES
 
 
 @dataclass
@@ -25,7 +25,7 @@ class TrOPDConfig(OPDConfig):
     first `guidance_prob_decay_share` / `guidance_rho_decay_share` of training.
 
     With `trust_threshold=0` and `guidance_prob_start=0` it is the `opd` baseline with `divergence="k1"`.
-    Defaults are the ones in `ALGORITHMS.md` (the thresholds, weights and schedules are our design).
+    Defaults are the ones in `docs/methods.md` (the thresholds, weights and schedules are our design).
     """
 
     divergence: str = field(

@@ -1,7 +1,7 @@
 # Copyright 2026 The trl-opd developers. Licensed under the Apache License, Version 2.0.
 """TrOPD's pure math: the per-token trust ratio and trust mask, the loss routing, and the guidance schedules.
 
-Notation as in `ALGORITHMS.md`: `p_S`, `p_T` the student and teacher next-token distributions, `y_t` the token at
+Notation as in `docs/methods.md`: `p_S`, `p_T` the student and teacher next-token distributions, `y_t` the token at
 position `t`, `P_t` the trust ratio, `M_t` the trust mask, `ρ` the share of a teacher rollout used as a prefix.
 """
 

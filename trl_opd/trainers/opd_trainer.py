@@ -13,21 +13,21 @@ from accelerate.utils import is_peft_model
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
 from transformers.trainer_utils import get_last_checkpoint
 from trl import DistillationTrainer
-from trl.trainer.utils import pad
 
-from .data import ColumnMap, prepare_dataset, privileged_prompt
-from .heads import logit_head
-from .opd_config import OPDConfig
-from .ops import fused_distillation_stats, k1_policy_gradient_loss, masked_global_mean, masked_mean, masked_sum
-from .ops.chunked import PLAIN_HEAD, LogitHead
-from .teacher import (
+from ..data import ColumnMap, prepare_dataset, privileged_prompt
+from ..heads import logit_head
+from ..ops import fused_distillation_stats, k1_policy_gradient_loss, masked_global_mean, masked_mean, masked_sum
+from ..ops.chunked import PLAIN_HEAD, LogitHead
+from ..teacher import (
     align_teacher_vocab,
     check_same_vocabulary,
     ema_update,
     load_teacher,
+    scoring_teacher,
     self_teacher_copy,
-    student_as_teacher,
+    tokenize_teacher_prompts,
 )
+from .opd_config import OPDConfig
 
 
 EXTRA_STATE_FILE = "trl_opd_state.pt"
@@ -147,47 +147,27 @@ class OPDTrainer(DistillationTrainer):
 
     def _tokenize_teacher_prompts(self, prompts: list) -> dict[str, torch.Tensor]:
         """Left-padded `teacher_prompt_ids` / `teacher_prompt_mask`, tokenized by the parent's own prompt path with
-        the teacher's chat-template kwargs."""
-        student_kwargs, self.chat_template_kwargs = self.chat_template_kwargs, self.teacher_chat_template_kwargs
-        try:
-            prompt_ids, _, _ = self._tokenize_prompts(prompts)
-        finally:
-            self.chat_template_kwargs = student_kwargs
-        device = self.accelerator.device
-        ids = [torch.tensor(p, device=device) for p in prompt_ids]
-        masks = [torch.ones_like(p) for p in ids]
-        return {
-            "teacher_prompt_ids": pad(ids, padding_value=self._tokenizer.pad_token_id, padding_side="left"),
-            "teacher_prompt_mask": pad(masks, padding_value=0, padding_side="left"),
-        }
+        the teacher's chat-template kwargs ([`~trl_opd.teacher.tokenize_teacher_prompts`])."""
+        ids, mask = tokenize_teacher_prompts(self, prompts, self.teacher_chat_template_kwargs)
+        return {"teacher_prompt_ids": ids, "teacher_prompt_mask": mask}
 
     # ----------------------------------------------------------------- teacher scoring
     def teacher_hidden_states(self, unwrapped_student, inputs: dict[str, Any], logits_to_keep: int):
         """Teacher last hidden states on the completion tokens `(B, K, H_T)` and its `lm_head` weight `(V, H_T)`.
 
-        The one teacher-scoring path of every DistillationTrainer-based method: an external (or frozen-copy) teacher
+        Through the shared teacher path ([`~trl_opd.teacher.scoring_teacher`]): an external (or frozen-copy) teacher
         through its accelerate wrapper, or the student's own weights (adapter off, live).
         """
         prompt_ids = inputs.get("teacher_prompt_ids", inputs["prompt_ids"])
         prompt_mask = inputs.get("teacher_prompt_mask", inputs["prompt_mask"])
         input_ids = torch.cat([prompt_ids, inputs["completion_ids"]], dim=1)
         attention_mask = torch.cat([prompt_mask, inputs["completion_mask"]], dim=1)
-        with torch.no_grad():
-            if self.teacher_model is not None:
-                self.teacher_model.eval()
-                teacher = self.accelerator.unwrap_model(self.teacher_model)
-                hidden = self._forward_redirection(
-                    self.teacher_model,
-                    teacher,
-                    self._get_last_hidden_state,
-                    teacher,
-                    input_ids,
-                    attention_mask,
-                    logits_to_keep,
-                )
-            else:
-                with student_as_teacher(unwrapped_student, adapter_off=self._self_teacher_kind == "frozen") as teacher:
-                    hidden = self._get_last_hidden_state(teacher, input_ids, attention_mask, logits_to_keep)
+        adapter_off = self._self_teacher_kind == "frozen"
+        with scoring_teacher(self.teacher_model, self.accelerator, unwrapped_student, adapter_off) as handle:
+            teacher = handle.module
+            hidden = handle.run(
+                self._forward_redirection, self._get_last_hidden_state, input_ids, attention_mask, logits_to_keep
+            )
         weight = teacher.get_output_embeddings().weight  # not detached: ZeRO-3 gathers it by identity
         return hidden.detach(), weight
 

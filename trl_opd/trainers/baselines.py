@@ -12,7 +12,7 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 from trl import GRPOConfig  # noqa: E402
 from trl.experimental.gkd import GKDConfig  # noqa: E402
 
-from .runtime import CPUSafeConfigMixin  # noqa: E402
+from ..runtime import CPUSafeConfigMixin  # noqa: E402
 
 
 @dataclass

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
-from .runtime import CPUSafeConfigMixin
+from ..runtime import CPUSafeConfigMixin
 
 
 EGRSD_SELF_TEACHER_KINDS = ("frozen", "live")
@@ -60,6 +60,7 @@ class EGRSDConfig(CPUSafeConfigMixin, GRPOConfig):
     )
 
     def __post_init__(self):
+        super().__post_init__()
         if not 0.0 <= self.g_min <= 1.0:
             raise ValueError(f"g_min must be in [0, 1], got {self.g_min}")
         if not 0.0 <= self.epsilon_w <= 1.0:
@@ -68,4 +69,3 @@ class EGRSDConfig(CPUSafeConfigMixin, GRPOConfig):
             raise ValueError(f"entropy_lookahead must be >= 0 tokens, got {self.entropy_lookahead}")
         if self.self_teacher not in EGRSD_SELF_TEACHER_KINDS:
             raise ValueError(f"self_teacher must be one of {EGRSD_SELF_TEACHER_KINDS}, got {self.self_teacher!r}")
-        super().__post_init__()

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..ops.motab import MONITOR_SIGNALS
 from .opd_config import OPDConfig
-from .ops.motab import MONITOR_SIGNALS
 
 
 @dataclass
 class MOTABConfig(OPDConfig):
     r"""
-    Configuration for [`MOTABTrainer`] (MOTAB, arXiv 2605.19433; see ALGORITHMS.md, section MOTAB).
+    Configuration for [`MOTABTrainer`] (MOTAB, arXiv 2605.19433; see docs/methods.md, section MOTAB).
 
     On top of [`OPDConfig`]: the student generates one reasoning segment at a time, the teacher scores each segment
     against an adaptive boundary (a running quantile of recent stray scores), a strayed segment is discarded and the
@@ -20,7 +20,7 @@ class MOTABConfig(OPDConfig):
     tokens and `λ_int · KL(p_T || p_S)` on teacher tokens. With the boundary at `+inf` (`fixed_boundary: .inf`) it is
     the `opd` objective exactly.
 
-    Defaults follow the [design] section of ALGORITHMS.md: delimiter `"\n\n"`, 256 tokens per segment, signal
+    Defaults follow the [design] choices in docs/methods.md: delimiter `"\n\n"`, 256 tokens per segment, signal
     `log_ratio`, quantile 0.9 over 4096 segments, 4 backtracks per rollout, `λ_int = 1`, `β = 0.5`.
     """
 

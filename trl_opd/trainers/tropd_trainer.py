@@ -10,9 +10,8 @@ from typing import Any
 import torch
 from trl.generation.vllm_generation import VLLMGeneration
 
-from .opd_trainer import OPDTrainer
-from .ops import chunked_topk_forward_kl, k1_policy_gradient_loss, masked_mean
-from .ops.trust import (
+from ..ops import chunked_topk_forward_kl, k1_policy_gradient_loss, masked_mean
+from ..ops.tropd import (
     linear_decay,
     prefix_length,
     provenance_mask,
@@ -20,6 +19,7 @@ from .ops.trust import (
     trust_mask,
     trust_ratio,
 )
+from .opd_trainer import OPDTrainer
 from .tropd_config import TrOPDConfig
 
 
@@ -52,11 +52,12 @@ class TrOPDTrainer(OPDTrainer):
     _tag_names = ["trl", "trl-opd", "on-policy-distillation", "tropd"]
     _name = "TrOPD"
 
-    def __init__(self, model, teacher_model=None, args: TrOPDConfig | None = None, *more, **kwargs):
+    def __init__(self, model, teacher_model=None, args: TrOPDConfig | None = None, **kwargs):
+        """The parent's arguments (`train_dataset=...`, `peft_config=...` by keyword after the first three)."""
         args = args if args is not None else TrOPDConfig(output_dir="tropd-output")
         if not isinstance(args, TrOPDConfig):
             raise TypeError(f"TrOPDTrainer needs a TrOPDConfig, got {type(args).__name__}")
-        super().__init__(model, teacher_model, args, *more, **kwargs)
+        super().__init__(model=model, teacher_model=teacher_model, args=args, **kwargs)
         vocab = self.accelerator.unwrap_model(self.model).config.get_text_config().vocab_size
         if args.outlier_top_k > vocab:
             raise ValueError(f"outlier_top_k ({args.outlier_top_k}) is larger than the vocabulary ({vocab})")
@@ -185,7 +186,7 @@ class TrOPDTrainer(OPDTrainer):
     # ----------------------------------------------------------------- loss
     def token_losses(self, stats: dict[str, torch.Tensor], inputs: dict[str, Any]) -> torch.Tensor:
         """`ℓ_t = (1 − O_t)[M_t ℓ^K1_t + λ_out (1 − M_t) KL_topk,t] + λ_off O_t JSD_β,t`, `(B, K)`; see
-        [`~trl_opd.ops.trust.tropd_token_losses`]. `O` is `teacher_token_mask`, `M` the trust mask."""
+        [`~trl_opd.ops.tropd.tropd_token_losses`]. `O` is `teacher_token_mask`, `M` the trust mask."""
         student_logp, teacher_logp = stats["student_logp"], stats["teacher_logp"]
         mask = self.loss_mask(inputs).to(student_logp.device)
         prefix = inputs.get("teacher_token_mask", torch.zeros_like(mask)).to(mask.device) * mask

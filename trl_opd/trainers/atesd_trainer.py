@@ -9,12 +9,14 @@ from typing import Any
 import torch
 from trl.trainer.utils import pad
 
+from ..controllers.exposure import ExposureController
+from ..data import ColumnMap, DatasetValidationError, prepare_dataset, privileged_prompt, truncate_reference
+from ..heads import logit_head
+from ..ops import masked_sum, token_logprobs_and_entropy
+from ..rewards import extract_boxed
+from ..teacher import last_hidden_states
 from .atesd_config import ATESDConfig
-from .controllers.exposure import ExposureController
-from .data import ColumnMap, DatasetValidationError, prepare_dataset, privileged_prompt, truncate_reference
 from .opd_trainer import OPDTrainer
-from .ops import masked_sum, token_logprobs_and_entropy
-from .rewards import extract_boxed
 
 
 logger = logging.getLogger("trl_opd")
@@ -31,16 +33,6 @@ def exposed_reference(solution: str, alpha: float) -> str | None:
     if truncated is None:
         return None
     return solution.strip() if alpha >= 1.0 else truncated[0]
-
-
-def _backbone_hidden_states(model, input_ids, attention_mask, logits_to_keep: int) -> torch.Tensor:
-    """Last hidden states predicting the final `logits_to_keep` tokens `(B, K, H)` of a text-only causal LM (its PEFT
-    adapter active). The parent's `_get_last_hidden_state` without its per-call checks (accelerate's
-    `is_peft_model` reads package metadata on every call, which costs as much as the tiny probe forward itself)."""
-    if hasattr(model, "peft_config") and hasattr(model, "disable_adapter"):
-        model = model.base_model.model
-    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-    return hidden[:, :-1][:, -logits_to_keep:]
 
 
 def usable_rows(dataset, where: str = "train dataset"):
@@ -111,17 +103,17 @@ class ATESDTrainer(OPDTrainer):
         if eval_dataset is not None and not isinstance(eval_dataset, dict):
             eval_dataset = usable_rows(eval_dataset, "eval dataset")
         super().__init__(
-            model,
-            teacher_model,
-            args,
-            train_dataset,
-            eval_dataset,
-            processing_class,
-            callbacks,
-            optimizers,
-            quantization_config,
-            peft_config,
-            tools,
+            model=model,
+            teacher_model=teacher_model,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            quantization_config=quantization_config,
+            peft_config=peft_config,
+            tools=tools,
         )
         self.controller = ExposureController(
             policy=args.exposure_policy,
@@ -242,12 +234,14 @@ class ATESDTrainer(OPDTrainer):
         logits_to_keep = completion_ids.size(1)
         if teacher:
             hidden, weight = self.teacher_hidden_states(unwrapped_student, inputs, logits_to_keep)
+            head = self.teacher_logit_head(unwrapped_student)
         else:
             input_ids = torch.cat([inputs["prompt_ids"], completion_ids], dim=1)
             attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
-            hidden = _backbone_hidden_states(unwrapped_student, input_ids, attention_mask, logits_to_keep)
+            hidden = last_hidden_states(unwrapped_student, input_ids, attention_mask, logits_to_keep)
             weight = unwrapped_student.get_output_embeddings().weight
-        logp, _ = token_logprobs_and_entropy(hidden, weight.to(hidden.device), completion_ids)
+            head = logit_head(unwrapped_student)
+        logp, _ = token_logprobs_and_entropy(hidden, weight.to(hidden.device), completion_ids, head=head)
         mask = inputs["score_mask"].to(logp.device)
         return torch.stack([masked_sum(-logp.float(), mask), mask.sum().float()])
 

@@ -14,13 +14,20 @@ from transformers import PreTrainedModel
 from trl import GRPOTrainer
 from trl.models import prepare_deepspeed, prepare_fsdp
 from trl.models.utils import _ForwardRedirection, disable_gradient_checkpointing
-from trl.trainer.utils import maybe_gather_lm_head_ctx, pad
+from trl.trainer.utils import maybe_gather_lm_head_ctx
 
-from .data import ColumnMap, prepare_dataset, privileged_prompt
+from ..data import ColumnMap, prepare_dataset, privileged_prompt
+from ..heads import logit_head
+from ..ops import token_logprobs_and_entropy
+from ..ops.egrsd import egrsd_token_advantages, masked_median
+from ..teacher import (
+    TeacherHandle,
+    last_hidden_states,
+    scoring_teacher,
+    self_teacher_copy,
+    tokenize_teacher_prompts,
+)
 from .egrsd_config import EGRSDConfig
-from .ops import token_logprobs_and_entropy
-from .ops.gates import egrsd_token_advantages, masked_median
-from .teacher import self_teacher_copy, student_as_teacher
 
 
 class EGRSDTrainer(GRPOTrainer):
@@ -75,7 +82,7 @@ class EGRSDTrainer(GRPOTrainer):
         if train_dataset is not None:  # checked before any weights load
             train_dataset = prepare_dataset(train_dataset, list(self._needed_columns), ColumnMap(), "train dataset")
         if reward_funcs is None:
-            from .rewards import math_accuracy_reward
+            from ..rewards import math_accuracy_reward
 
             reward_funcs = [math_accuracy_reward]
         teacher = None
@@ -137,45 +144,30 @@ class EGRSDTrainer(GRPOTrainer):
 
     def tokenize_teacher_prompts(self, inputs: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded teacher prompt ids and mask `(B, P_T)`, through the parent's own prompt tokenization (each
-        distinct prompt once: the G rollouts of a prompt share it)."""
-        prompts = [self.teacher_prompt(x) for x in inputs]
-        keys = [repr(p) for p in prompts]
-        first = {key: i for i, key in reversed(list(enumerate(keys)))}
-        unique_ids, _, _ = self._tokenize_prompts([prompts[i] for i in first.values()])
-        by_key = dict(zip(first, unique_ids, strict=True))
-        prompt_ids = [by_key[key] for key in keys]
-        device = self.accelerator.device
-        ids = [torch.tensor(p, device=device) for p in prompt_ids]
-        masks = [torch.ones_like(p) for p in ids]
-        return (
-            pad(ids, padding_value=self._tokenizer.pad_token_id, padding_side="left"),
-            pad(masks, padding_value=0, padding_side="left"),
-        )
+        distinct prompt once: the G rollouts of a prompt share it; [`~trl_opd.teacher.tokenize_teacher_prompts`])."""
+        return tokenize_teacher_prompts(self, [self.teacher_prompt(x) for x in inputs])
 
     @contextlib.contextmanager
-    def _teacher_module(self) -> Iterator[tuple[nn.Module, nn.Module]]:
-        """`(wrapper, module)` of the teacher, without gradients: the frozen copy, or the student (adapter off when
-        `self_teacher` is `frozen`)."""
-        if self.teacher_model is not None:
-            self.teacher_model.eval()
-            with torch.no_grad():
-                yield self.teacher_model, self.accelerator.unwrap_model(self.teacher_model)
-            return
+    def _teacher_module(self) -> Iterator[TeacherHandle]:
+        """The teacher without gradients ([`~trl_opd.teacher.scoring_teacher`]): the frozen copy, or the student
+        (adapter off when `self_teacher` is `frozen`, gradient checkpointing off for the scoring forward)."""
         student = self.accelerator.unwrap_model(self.model)
-        with disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
-            with student_as_teacher(student, adapter_off=self.args.self_teacher == "frozen") as module:
-                yield None, module
+        adapter_off = self.args.self_teacher == "frozen"
+        checkpointing = (
+            disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs)
+            if self.teacher_model is None
+            else contextlib.nullcontext()
+        )
+        with checkpointing, scoring_teacher(self.teacher_model, self.accelerator, student, adapter_off) as handle:
+            yield handle
 
     @staticmethod
     def _score(teacher, input_ids, attention_mask, completion_ids, temperature):
         """Teacher log-probs of `completion_ids` and teacher entropy `(B, K)`: backbone, then one chunked projection."""
-        backbone = teacher.base_model.model if is_peft_model(teacher) else teacher
-        k = completion_ids.size(1)
-        hidden = backbone.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        hidden = hidden.last_hidden_state[:, -k - 1 : -1]  # (B, K, H): the state that predicts each completion token
-        weight = backbone.get_output_embeddings().weight
-        with maybe_gather_lm_head_ctx(weight):
-            return token_logprobs_and_entropy(hidden.to(weight.device), weight, completion_ids, temperature)
+        hidden = last_hidden_states(teacher, input_ids, attention_mask, completion_ids.size(1))
+        weight, head = teacher.get_output_embeddings().weight, logit_head(teacher)
+        with maybe_gather_lm_head_ctx(weight, head.bias):
+            return token_logprobs_and_entropy(hidden.to(weight.device), weight, completion_ids, temperature, head)
 
     def teacher_token_stats(
         self, inputs: list[dict[str, Any]], output: dict[str, torch.Tensor]
@@ -188,19 +180,17 @@ class EGRSDTrainer(GRPOTrainer):
         attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
         step = self.args.per_device_train_batch_size
         logps, entropies = [], []
-        with self._teacher_module() as (wrapper, teacher):
+        with self._teacher_module() as teacher:
             for a in range(0, input_ids.size(0), step):
-                args = (
-                    teacher,
-                    input_ids[a : a + step],
-                    attention_mask[a : a + step],
-                    completion_ids[a : a + step],
+                rows = slice(a, a + step)
+                logp, entropy = teacher.run(
+                    self._forward_redirection,
+                    self._score,
+                    input_ids[rows],
+                    attention_mask[rows],
+                    completion_ids[rows],
                     self.temperature,
                 )
-                if wrapper is None:
-                    logp, entropy = self._score(*args)
-                else:  # through the wrapper's forward, so ZeRO-3 / FSDP materialise the teacher's shards
-                    logp, entropy = self._forward_redirection(wrapper, teacher, self._score, *args)
                 logps.append(logp.float())
                 entropies.append(entropy.float())
         return torch.cat(logps), torch.cat(entropies)

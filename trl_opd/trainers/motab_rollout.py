@@ -33,8 +33,8 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from .heads import logit_head
-from .ops.motab import monitor_signal, project_logits, segment_stray_scores, token_logprob_and_best
+from ..heads import logit_head
+from ..ops.motab import monitor_signal, project_logits, segment_stray_scores, token_logprob_and_best
 
 
 class SegmentStopper:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .controllers.exposure import EXPOSURE_POLICIES
+from ..controllers.exposure import EXPOSURE_POLICIES
 from .opd_config import OPDConfig
 
 

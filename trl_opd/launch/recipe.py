@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from trl import ModelConfig, TrlParser
 
-from .data import BOXED_INSTRUCTION
+from ..data import BOXED_INSTRUCTION
 from .methods import get_spec, load_method
 
 
