@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from trl_opd.errors import UserError
+
 from .rewards import extract_boxed
 
 
@@ -23,7 +25,7 @@ TRANSITION = (
 )
 
 
-class DatasetValidationError(ValueError):
+class DatasetValidationError(UserError):
     """A dataset cannot be used as given (missing column, empty, ...). Its message is one line for the user."""
 
 

@@ -10,6 +10,8 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from trl_opd.errors import UserError
+
 
 @dataclass(frozen=True)
 class MethodSpec:
@@ -125,7 +127,7 @@ METHODS: dict[str, MethodSpec] = {
 }
 
 
-class UnknownMethodError(ValueError):
+class UnknownMethodError(UserError):
     """A recipe names a method that does not exist or is not available in this install."""
 
 

@@ -17,12 +17,14 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from trl_opd.errors import UserError
+
 
 SELF_TEACHER_KINDS = ("frozen", "live", "ema")
 QUANTIZATION_CHOICES = (None, "4bit", "8bit")
 
 
-class TeacherMismatchError(ValueError):
+class TeacherMismatchError(UserError):
     """The teacher cannot score the student's tokens (different vocabulary)."""
 
 
