@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .checkpoints import resolve_resume
 from .errors import ConfigValueError, UserError
 
 
@@ -131,6 +132,7 @@ def validate_run(script_args: Any, config: Any, model_args: Any, spec: Any, *, d
     """All checks that need no model weights. Returns notes for a dry run (`{field: note}`)."""
     check_numbers(config)
     check_output_dir(config.output_dir)
+    resolve_resume(config.resume_from_checkpoint, config.output_dir, needs_state=False)  # a missing checkpoint
     notes: dict[str, str] = {}
     sources = {"model_name_or_path": model_args.model_name_or_path}
     teacher = getattr(config, "teacher_model_name_or_path", None)
