@@ -164,3 +164,28 @@ def test_push_model_with_card_uses_the_standard_hub_calls(tmp_path):
     assert [name for name, _ in api.calls] == ["create_repo", "upload_folder"]
     with pytest.raises(FileNotFoundError):
         push_model_with_card(tmp_path / "empty", "someone/model", api=api)
+
+
+def test_push_respects_token_private_revision_and_uploads_no_token(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    made = []
+
+    class RecordingHfApi(FakeHfApi):
+        def __init__(self, token=None):
+            super().__init__()
+            made.append(self)
+            self.token = token
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingHfApi)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen3"}))
+    (tmp_path / "training_args.bin").write_bytes(b"pickled args")
+    (tmp_path / "notes.txt").write_text("token: hf_secret123")
+    push_model_with_card(tmp_path, "me/model", "exp1", "card", private=True, token="hf_secret123")
+    (api,) = made
+    assert api.token == "hf_secret123"
+    calls = dict(api.calls)
+    assert calls["create_repo"]["private"] is True and calls["create_branch"]["branch"] == "exp1"
+    upload = calls["upload_folder"]
+    assert upload["revision"] == "exp1"
+    assert {"training_args.bin", "notes.txt"} <= set(upload["ignore_patterns"])

@@ -257,7 +257,9 @@ def test_resume_restores_boundary_and_losses(tmp_path, tiny_pair_dir, arithmetic
     full = _trainer(tiny_pair_dir, arithmetic_dataset, tmp_path / "a", **common)
     full.train()
     resumed = _trainer(tiny_pair_dir, arithmetic_dataset, tmp_path / "b", **common)
-    saved = torch.load(tmp_path / "a" / "checkpoint-2" / "trl_opd_state.pt", weights_only=False)["motab_boundary"]
+    saved = torch.load(tmp_path / "a" / "checkpoint-2" / "trl_opd_state.pt", weights_only=True)["state"][
+        "motab_boundary"
+    ]
     assert saved["num_updates"] == 2 and len(saved["scores"]) > 0
     resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"))
 

@@ -13,27 +13,21 @@ import logging
 import os
 import shutil
 import sys
+import traceback
 from pathlib import Path
 
-from .data import DatasetValidationError
-from .launch.methods import METHODS, UnknownMethodError, get_spec, is_available
+from .errors import UserError
+from .launch.methods import METHODS, get_spec, is_available
 from .launch.recipe import RecipeError, parse_recipe
 from .runtime import has_accelerator
-from .teacher import TeacherMismatchError
 
 
-USER_ERRORS = (
-    RecipeError,
-    UnknownMethodError,
-    DatasetValidationError,
-    TeacherMismatchError,
-    ValueError,
-    OSError,  # transformers' "not a local folder and not a valid model identifier", offline Hub misses
-)
+USER_ERRORS = (UserError,)  # RecipeError, UnknownMethodError, DatasetValidationError, TeacherMismatchError, ...
 USAGE = """usage: trl-opd <command> [options]
 
 commands:
   train    --config RECIPE.yaml [--field value ...] [--dry-run]   train (or validate) a recipe
+           [--debug]: the traceback of a user error too
   demo     [--methods a,b] [--steps N] [--output-dir D]             offline tiny end-to-end run
   eval     --model PATH --tasks aime24,aime25,hmmt25 [...]          AIME/HMMT scores with lighteval
   methods                                                           list the methods and their papers
@@ -70,15 +64,17 @@ def train_command(argv: list[str]) -> int:
     _check_bf16_flag(argv)
     script_args, config, model_args = parse_recipe(options.config, argv)
     from .launch.build import check_teacher, training_dataset
+    from .launch.validation import validate_run
 
     spec = get_spec(script_args.method)
     check_teacher(spec, config)
+    notes = validate_run(script_args, config, model_args, spec, dry_run=options.dry_run)
     if options.dry_run:
-        return _dry_run(script_args, config, model_args, spec)
+        return _dry_run(script_args, config, model_args, spec, notes)
     return _train(script_args, config, model_args, training_dataset(script_args, spec))
 
 
-def _dry_run(script_args, config, model_args, spec) -> int:
+def _dry_run(script_args, config, model_args, spec, notes=None) -> int:
     """Report what a run would do; check the dataset's columns when the dataset can be reached from here."""
     from .data import DatasetUnavailableError
     from .launch.build import training_dataset
@@ -88,34 +84,50 @@ def _dry_run(script_args, config, model_args, spec) -> int:
         data = f"{len(dataset)} rows, columns {sorted(dataset.column_names)}"
     except DatasetUnavailableError as err:
         data = f"not reachable from here, columns not checked: {' '.join(str(err).split())[:200]}"
+    unchecked = "".join(f", {field} {note}" for field, note in (notes or {}).items())
     print(
         f"ok: method={spec.name} ({spec.paper}), model={model_args.model_name_or_path}, "
         f"teacher={getattr(config, 'teacher_model_name_or_path', None) or 'self'}, "
-        f"dataset={script_args.dataset_name} ({data}), output_dir={config.output_dir}"
+        f"dataset={script_args.dataset_name} ({data}), output_dir={config.output_dir}{unchecked}"
     )
     return 0
 
 
 def _train(script_args, config, model_args, dataset) -> int:
+    from .checkpoints import preemption_guard, resolve_resume
     from .launch.build import build_trainer
 
     output_dir = Path(config.output_dir)
     created = not output_dir.exists()
-    started = False
     try:
         trainer = build_trainer(script_args, config, model_args, train_dataset=dataset)
-        started = True
-        trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+        has_state = bool(getattr(trainer, "extra_state_dict", dict)())
+        resume = resolve_resume(config.resume_from_checkpoint, config.output_dir, has_state)
+        with preemption_guard(trainer) as preemption:
+            trainer.train(resume_from_checkpoint=resume)
+        if preemption.requested:
+            where = preemption.checkpoint or f"the newest checkpoint in {config.output_dir}"
+            print(f"stopped on SIGTERM: saved {where}; resume with --resume_from_checkpoint true", file=sys.stderr)
+            return 0
         trainer.save_model(config.output_dir)
         card = _write_card(script_args, config, model_args)
         if config.push_to_hub and trainer.accelerator.is_main_process:
             from .launch.model_card import push_model_with_card
 
             hub_model_id = config.hub_model_id or Path(config.output_dir).name
-            push_model_with_card(config.output_dir, hub_model_id, config.hub_revision or "main", card)
-    finally:
-        if created and not started and output_dir.exists():
-            shutil.rmtree(output_dir, ignore_errors=True)  # no half-written output directory on bad input
+            push_model_with_card(
+                config.output_dir,
+                hub_model_id,
+                config.hub_revision or "main",
+                card,
+                private=config.hub_private_repo,
+                token=config.hub_token,
+            )
+    except BaseException:
+        # no half-written output directory: one this run created and that holds no checkpoint goes
+        if created and output_dir.is_dir() and not any(output_dir.glob("checkpoint-*")):
+            shutil.rmtree(output_dir, ignore_errors=True)
+        raise
     return 0
 
 
@@ -168,9 +180,13 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] not in ("-h", "--help"):
             print(f"error: unknown command {argv[0]!r}", file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
+    debug = "--debug" in argv
+    argv = [arg for arg in argv if arg != "--debug"]
     try:
         return COMMANDS[argv[0]](argv[1:])
-    except USER_ERRORS as err:
+    except USER_ERRORS as err:  # bad input; anything else is a bug and keeps its traceback (exit code 1)
+        if debug:
+            traceback.print_exc()
         message = " ".join(str(err).split())
         print(f"error: {message}", file=sys.stderr)
         return 2

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import UserError
 from .rewards import extract_boxed
 
 
@@ -23,7 +24,7 @@ TRANSITION = (
 )
 
 
-class DatasetValidationError(ValueError):
+class DatasetValidationError(UserError):
     """A dataset cannot be used as given (missing column, empty, ...). Its message is one line for the user."""
 
 

@@ -18,12 +18,14 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from .errors import UserError
+
 
 SELF_TEACHER_KINDS = ("frozen", "live", "ema")
 QUANTIZATION_CHOICES = (None, "4bit", "8bit")
 
 
-class TeacherMismatchError(ValueError):
+class TeacherMismatchError(UserError):
     """The teacher cannot score the student's tokens (different vocabulary)."""
 
 

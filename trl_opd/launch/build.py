@@ -15,7 +15,8 @@ from trl import ModelConfig, get_peft_config, get_quantization_config
 from ..data import ColumnMap, DatasetUnavailableError, DatasetValidationError, prepare_dataset
 from ..rewards import math_accuracy_reward
 from .methods import MethodSpec, get_spec, load_method
-from .recipe import ScriptArguments
+from .recipe import RecipeError, ScriptArguments
+from .validation import check_prompts
 
 
 _FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -68,12 +69,13 @@ def training_dataset(script_args: ScriptArguments, spec: MethodSpec, split: str 
     dataset = prepare_dataset(dataset, list(spec.required_columns), columns, f"dataset split '{split}'")
     if script_args.max_train_samples is not None:
         dataset = dataset.select(range(min(script_args.max_train_samples, len(dataset))))
+    check_prompts(dataset, f"dataset {script_args.dataset_name} split '{split}'")
     return format_prompts(dataset, script_args)
 
 
 def check_teacher(spec: MethodSpec, config) -> None:
     if spec.needs_teacher and not getattr(config, "teacher_model_name_or_path", None):
-        raise ValueError(f"Method '{spec.name}' needs a teacher: set `teacher_model_name_or_path` in the recipe.")
+        raise RecipeError(f"Method '{spec.name}' needs a teacher: set `teacher_model_name_or_path` in the recipe.")
 
 
 def _as_gkd_dataset(dataset: Dataset) -> Dataset:
@@ -103,7 +105,7 @@ def build_trainer(script_args: ScriptArguments, config, model_args: ModelConfig,
     _, trainer_class = load_method(spec.name)
     check_teacher(spec, config)
     if not model_args.model_name_or_path:
-        raise ValueError("No student model: set `model_name_or_path` in the recipe.")
+        raise RecipeError("No student model: set `model_name_or_path` in the recipe.")
     if train_dataset is None:
         train_dataset = training_dataset(script_args, spec)
     if getattr(config, "model_init_kwargs", None) is None:

@@ -10,6 +10,8 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import UserError
+
 
 TEACHER_KINDS = ("external", "self", "none")
 
@@ -193,7 +195,7 @@ METHODS: dict[str, MethodSpec] = {
 }
 
 
-class UnknownMethodError(ValueError):
+class UnknownMethodError(UserError):
     """A recipe names a method that does not exist or is not available in this install."""
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -63,22 +62,10 @@ def load_template(name: str = TEMPLATE_NAME) -> str:
 
 
 def git_commit(path: str | os.PathLike | None = None) -> str:
-    """The git commit of the trl-opd checkout (`-dirty` when it has uncommitted changes); `"unknown"` otherwise."""
-    cwd = Path(path) if path is not None else Path(__file__).resolve().parents[2]
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return (commit + ("-dirty" if status else "")) if commit else "unknown"
+    """The commit of the trl-opd checkout or install, read from files: no `git` runs (its config can run commands)."""
+    from .provenance import source_commit
+
+    return source_commit(path)
 
 
 def framework_versions() -> str:
@@ -276,6 +263,10 @@ UPLOAD_IGNORE = [
     "data/**",
     "runs/**",
     ".*",
+    "training_args.bin",  # the pickled TrainingArguments hold `hub_token` in clear text
+    "**/training_args.bin",
+    "trl_opd_state.pt",
+    "*.tmp",
 ]
 
 
@@ -288,6 +279,7 @@ def push_model_with_card(
     private: bool | None = None,
     commit_message: str | None = None,
     api: Any = None,
+    token: str | None = None,
 ) -> Any:
     """Upload a saved model folder (or a trainer's `output_dir`) and its card to the Hub.
 
@@ -300,7 +292,9 @@ def push_model_with_card(
         hub_model_id (`str`): the repo id, `user/name`.
         revision (`str`, *optional*): the branch to upload to; default `main`.
         card_text (`str`, *optional*): the card; default: keep the folder's `README.md`.
+        private (`bool`, *optional*): create the repo private (`hub_private_repo`).
         api (`huggingface_hub.HfApi`, *optional*): the client (tests pass a stand-in).
+        token (`str`, *optional*): the Hub token (`hub_token`); a file that contains it is never uploaded.
 
     Returns:
         the `upload_folder` result (a `CommitInfo`), or `None` on a non-main process.
@@ -320,7 +314,7 @@ def push_model_with_card(
     if api is None:
         from huggingface_hub import HfApi
 
-        api = HfApi()
+        api = HfApi(token=token)
     api.create_repo(repo_id=hub_model_id, repo_type="model", private=private, exist_ok=True)
     if revision and revision != "main":
         api.create_branch(repo_id=hub_model_id, branch=revision, repo_type="model", exist_ok=True)
@@ -330,8 +324,19 @@ def push_model_with_card(
         repo_type="model",
         revision=revision,
         commit_message=commit_message or f"Upload {folder.name} with trl-opd" + (f" ({revision})" if revision else ""),
-        ignore_patterns=UPLOAD_IGNORE,
+        ignore_patterns=UPLOAD_IGNORE + files_holding(folder, token),
     )
+
+
+def files_holding(folder: Path, secret: str | None, max_bytes: int = 64 << 20) -> list[str]:
+    """Paths (relative to `folder`) of the files, up to `max_bytes` each, whose bytes contain `secret`."""
+    if not secret:
+        return []
+    needle, found = secret.encode(), []
+    for path in folder.rglob("*"):
+        if path.is_file() and path.stat().st_size <= max_bytes and needle in path.read_bytes():
+            found.append(path.relative_to(folder).as_posix())
+    return found
 
 
 # Training arguments every card lists (when the config has them); method-specific fields are added automatically.

@@ -16,10 +16,11 @@ import yaml
 from trl import ModelConfig, TrlParser
 
 from ..data import BOXED_INSTRUCTION
+from ..errors import UserError
 from .methods import get_spec, load_method
 
 
-class RecipeError(ValueError):
+class RecipeError(UserError):
     """A recipe or command line cannot be parsed. The message is one line for the user."""
 
 
@@ -92,7 +93,7 @@ def dataclass_types(method: str) -> tuple[type, type, type]:
 
 def check_known_keys(keys: list[str], method: str, source: str) -> None:
     """Raise [`RecipeError`] for the first key that is no field of the method's dataclasses, naming the nearest."""
-    valid = {f.name for cls in dataclass_types(method) for f in fields(cls)} | {"env"}
+    valid = {f.name for cls in dataclass_types(method) for f in fields(cls)}
     for key in keys:
         if key not in valid:
             close = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.5)
@@ -104,6 +105,13 @@ def _flag_keys(argv: list[str]) -> list[str]:
     return [a[2:].split("=", 1)[0] for a in argv if a.startswith("--") and a not in ("--config",)]
 
 
+class _Parser(TrlParser):
+    """`TrlParser` whose argument errors (a value of the wrong type) are [`RecipeError`]s, not usage + exit."""
+
+    def error(self, message: str):
+        raise RecipeError(f"Bad value on the command line or in the recipe: {message}")
+
+
 def parse_recipe(config_path: str | None, argv: list[str] | None = None) -> tuple[Any, Any, ModelConfig]:
     """Parse a recipe plus command-line overrides into `(script_args, method_config, model_config)`.
 
@@ -113,13 +121,23 @@ def parse_recipe(config_path: str | None, argv: list[str] | None = None) -> tupl
     method = method_of(config_path, argv)
     get_spec(method)
     recipe = read_recipe(config_path) if config_path else {}
+    if "env" in recipe:  # TrlParser would set them in this process: GIT_*, LD_*, PYTHON* can run commands
+        raise RecipeError(
+            f"Recipe {config_path} has an `env:` block: recipes cannot set environment variables; set them in the "
+            "shell that runs trl-opd."
+        )
     check_known_keys(list(recipe), method, f"recipe {config_path}")
     check_known_keys(_flag_keys(argv), method, "the command line")
-    parser = TrlParser(dataclass_types(method))
+    parser = _Parser(dataclass_types(method))
     # a preset's values (e.g. `opsd` = ATESD at fixed full exposure) are defaults: the recipe and flags override them,
     # and the config's own checks see the final values
     parser.set_defaults_with_config(**get_spec(method).config_overrides)
     full_argv = (["--config", config_path] if config_path else []) + argv
-    script_args, config, model_args = parser.parse_args_and_config(full_argv)
+    try:
+        script_args, config, model_args = parser.parse_args_and_config(full_argv)
+    except UserError:
+        raise
+    except (ValueError, TypeError) as err:  # a config's own checks (`__post_init__`) on the recipe's values
+        raise RecipeError(f"{config_path or 'command line'}: {' '.join(str(err).split())}") from err
     script_args.recipe_path = config_path
     return script_args, config, model_args

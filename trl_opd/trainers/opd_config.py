@@ -67,6 +67,14 @@ class OPDConfig(CPUSafeConfigMixin, DistillationConfig):
             "the student sees only the problem."
         },
     )
+    resume_ignore_method_state: bool = field(
+        default=False,
+        metadata={
+            "help": "Experts only: resume from a checkpoint whose method state (MOTAB boundary, ATESD controller, EMA "
+            "teacher) is missing, unreadable or of another method or configuration, starting that state afresh. "
+            "Off: such a checkpoint is refused."
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()

@@ -11,9 +11,9 @@ from typing import Any, NamedTuple
 import torch
 from accelerate.utils import is_peft_model
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
-from transformers.trainer_utils import get_last_checkpoint
 from trl import DistillationTrainer
 
+from ..checkpoints import STATE_FILE, load_method_state, method_config, resolve_resume, save_method_state
 from ..data import ColumnMap, prepare_dataset, privileged_prompt
 from ..heads import logit_head
 from ..ops import fused_distillation_stats, k1_policy_gradient_loss, masked_global_mean, masked_mean, masked_sum
@@ -30,7 +30,7 @@ from ..teacher import (
 from .opd_config import OPDConfig
 
 
-EXTRA_STATE_FILE = "trl_opd_state.pt"
+EXTRA_STATE_FILE = STATE_FILE
 
 
 class HiddenStates(NamedTuple):
@@ -248,22 +248,27 @@ class OPDTrainer(DistillationTrainer):
             self.accelerator.unwrap_model(self.teacher_model).load_state_dict(state["ema_teacher"])
 
     def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
+        # before the Trainer's files: its `trainer_state.json`, written last, marks the checkpoint complete
         state = self.extra_state_dict()
-        if state and self.args.should_save:
+        if self.args.should_save:
             folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
-            tmp = os.path.join(folder, EXTRA_STATE_FILE + ".tmp")
-            torch.save(state, tmp)
-            os.replace(tmp, os.path.join(folder, EXTRA_STATE_FILE))
+            save_method_state(folder, self._name, method_config(self.args), state)
+        super()._save_checkpoint(model, trial)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
-        if resume_from_checkpoint is True:
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+        has_state = bool(self.extra_state_dict())
+        resume_from_checkpoint = resolve_resume(resume_from_checkpoint, self.args.output_dir, has_state)
         if resume_from_checkpoint:
-            path = os.path.join(resume_from_checkpoint, EXTRA_STATE_FILE)
-            if os.path.isfile(path):
-                self.load_extra_state_dict(torch.load(path, map_location="cpu", weights_only=False))
-        return super().train(resume_from_checkpoint=resume_from_checkpoint or None, **kwargs)
+            state = load_method_state(
+                resume_from_checkpoint,
+                self._name,
+                method_config(self.args),
+                required=has_state,
+                ignore=getattr(self.args, "resume_ignore_method_state", False),
+            )
+            if state:
+                self.load_extra_state_dict(state)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
 
 @contextlib.contextmanager
