@@ -130,6 +130,7 @@ def test_bad_config_fails_at_config_time(tmp_path, overrides, match):
 def test_defaults_are_the_specified_ones(tmp_path):
     config = TrOPDConfig(**tiny_training_kwargs(tmp_path))
     assert (config.trust_mode, config.trust_threshold, config.outlier_top_k) == ("threshold", 1.0, 64)
+    assert config.outlier_tail_bucket
     assert (config.lambda_out, config.lambda_off, config.beta, config.divergence) == (1.0, 1.0, 0.0, "k1")
     assert (config.guidance_prob_start, config.guidance_rho_start) == (0.5, 0.5)
     assert (config.guidance_prob_decay_share, config.guidance_rho_decay_share) == (0.4, 0.4)
@@ -148,3 +149,45 @@ def test_chunked_topk_kl_equals_the_dense_one_and_its_gradients():
         torch.testing.assert_close(g, r)
     with pytest.raises(ValueError, match="k must be"):
         chunked_topk_forward_kl(h_s, w_s, h_t, w_t, vocab + 1)
+
+
+@pytest.mark.parametrize("token_chunk_size", [3, 64])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_chunked_topk_kl_with_tail_bucket_equals_the_dense_one(token_chunk_size, temperature, monkeypatch):
+    """Values and gradients (hidden and head) against the dense tail-bucket KL, several chunk sizes."""
+    import trl_opd.ops.chunked as chunked
+
+    monkeypatch.setattr(chunked, "VOCAB_CHUNK_SIZE", 16)  # several vocabulary tiles in the student's normaliser
+    torch.manual_seed(2)
+    vocab, k = 45, 6
+    h_s, h_t = torch.randn(11, 6, requires_grad=True), torch.randn(11, 9)
+    w_s, w_t = torch.randn(vocab, 6, requires_grad=True), torch.randn(vocab, 9)
+    ours = chunked_topk_forward_kl(
+        h_s, w_s, h_t, w_t, k, temperature, token_chunk_size=token_chunk_size, tail_bucket=True
+    )
+    dense = topk_forward_kl(h_t @ w_t.T / temperature, h_s @ w_s.T / temperature, k, tail_bucket=True)
+    torch.testing.assert_close(ours, dense)
+    for g, r in zip(torch.autograd.grad(ours.sum(), (h_s, w_s)), torch.autograd.grad(dense.sum(), (h_s, w_s))):
+        torch.testing.assert_close(g, r)
+
+
+def test_tail_bucket_pushes_the_student_off_a_token_the_teacher_rejects():
+    """The case from review: p_S(y) ≈ 0.996, p_T(y) ≈ 1e-6. Renormalised over the teacher's top-k the loss has no
+    gradient on the student's logit of y; with the tail bucket it has one, and a step along it lowers p_S(y)."""
+    vocab, k, y = 32, 4, 31
+    w = torch.eye(vocab)  # hidden state = logits
+    teacher = torch.zeros(vocab)
+    teacher[0], teacher[y] = 6.0, -8.0  # a confident teacher that rejects y: p_T(y) ~ 1e-6
+    student = torch.zeros(vocab)
+    student[y] = 8.9  # p_S(y) ~ 0.996
+    student = student.requires_grad_()
+    p_s = student.softmax(-1)[y].item()
+    assert p_s > 0.99 and teacher.softmax(-1)[y].item() < 1e-5
+    renormalised = chunked_topk_forward_kl(student[None], w, teacher[None], w, k)
+    (g_renorm,) = torch.autograd.grad(renormalised.sum(), student)
+    assert g_renorm[y].item() == 0.0
+    tail = chunked_topk_forward_kl(student[None], w, teacher[None], w, k, tail_bucket=True)
+    (g_tail,) = torch.autograd.grad(tail.sum(), student)
+    assert g_tail[y].item() > 0.5  # descent lowers the logit of y
+    stepped = (student - 0.5 * g_tail).softmax(-1)[y].item()
+    assert stepped < p_s

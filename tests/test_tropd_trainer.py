@@ -49,7 +49,7 @@ def hand_built_batch(vocab: int, seed: int = 0) -> dict[str, torch.Tensor]:
     }
 
 
-def dense_reference_loss(student, teacher, batch, threshold, k, lambda_out=1.0, lambda_off=1.0):
+def dense_reference_loss(student, teacher, batch, threshold, k, lambda_out=1.0, lambda_off=1.0, tail_bucket=True):
     """TrOPD's loss from full logits (torch log_softmax / topk / kl_div): the independent reference."""
     ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
     attention = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
@@ -63,9 +63,15 @@ def dense_reference_loss(student, teacher, batch, threshold, k, lambda_out=1.0, 
     trusted = ((lt - ls).detach().exp().clamp(max=1.0) >= threshold).float()
     k1 = -(lt - ls).detach() * ls
     top_t, idx = z_t.topk(k, dim=-1)
-    outlier_kl = F.kl_div(
-        z_s.gather(-1, idx).log_softmax(-1), top_t.log_softmax(-1), log_target=True, reduction="none"
-    ).sum(-1)
+    if tail_bucket:  # the top-k full-vocabulary log-probs, and the rest of the vocabulary as one bucket
+        t_in, s_in = lt_all.gather(-1, idx), ls_all.gather(-1, idx)
+        t_tail, s_tail = torch.log1p(-t_in.exp().sum(-1)), torch.log1p(-s_in.exp().sum(-1))
+        outlier_kl = F.kl_div(s_in, t_in, log_target=True, reduction="none").sum(-1)
+        outlier_kl = outlier_kl + t_tail.exp() * (t_tail - s_tail)
+    else:
+        outlier_kl = F.kl_div(
+            z_s.gather(-1, idx).log_softmax(-1), top_t.log_softmax(-1), log_target=True, reduction="none"
+        ).sum(-1)
     forward_kl = F.kl_div(ls_all, lt_all, log_target=True, reduction="none").sum(-1)
     mask = batch["completion_mask"].float()
     prefix = batch.get("teacher_token_mask", torch.zeros_like(mask)).float()
@@ -115,12 +121,17 @@ def test_reduces_to_opd_k1_and_to_dense_k1(make_trainer, tiny_tokenizer):
     assert tropd._metrics["train"]["tropd/loss_outlier"][-1] == 0.0
 
 
-def test_full_loss_with_outliers_and_prefix_matches_dense_reference(make_trainer, tiny_tokenizer):
-    trainer = make_trainer(trust_threshold=0.9, outlier_top_k=16, lambda_out=0.5, lambda_off=2.0)
+@pytest.mark.parametrize("tail_bucket", [True, False])
+def test_full_loss_with_outliers_and_prefix_matches_dense_reference(make_trainer, tiny_tokenizer, tail_bucket):
+    trainer = make_trainer(
+        trust_threshold=0.9, outlier_top_k=16, lambda_out=0.5, lambda_off=2.0, outlier_tail_bucket=tail_bucket
+    )
     batch = hand_built_batch(len(tiny_tokenizer), seed=1)
     batch["teacher_token_mask"] = torch.tensor([[1, 1, 0, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0, 0], [0] * 7])
     loss, grads = loss_and_grads(trainer, batch)
-    dense, dense_grads, trusted = dense_and_grads(trainer, batch, threshold=0.9, k=16, lambda_out=0.5, lambda_off=2.0)
+    dense, dense_grads, trusted = dense_and_grads(
+        trainer, batch, threshold=0.9, k=16, lambda_out=0.5, lambda_off=2.0, tail_bucket=tail_bucket
+    )
     on_policy = batch["completion_mask"] * (1 - batch["teacher_token_mask"])
     assert 0 < trusted.sum() < on_policy.sum()  # both routes are exercised
     torch.testing.assert_close(loss, dense, rtol=1e-5, atol=1e-6)

@@ -17,7 +17,7 @@ from trl.kernels.chunked_divergence import TOKEN_CHUNK_SIZE, VOCAB_CHUNK_SIZE, _
 from trl.kernels.chunked_logprob import ChunkedLogProbFunction
 from trl.trainer.utils import maybe_gather_lm_head_ctx
 
-from .divergences import forward_kl
+from .divergences import forward_kl, log1mexp
 
 
 def _divergence_mode(beta: float) -> int:
@@ -347,9 +347,16 @@ def chunked_topk_forward_kl(
     token_chunk_size: int = 256,
     student_head: LogitHead = PLAIN_HEAD,
     teacher_head: LogitHead = PLAIN_HEAD,
+    tail_bucket: bool = False,
 ) -> torch.Tensor:
     """Forward KL over the teacher's top-k, renormalised: `KL(p̄_T || p̄_S)`, `p̄(v) = p(v)/Σ_{u∈K} p(u)` (see
     [`~trl_opd.ops.topk_forward_kl`]), without full logits. `(..., H_s), (V, H_s), (..., H_t), (V, H_t) -> (...)`.
+
+    With `tail_bucket`, nothing is renormalised and the mass outside `K` is one more bucket:
+    `Σ_{v∈K} p_T(v) log(p_T(v)/p_S(v)) + p_T(¬K) log(p_T(¬K)/p_S(¬K))`, so a student that puts its mass outside the
+    teacher's top-k (e.g. on a token the teacher rejects) is pushed back. The student's log-normaliser comes
+    differentiably from TRL's `ChunkedLogProbFunction` (`log Z = z_y − log p(y)` at the teacher's top-1 id `y`), so
+    no student `(n, V)` tile is kept for the backward either.
 
     Per chunk of `n` positions: the teacher's `(n, V)` logits are projected once, under no-grad and in the head's dtype, only to pick
     the top-k ids (their logits are then recomputed in fp32 from the gathered `(n, k, H_t)` head rows); the student's
@@ -372,26 +379,57 @@ def chunked_topk_forward_kl(
                 k,
                 temperature,
                 (student_head, teacher_head),
+                tail_bucket,
             )
             for a in range(0, student_hidden.size(0), token_chunk_size)
         ]
     return (torch.cat(parts) if parts else student_hidden.new_zeros(0)).view(shape)
 
 
-def _topk_chunk(hs, student_weight, ht, teacher_weight, k, temperature, heads) -> torch.Tensor:
+def _topk_chunk(hs, student_weight, ht, teacher_weight, k, temperature, heads, tail_bucket) -> torch.Tensor:
     """One chunk of [`chunked_topk_forward_kl`]. `(n, H_s), (V, H_s), (n, H_t), (V, H_t) -> (n,)`."""
     student_head, teacher_head = heads
     with torch.no_grad():  # pick the ids in the head's dtype, then take their logits in fp32
         z = ht.to(teacher_weight.dtype) @ teacher_weight.t()
         if teacher_head.bias is not None:
             z = z + teacher_head.bias.to(z.dtype)
-        idx = apply_logit_head(z, teacher_head).topk(k, dim=-1).indices
-        teacher_logp = (_gathered_logits(ht, teacher_weight, idx, teacher_head) / temperature).log_softmax(-1)
+        z = apply_logit_head(z, teacher_head)
+        idx = z.topk(k, dim=-1).indices
+        teacher_top = _gathered_logits(ht, teacher_weight, idx, teacher_head) / temperature
+        if tail_bucket:
+            teacher_log_z = (z.float() / temperature).logsumexp(-1)
+        del z
+    if tail_bucket:
+        return _tail_bucket_kl(
+            hs, student_weight, teacher_top - teacher_log_z.unsqueeze(-1), idx, temperature, student_head
+        )
+    teacher_logp = teacher_top.log_softmax(-1)
     if torch.is_grad_enabled() and (hs.requires_grad or student_weight.requires_grad):
         return checkpoint(
             _gathered_chunk_kl, hs, student_weight, teacher_logp, idx, temperature, student_head, use_reentrant=False
         )
     return _gathered_chunk_kl(hs, student_weight, teacher_logp, idx, temperature, student_head)
+
+
+def _tail_bucket_kl(hs, student_weight, teacher_in, idx, temperature, student_head) -> torch.Tensor:
+    """`(n, H), (V, H), (n, k), (n, k) -> (n,)`: the top-k forward KL with the mass outside `K` as one bucket;
+    `teacher_in` holds the teacher's full-vocabulary log-probs of the ids `idx`."""
+    student_top = _gathered_logits(hs, student_weight, idx, student_head) / temperature  # (n, k)
+    top1_logp, *_ = ChunkedLogProbFunction.apply(
+        hs,
+        student_weight,
+        student_head.bias,
+        idx[:, 0],
+        temperature,
+        VOCAB_CHUNK_SIZE,
+        student_head.softcap,
+        float(student_head.scale),
+        (),
+    )
+    student_in = student_top - (student_top[:, 0] - top1_logp).unsqueeze(-1)  # log p_S(v), v ∈ K
+    teacher_tail, student_tail = log1mexp(teacher_in.logsumexp(-1)), log1mexp(student_in.logsumexp(-1))
+    tail = torch.nan_to_num(teacher_tail.exp() * (teacher_tail - student_tail), nan=0.0)
+    return forward_kl(teacher_in, student_in) + tail
 
 
 def _gathered_chunk_kl(hs, student_weight, teacher_logp, idx, temperature, student_head):

@@ -82,13 +82,13 @@ def topk_forward_kl(
         return forward_kl(top_t.log_softmax(-1), top_s.log_softmax(-1))
     t_in = top_t - teacher_logits.logsumexp(-1, keepdim=True)
     s_in = top_s - student_logits.logsumexp(-1, keepdim=True)
-    t_tail = _log1mexp(t_in.logsumexp(-1))
-    s_tail = _log1mexp(s_in.logsumexp(-1))
+    t_tail = log1mexp(t_in.logsumexp(-1))
+    s_tail = log1mexp(s_in.logsumexp(-1))
     tail = t_tail.exp() * (t_tail - s_tail)
     return forward_kl(t_in, s_in) + torch.nan_to_num(tail, nan=0.0)
 
 
-def _log1mexp(log_p: torch.Tensor) -> torch.Tensor:
+def log1mexp(log_p: torch.Tensor) -> torch.Tensor:
     """`log(1 − exp(x))` for `x ≤ 0`, stable at both ends. `(...) -> (...)`."""
     log_p = log_p.clamp(max=-1e-7)
     return torch.where(log_p > -math.log(2), torch.log(-torch.expm1(log_p)), torch.log1p(-torch.exp(log_p)))

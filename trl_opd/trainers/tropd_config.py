@@ -60,8 +60,16 @@ class TrOPDConfig(OPDConfig):
     outlier_top_k: int = field(
         default=64,
         metadata={
-            "help": "k of the outlier loss: forward KL over the teacher's top-k tokens, renormalised over them. "
+            "help": "k of the outlier loss: forward KL over the teacher's top-k tokens (see `outlier_tail_bucket`). "
             "Must be in [1, vocabulary size]."
+        },
+    )
+    outlier_tail_bucket: bool = field(
+        default=True,
+        metadata={
+            "help": "Outlier loss over the teacher's top-k plus one bucket for the rest of the vocabulary, for both "
+            "models (true), or renormalised over the top-k (false, the paper's form). Renormalised, the loss does not "
+            "see the student's mass outside the top-k: a token the teacher rejects gets no gradient pushing it down."
         },
     )
     lambda_out: float = field(default=1.0, metadata={"help": "Weight of the outlier loss L_OUT (≥ 0)."})

@@ -224,6 +224,7 @@ class TrOPDTrainer(OPDTrainer):
             self.temperature,
             student_head=hidden.student_head,
             teacher_head=hidden.teacher_head,
+            tail_bucket=self.args.outlier_tail_bucket,
         )
         return kl.index_put(rows, values.float())
 
