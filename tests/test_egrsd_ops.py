@@ -132,3 +132,25 @@ def test_token_advantages_are_constants():
     entropy = torch.ones(2, 3, requires_grad=True)
     out = egrsd_token_advantages(torch.tensor([1.0, -1.0]), teacher, student, entropy, torch.ones(2, 3))
     assert not out["advantages"].requires_grad
+
+
+def test_normalized_gate_reweights_without_changing_the_mean_and_varies_with_entropy():
+    """A batch with varied teacher entropy gives varied gates; normalised, their mean over the loss tokens is 1, the
+    ratios between tokens are the raw gate's, and padding stays 0."""
+    from trl_opd.ops.egrsd import egrsd_token_advantages, normalize_gate
+
+    entropy = torch.tensor([[0.0, 0.1, 2.0, 3.0], [0.5, 0.05, 4.0, 9.0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    advantages = torch.tensor([1.0, -0.5])
+    zeros = torch.zeros_like(entropy)
+    raw = egrsd_token_advantages(advantages, zeros, zeros, entropy, mask, g_min=0.2, epsilon_w=0.0)
+    gate = raw["gate"][mask.bool()]
+    assert gate.std() > 0.2 and gate.mean() < 0.8  # varied, and the raw gate shrinks the update
+    mean = gate.mean()
+    out = normalize_gate(raw, mean)
+    torch.testing.assert_close(out["gate"][mask.bool()].mean(), torch.tensor(1.0))
+    dense = torch.where(mask.bool(), advantages[:, None] * raw["gate"] / mean, torch.zeros(()))
+    torch.testing.assert_close(out["advantages"], dense)
+    torch.testing.assert_close(out["raw_gate"], raw["gate"])
+    ones = egrsd_token_advantages(advantages, zeros, zeros, entropy, mask, g_min=1.0, epsilon_w=0.0)
+    torch.testing.assert_close(normalize_gate(ones, 1.0)["advantages"], ones["advantages"])  # RLSD/GRPO unchanged

@@ -105,7 +105,7 @@ def test_reduces_to_grpo_exactly(tmp_path, tiny_tokenizer, arithmetic_dataset, r
         torch.testing.assert_close(grads[name], grad, rtol=0, atol=0, msg=name)
 
 
-def _dense_reference(model, tokenizer, rows, out, g_min, epsilon_w, lookahead, base_advantages):
+def _dense_reference(model, tokenizer, rows, out, g_min, epsilon_w, lookahead, base_advantages, normalization="mean"):
     """Token advantages from the full logits of the (initial) model, one unpadded row at a time."""
     t_logp, t_ent, s_logp = [], [], []
     with torch.no_grad():
@@ -133,18 +133,20 @@ def _dense_reference(model, tokenizer, rows, out, g_min, epsilon_w, lookahead, b
         for t in range(n):
             ent[b, t] = t_ent[b, t : min(t + lookahead + 1, n)].min()
     gate = g_min + (1 - g_min) * torch.exp(-ent / tau)
+    if normalization == "mean":  # mean 1 over the loss tokens
+        gate = gate / gate[mask].mean()
     sign = torch.sign(base_advantages.double())[:, None]
     magnitude = torch.exp(sign * (t_logp - s_logp)).clamp(1 - epsilon_w, 1 + epsilon_w)
     return torch.where(mask, base_advantages.double()[:, None] * magnitude * gate, 0.0).float()
 
 
 @pytest.mark.parametrize(
-    ("g_min", "epsilon_w", "lookahead"),
-    [(0.2, 0.2, 0), (0.2, 0.2, 3), (1.0, 0.2, 0)],
-    ids=["egrsd", "cl-egrsd", "rlsd"],
+    ("g_min", "epsilon_w", "lookahead", "normalization"),
+    [(0.2, 0.2, 0, "mean"), (0.2, 0.2, 3, "mean"), (1.0, 0.2, 0, "mean"), (0.2, 0.2, 0, "none")],
+    ids=["egrsd", "cl-egrsd", "rlsd", "egrsd-raw-gate"],
 )
 def test_token_advantages_match_dense_reference(
-    tmp_path, tiny_tokenizer, arithmetic_dataset, rows, fixed_completions, g_min, epsilon_w, lookahead
+    tmp_path, tiny_tokenizer, arithmetic_dataset, rows, fixed_completions, g_min, epsilon_w, lookahead, normalization
 ):
     trainer = _egrsd(
         tmp_path,
@@ -154,6 +156,7 @@ def test_token_advantages_match_dense_reference(
         g_min=g_min,
         epsilon_w=epsilon_w,
         entropy_lookahead=lookahead,
+        gate_normalization=normalization,
     )
     base = {}
     original = GRPOTrainer._generate_and_score_completions
@@ -169,7 +172,9 @@ def test_token_advantages_match_dense_reference(
     finally:
         GRPOTrainer._generate_and_score_completions = original
     initial = build_tiny_model(tiny_tokenizer, "student", seed=0).eval()
-    expected = _dense_reference(initial, tiny_tokenizer, rows, out, g_min, epsilon_w, lookahead, base["advantages"])
+    expected = _dense_reference(
+        initial, tiny_tokenizer, rows, out, g_min, epsilon_w, lookahead, base["advantages"], normalization
+    )
     torch.testing.assert_close(out["advantages"], expected, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(out["advantages"], base["advantages"][:, None] * out["completion_mask"])
 
@@ -264,7 +269,8 @@ def test_recipes_parse(path):
     from trl_opd.launch.recipe import parse_recipe
 
     script_args, config, model_args = parse_recipe(str(path))
-    assert isinstance(config, EGRSDConfig) and script_args.method == "egrsd"
+    assert isinstance(config, EGRSDConfig)
+    assert script_args.method == ("cl-egrsd" if "cl_egrsd" in path.name else "egrsd")  # so the card says CL-EGRSD
     assert config.entropy_lookahead == (32 if "cl_egrsd" in path.name else 0)
     assert config.use_vllm and config.vllm_mode == "colocate"
     assert model_args.use_peft == ("lora" in path.name)

@@ -103,7 +103,8 @@ def egrsd_token_advantages(
 
     with `H̃ = H` (EGRSD) or its causal lookahead minimum over `L` tokens (CL-EGRSD), and `τ_H` the median of `H`
     over the loss tokens unless given (a trainer passes the median over the global batch).
-    `(B,), (B, T), (B, T), (B, T), (B, T) -> dict of (B, T)`: `advantages`, `magnitude`, `gate`, and `tau` `()`.
+    `(B,), (B, T), (B, T), (B, T), (B, T) -> dict of (B, T)`: `advantages`, `magnitude`, `gate`,
+    `lookahead_changed` (1 where the lookahead lowered the entropy the gate reads), and `tau` `()`.
     """
     teacher_entropy = teacher_entropy.detach()
     tau = masked_median(teacher_entropy, mask) if tau is None else torch.as_tensor(tau).detach()
@@ -114,5 +115,23 @@ def egrsd_token_advantages(
         "advantages": token_advantages(advantages, magnitude, gate, mask),
         "magnitude": magnitude,
         "gate": gate,
+        "lookahead_changed": (gated_entropy < teacher_entropy).to(teacher_entropy.dtype),
         "tau": tau,
+    }
+
+
+def normalize_gate(weights: dict[str, torch.Tensor], gate_mean: torch.Tensor | float) -> dict[str, torch.Tensor]:
+    r"""Rescale the gate to mean 1 over the loss tokens, so that it reweights tokens without shrinking the update.
+
+    $$	ilde{g}_t = g_t / ar{g},\qquad \hat{A}_t = A_i\, m_t\, 	ilde{g}_t$$
+
+    `ḡ` is the mean gate over the loss tokens (of the global batch, in a trainer); floored at 1e-8. The raw gate is kept
+    as `raw_gate`. At `g_min = 1` every `g_t = ḡ = 1` and nothing changes. `dict of (B, T), () -> dict of (B, T)`.
+    """
+    scale = torch.as_tensor(gate_mean, dtype=weights["gate"].dtype, device=weights["gate"].device).clamp(min=1e-8)
+    return {
+        **weights,
+        "advantages": weights["advantages"] / scale.to(weights["advantages"].dtype),
+        "gate": weights["gate"] / scale,
+        "raw_gate": weights["gate"],
     }

@@ -11,6 +11,7 @@ from ..runtime import CPUSafeConfigMixin
 
 
 EGRSD_SELF_TEACHER_KINDS = ("frozen", "live")
+GATE_NORMALIZATIONS = ("mean", "none")
 
 
 @dataclass
@@ -50,6 +51,15 @@ class EGRSDConfig(CPUSafeConfigMixin, GRPOConfig):
             "`[t, t + L]` within the rollout. 0 is EGRSD; `method: cl-egrsd` sets 32."
         },
     )
+    gate_normalization: str = field(
+        default="mean",
+        metadata={
+            "help": "`mean`: divide the gate by its mean over the loss tokens of the global batch, so it reweights "
+            "tokens without changing the update's overall size (a raw gate has mean ≤ ~0.75 and shrinks the step, "
+            "which confounds gating with a lower learning rate); `none`: the raw gate, as written in the paper.",
+            "choices": list(GATE_NORMALIZATIONS),
+        },
+    )
     self_teacher: str = field(
         default="frozen",
         metadata={
@@ -67,5 +77,9 @@ class EGRSDConfig(CPUSafeConfigMixin, GRPOConfig):
             raise ValueError(f"epsilon_w must be in [0, 1], got {self.epsilon_w}")
         if self.entropy_lookahead < 0:
             raise ValueError(f"entropy_lookahead must be >= 0 tokens, got {self.entropy_lookahead}")
+        if self.gate_normalization not in GATE_NORMALIZATIONS:
+            raise ValueError(
+                f"gate_normalization must be one of {GATE_NORMALIZATIONS}, got {self.gate_normalization!r}"
+            )
         if self.self_teacher not in EGRSD_SELF_TEACHER_KINDS:
             raise ValueError(f"self_teacher must be one of {EGRSD_SELF_TEACHER_KINDS}, got {self.self_teacher!r}")

@@ -19,7 +19,7 @@ from trl.trainer.utils import maybe_gather_lm_head_ctx
 from ..data import ColumnMap, prepare_dataset, privileged_prompt
 from ..heads import logit_head
 from ..ops import token_logprobs_and_entropy
-from ..ops.egrsd import egrsd_token_advantages, masked_median
+from ..ops.egrsd import egrsd_token_advantages, masked_median, normalize_gate
 from ..teacher import (
     TeacherHandle,
     last_hidden_states,
@@ -235,9 +235,19 @@ class EGRSDTrainer(GRPOTrainer):
             lookahead=self.args.entropy_lookahead,
             tau=self._global_median(teacher_entropy, mask),
         )
+        raw_gate = weights["gate"]
+        if self.args.gate_normalization == "mean":
+            weights = normalize_gate(weights, self._global_masked_mean(raw_gate, mask))
         output["advantages"] = weights["advantages"].to(output["advantages"].dtype)
-        self._log_weights(weights, teacher_entropy, teacher_logp - student_logp, mask)
+        self._log_weights(weights, raw_gate, teacher_entropy, teacher_logp - student_logp, mask)
         return output
+
+    def _global_masked_mean(self, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean of `values` over the loss tokens of every process's generation batch."""
+        keep = mask.bool()
+        sums = torch.stack([values[keep].sum(), keep.sum().to(values.dtype)]).unsqueeze(0)
+        total, count = self.accelerator.gather(sums).sum(0)
+        return total / count.clamp(min=1.0)
 
     def _global_median(self, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Median of `values` over the loss tokens of every process's generation batch."""
@@ -246,24 +256,18 @@ class EGRSDTrainer(GRPOTrainer):
             mask = self.accelerator.gather(self.accelerator.pad_across_processes(mask, dim=1))
         return masked_median(values, mask)
 
-    def _log_weights(self, weights, teacher_entropy, delta, mask) -> None:
+    def _log_weights(self, weights, raw_gate, teacher_entropy, delta, mask) -> None:
+        """Global means over the loss tokens: the raw gate (its mean, spread and share below 0.5), the share of
+        tokens whose gate the lookahead changed, the magnitude, the teacher entropy and `Δ`; and `τ_H`."""
         mode = "train" if self.model.training else "eval"
         keep = mask.bool()
-        gate, magnitude = weights["gate"], weights["magnitude"]
-        sums = torch.stack(
-            [
-                gate[keep].sum(),
-                (gate[keep] < 0.5).float().sum(),
-                magnitude[keep].sum(),
-                teacher_entropy[keep].sum(),
-                delta[keep].sum(),
-                keep.sum().float(),
-            ]
-        )
+        names = ("gate_mean", "gate_sq", "gate_below_half", "lookahead_changed", "magnitude_mean", "teacher_entropy")
+        values = (raw_gate, raw_gate.square(), (raw_gate < 0.5).float(), weights["lookahead_changed"])
+        values += (weights["magnitude"], teacher_entropy)
+        sums = torch.stack([v[keep].float().sum() for v in (*values, delta)] + [keep.sum().float()])
         *totals, count = self.accelerator.gather(sums.unsqueeze(0)).sum(0).tolist()
-        count = max(count, 1.0)
-        for name, total in zip(
-            ("gate_mean", "gate_below_half", "magnitude_mean", "teacher_entropy", "delta_mean"), totals, strict=True
-        ):
-            self._metrics[mode][f"egrsd/{name}"].append(total / count)
+        means = dict(zip((*names, "delta_mean"), (t / max(count, 1.0) for t in totals), strict=True))
+        means["gate_std"] = max(means.pop("gate_sq") - means["gate_mean"] ** 2, 0.0) ** 0.5
+        for name, value in means.items():
+            self._metrics[mode][f"egrsd/{name}"].append(value)
         self._metrics[mode]["egrsd/tau_H"].append(float(weights["tau"]))
