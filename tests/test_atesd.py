@@ -43,7 +43,8 @@ def _unboxed(dataset: Dataset, rows: tuple[int, ...]) -> Dataset:
 
 
 # ---------------------------------------------------------------------------------------------- teacher context
-@pytest.mark.parametrize(("alpha", "kept"), [(0.0, 0), (0.3, 1), (0.5, 2), (0.99, 3)])
+# SOLUTION has m = 4 reasoning segments: α shows level ⌊α·(m+2)⌋ of m+2 (the last one: the reference verbatim)
+@pytest.mark.parametrize(("alpha", "kept"), [(0.0, 0), (0.2, 1), (0.4, 2), (0.55, 3), (0.7, 4)])
 def test_exposed_reference_truncates_segments(alpha, kept):
     segments = split_reasoning_segments(SOLUTION)[:4]
     text = exposed_reference(SOLUTION, alpha)
@@ -54,9 +55,20 @@ def test_exposed_reference_truncates_segments(alpha, kept):
 
 def test_full_exposure_is_the_verbatim_reference():
     assert exposed_reference(SOLUTION, 1.0) == SOLUTION
+    assert exposed_reference(SOLUTION, 1.0 - 1e-6) == SOLUTION  # a Beta sample clipped below 1 reaches it too
+    assert exposed_reference(SOLUTION, 0.84) == SOLUTION  # every α ≥ (m+1)/(m+2)
     mid_box = "a=1\n\nso \\boxed{1}, and\n\ncheck: 1=1"
     assert exposed_reference(mid_box, 0.0) == "The final answer is \\boxed{1}."
     assert exposed_reference("no answer here", 0.5) is None
+
+
+def test_reference_delimiter_splits_one_step_a_line():
+    lines = "2+3=5\n5*4=20\n20-1=19\nSo \\boxed{19}."
+    assert exposed_reference(lines, 0.3) == "The final answer is \\boxed{19}."  # blank-line default: no segments
+    assert exposed_reference(lines, 0.5) == lines  # ... so the answer alone, or the whole reference
+    assert exposed_reference(lines, 0.5, "\n") == "2+3=5\n5*4=20\nThe final answer is \\boxed{19}."
+    assert exposed_reference(lines, 0.0, "\n") == "The final answer is \\boxed{19}."
+    assert exposed_reference(lines, 1.0, "\n") == lines
 
 
 # ---------------------------------------------------------------------------------------------- bad input
@@ -126,7 +138,7 @@ def test_student_prompt_never_holds_the_reference(opsd):
         segments = split_reasoning_segments(row["solution"])
         assert not any(s in student for s in segments) and "\\boxed{" + row["answer"] not in student
         assert all(s in teacher for s in segments)
-    trainer.alpha = 0.5
+    trainer.alpha = 0.3  # two reasoning steps: levels of 1/4 each, 0.3 shows the first step and the answer
     try:
         prompt = trainer.teacher_prompt(rows[0])[-1]["content"]
     finally:
@@ -256,3 +268,32 @@ def test_recipes_for_the_three_sizes_parse():
             assert (config.exposure_policy, config.alpha) == ("fixed", 1.0)
         else:
             assert config.exposure_policy == "learned"
+
+
+def test_chat_rendered_string_prompts_are_refused(tmp_path, tiny_tokenizer, arithmetic_dataset):
+    """A pre-rendered chat string would get the reference inside the assistant's turn: one clear error instead."""
+    rendered = arithmetic_dataset.map(
+        lambda row: {
+            "prompt": tiny_tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
+        }
+    )
+    with pytest.raises(DatasetValidationError, match="already rendered with a chat template"):
+        ATESDTrainer(
+            model=build_tiny_model(tiny_tokenizer, "student", seed=0),
+            args=ATESDConfig(**tiny_training_kwargs(tmp_path)),
+            train_dataset=rendered,
+            processing_class=tiny_tokenizer,
+        )
+
+
+def test_teacher_prompt_longer_than_the_context_is_refused(tmp_path, tiny_tokenizer, arithmetic_dataset):
+    from trl_opd.errors import ConfigValueError
+
+    small = build_tiny_model(tiny_tokenizer, "student", seed=0, max_position_embeddings=64)
+    with pytest.raises(ConfigValueError, match="exceeds the model's context of 64 tokens"):
+        ATESDTrainer(
+            model=small,
+            args=ATESDConfig(**tiny_training_kwargs(tmp_path)),
+            train_dataset=arithmetic_dataset,
+            processing_class=tiny_tokenizer,
+        )

@@ -70,27 +70,47 @@ def prepare_dataset(dataset, required: list[str], columns: ColumnMap = ColumnMap
     return dataset.rename_columns(renames) if renames else dataset
 
 
-def split_reasoning_segments(solution: str) -> list[str]:
-    """Reasoning segments of a reference solution: blank-line separated, stripped, empty ones dropped."""
-    return [s.strip() for s in re.split(r"\n\s*\n", solution or "") if s.strip()]
+BLANK_LINE = "\n\n"
 
 
-def truncate_reference(solution: str, alpha: float) -> tuple[str, int, int] | None:
-    """The first `⌊α·m⌋` of the `m` reasoning segments, always followed by the boxed final answer.
+def split_reasoning_segments(solution: str, delimiter: str = BLANK_LINE) -> list[str]:
+    """Reasoning segments of a reference solution, stripped, empty ones dropped: separated by blank lines (the
+    default, any whitespace between the two newlines) or by `delimiter` exactly (e.g. `"\\n"`, one step a line)."""
+    parts = re.split(r"\n\s*\n", solution or "") if delimiter == BLANK_LINE else (solution or "").split(delimiter)
+    return [s.strip() for s in parts if s.strip()]
+
+
+def exposed_segments(alpha: float, m: int) -> int:
+    """How much of a reference with `m` reasoning segments exposure `α ∈ [0, 1]` shows: `k = min(m+1, ⌊α·(m+2)⌋)`,
+    where `k ≤ m` keeps the first `k` reasoning segments (then the boxed answer) and `k = m + 1` is the reference
+    verbatim.
+
+    The `m + 2` levels share `[0, 1]` equally: `α = 0` shows only the answer, every `α ≥ (m+1)/(m+2)` (`α = 1`, and a
+    Beta sample clipped just below 1) the whole reference, and a uniform `α` gives every level the same chance.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    return min(m + 1, int(alpha * (m + 2) + 1e-9))
+
+
+def truncate_reference(solution: str, alpha: float, delimiter: str = BLANK_LINE) -> tuple[str, int, int] | None:
+    """The reference as exposure `α` shows it ([`exposed_segments`]): its first `k` reasoning segments followed by
+    `The final answer is \\boxed{X}.`, or at the top level the reference verbatim (full exposure, `kept = m`).
 
     Returns `(text, kept, m)`, or `None` when the reference has no `\\boxed{}` answer (the row cannot be used).
     The segment that holds the box is not counted among the reasoning segments.
     """
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     answer = extract_boxed(solution or "")
     if answer is None:
         return None
-    segments = split_reasoning_segments(solution)
+    segments = split_reasoning_segments(solution, delimiter)
     reasoning = [s for s in segments if "\\boxed" not in s and "\\fbox" not in s]
-    kept = int(alpha * len(reasoning) + 1e-9)
+    kept = exposed_segments(alpha, len(reasoning))
+    if kept > len(reasoning):
+        return solution.strip(), len(reasoning), len(reasoning)
     parts = reasoning[:kept] + [f"The final answer is \\boxed{{{answer}}}."]
-    return "\n\n".join(parts), kept, len(reasoning)
+    joiner = BLANK_LINE if delimiter == BLANK_LINE else delimiter
+    return joiner.join(parts), kept, len(reasoning)
 
 
 def prompt_text(prompt: Any) -> str:

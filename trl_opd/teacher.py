@@ -225,3 +225,44 @@ def last_hidden_states(model: nn.Module, input_ids, attention_mask, logits_to_ke
         model = model.base_model.model
     hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     return hidden[:, :-1][:, -logits_to_keep:]
+
+
+def check_privileged_prompts(trainer, dataset, chat_template_kwargs: dict | None = None, rows: int = 16) -> None:
+    """Refuse, before training, what would silently give the privileged teacher a wrong prompt.
+
+    - A string prompt already rendered with a chat template (it holds one of the tokenizer's special tokens, e.g.
+      `<|im_start|>`): the reference would land after the assistant header, inside the assistant's turn.
+    - A teacher prompt with the full reference, plus `max_completion_length`, longer than the model's context
+      (`max_position_embeddings`): positions past it are garbage, not an error, in most models. Checked on the `rows`
+      rows with the longest prompt and reference text.
+    """
+    from .data import DatasetValidationError, privileged_prompt
+    from .errors import ConfigValueError
+
+    tokenizer = trainer._tokenizer
+    specials = [t for t in tokenizer.all_special_tokens if t and t not in (tokenizer.pad_token,)]
+    prompts, solutions = dataset["prompt"], dataset["solution"]
+    for index, prompt in enumerate(prompts):
+        if isinstance(prompt, str) and any(token in prompt for token in specials):
+            token = next(token for token in specials if token in prompt)
+            raise DatasetValidationError(
+                f"Row {index} of the train dataset is a prompt already rendered with a chat template (it holds "
+                f"{token!r}): the reference solution would be placed inside the assistant's turn. Give `prompt` as "
+                "chat messages, or as the plain problem text."
+            )
+    context = getattr(trainer.model.config.get_text_config(), "max_position_embeddings", None)
+    if not context:
+        return
+    sizes = [len(str(p)) + len(s or "") for p, s in zip(prompts, solutions, strict=True)]
+    longest = sorted(range(len(sizes)), key=sizes.__getitem__, reverse=True)[:rows]
+    teacher_prompts = [privileged_prompt(prompts[i], solutions[i]) for i in longest]
+    ids, mask = tokenize_teacher_prompts(trainer, teacher_prompts, chat_template_kwargs)
+    lengths = mask.sum(-1).tolist()
+    worst = max(range(len(lengths)), key=lengths.__getitem__)
+    completion = trainer.args.max_completion_length
+    if lengths[worst] + completion > context:
+        raise ConfigValueError(
+            f"The teacher's prompt with the reference solution has {lengths[worst]} tokens (train row "
+            f"{longest[worst]}); with max_completion_length {completion} that exceeds the model's context of {context} "
+            "tokens (max_position_embeddings). Lower max_completion_length or drop the longest references."
+        )

@@ -62,7 +62,7 @@ class ExposureController:
 
     - `policy="learned"`: state `s` (see `STATE_FEATURES`) → MLP `f_φ` → `a, b = 1 + softplus(f_φ(s))`,
       `α ~ Beta(a, b)` clipped to `[α_min, α_max]`, held for `hold_steps` steps. A decision made at `t0` is rewarded
-      `R = Σ_{i=1..L} γ^{i−1} [max(0, ℓ_{t0+i−1} − ℓ_{t0+i}) + λ_gt·g]` from the probe NLLs `ℓ` and the
+      `R = Σ_{i=1..L} γ^{i−1} [(ℓ_{t0+i−1} − ℓ_{t0+i}) + λ_gt·g]` (net progress) from the probe NLLs `ℓ` and the
       teacher-grounded log-prob `g`; every `batch_decisions` finished decisions the policy takes one REINFORCE step
       on normalised rewards, plus a penalty on the Beta entropy above `entropy_target`.
     - `policy="fixed"`: always `alpha` (OPSD when `alpha=1`). `policy="random"`: `α ~ U[α_min, α_max]`, held for
@@ -90,14 +90,14 @@ class ExposureController:
         alpha: float = 1.0,
         alpha_min: float = 0.05,
         alpha_max: float = 1.0,
-        hold_steps: int = 10,
-        reward_horizon: int = 20,
+        hold_steps: int = 4,
+        reward_horizon: int = 4,
         discount: float = 0.9,
         lambda_gt: float = 0.1,
-        batch_decisions: int = 8,
+        batch_decisions: int = 4,
         entropy_target: float = -0.5,
         entropy_coef: float = 0.01,
-        lr: float = 1e-3,
+        lr: float = 0.05,
         hidden_size: int = 32,
         ema_decay: float = 0.9,
         seed: int = 0,

@@ -42,12 +42,13 @@ def beta_mean_concentration(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Ten
 
 
 def discounted_learning_progress(probe_nll: torch.Tensor, discount: float) -> torch.Tensor:
-    """`G_lp = Σ_{i=1..L} γ^{i−1} · max(0, ℓ_{i−1} − ℓ_i)`: the discounted decreases of the probe NLL.
+    """`G_lp = Σ_{i=1..L} γ^{i−1} · (ℓ_{i−1} − ℓ_i)`: the discounted net decrease of the probe NLL.
 
     `(L+1,) -> ()`. `probe_nll[0]` is the NLL when the decision was made, `probe_nll[i]` the NLL `i` steps later.
-    Increases of the NLL count as 0 (no progress), not as a penalty.
+    An increase counts against the decision, so a probe that only fluctuates earns about 0 (with `max(0, ·)` it
+    earned its noise: every rise was free and every fall paid). With `γ = 1` it is `ℓ_0 − ℓ_L`.
     """
-    gains = (probe_nll[:-1] - probe_nll[1:]).clamp(min=0.0)
+    gains = probe_nll[:-1] - probe_nll[1:]
     weights = discount ** torch.arange(gains.numel(), dtype=gains.dtype, device=gains.device)
     return (weights * gains).sum()
 
@@ -56,7 +57,7 @@ def discounted_reward(
     probe_nll: torch.Tensor, grounding: torch.Tensor, discount: float, lambda_gt: float
 ) -> torch.Tensor:
     """Reward of one exposure decision over its `L`-step window:
-    `R = Σ_{i=1..L} γ^{i−1} · [max(0, ℓ_{i−1} − ℓ_i) + λ_gt · g_i]`.
+    `R = Σ_{i=1..L} γ^{i−1} · [(ℓ_{i−1} − ℓ_i) + λ_gt · g_i]`.
 
     `(L+1,), (L,) -> ()`. `g_i` is the mean log-prob the exposed teacher gives the reference answer at step `i` of the
     window (the teacher-grounded term).

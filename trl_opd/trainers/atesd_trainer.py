@@ -10,7 +10,14 @@ import torch
 from trl.trainer.utils import pad
 
 from ..controllers.exposure import ExposureController
-from ..data import ColumnMap, DatasetValidationError, prepare_dataset, privileged_prompt, truncate_reference
+from ..data import (
+    BLANK_LINE,
+    ColumnMap,
+    DatasetValidationError,
+    prepare_dataset,
+    privileged_prompt,
+    truncate_reference,
+)
 from ..heads import logit_head
 from ..ops import masked_sum, token_logprobs_and_entropy
 from ..rewards import extract_boxed
@@ -25,14 +32,12 @@ logger = logging.getLogger("trl_opd")
 PROBE_PREFIX = "The final answer is \\boxed{"
 
 
-def exposed_reference(solution: str, alpha: float) -> str | None:
-    """The part of the reference the teacher sees at exposure `α`: the first `⌊α·m⌋` reasoning segments, then the
-    boxed answer ([`~trl_opd.data.truncate_reference`]); at `α = 1` the reference verbatim (OPSD). `None` when the
-    reference has no boxed answer."""
-    truncated = truncate_reference(solution, alpha)
-    if truncated is None:
-        return None
-    return solution.strip() if alpha >= 1.0 else truncated[0]
+def exposed_reference(solution: str, alpha: float, delimiter: str = BLANK_LINE) -> str | None:
+    """The part of the reference the teacher sees at exposure `α`: its first reasoning segments (split on
+    `delimiter`), then the boxed answer, or from `α = (m+1)/(m+2)` up the reference verbatim (OPSD at `α = 1`); see
+    [`~trl_opd.data.exposed_segments`]. `None` when the reference has no boxed answer."""
+    truncated = truncate_reference(solution, alpha, delimiter)
+    return None if truncated is None else truncated[0]
 
 
 def usable_rows(dataset, where: str = "train dataset"):
@@ -143,7 +148,8 @@ class ATESDTrainer(OPDTrainer):
     # ----------------------------------------------------------------- teacher context
     def teacher_prompt(self, example: dict[str, Any]) -> Any:
         """Problem, the reference exposed at the current `α`, the transition sentence, the boxed-answer instruction."""
-        return privileged_prompt(example["prompt"], exposed_reference(example["solution"], self.alpha))
+        reference = exposed_reference(example["solution"], self.alpha, self.args.reference_delimiter)
+        return privileged_prompt(example["prompt"], reference)
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         if self.model.training and self.state.global_step != self._advanced_step:

@@ -22,6 +22,7 @@ from ..ops import token_logprobs_and_entropy
 from ..ops.egrsd import egrsd_token_advantages, masked_median, normalize_gate
 from ..teacher import (
     TeacherHandle,
+    check_privileged_prompts,
     last_hidden_states,
     scoring_teacher,
     self_teacher_copy,
@@ -107,6 +108,8 @@ class EGRSDTrainer(GRPOTrainer):
         )
         self.teacher_model = self._prepare_teacher(teacher) if teacher is not None else None
         self._forward_redirection = _ForwardRedirection()
+        if self._needs_teacher(args) and train_dataset is not None:
+            check_privileged_prompts(self, self.train_dataset)
 
     @staticmethod
     def _needs_teacher(args: EGRSDConfig) -> bool:

@@ -20,6 +20,7 @@ from ..ops import fused_distillation_stats, k1_policy_gradient_loss, masked_glob
 from ..ops.chunked import PLAIN_HEAD, LogitHead
 from ..teacher import (
     align_teacher_vocab,
+    check_privileged_prompts,
     check_same_vocabulary,
     ema_update,
     load_teacher,
@@ -127,6 +128,8 @@ class OPDTrainer(DistillationTrainer):
             if args.teacher_chat_template_kwargs is None
             else args.teacher_chat_template_kwargs
         )
+        if args.privileged_context:
+            check_privileged_prompts(self, self.train_dataset, self.teacher_chat_template_kwargs)
 
     # ----------------------------------------------------------------- teacher prompts
     def teacher_prompt(self, example: dict[str, Any]) -> Any:
