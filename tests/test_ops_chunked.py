@@ -34,6 +34,7 @@ def dense(student_hidden, student_weight, teacher_hidden, teacher_weight, target
     t = (teacher_hidden @ teacher_weight.T / temperature).log_softmax(-1)
     pick = targets.unsqueeze(-1)
     return {
+        "student_log_z": (student_hidden @ student_weight.T / temperature).logsumexp(-1),
         "divergence": generalized_jsd(t, s, beta),
         "student_logp": s.gather(-1, pick).squeeze(-1),
         "teacher_logp": t.gather(-1, pick).squeeze(-1),
@@ -130,6 +131,7 @@ def test_fused_stats_with_bias_scale_softcap_equal_dense(inputs, beta, student_p
     s = (apply_logit_head(h_s @ w_s.T + s_bias, student_head) / temperature).log_softmax(-1)
     t = (apply_logit_head(h_t @ w_t.T + t_bias, teacher_head) / temperature).log_softmax(-1)
     want = {
+        "student_log_z": (apply_logit_head(h_s @ w_s.T + s_bias, student_head) / temperature).logsumexp(-1),
         "divergence": generalized_jsd(t, s, beta),
         "student_logp": s.gather(-1, targets.unsqueeze(-1)).squeeze(-1),
         "teacher_logp": t.gather(-1, targets.unsqueeze(-1)).squeeze(-1),
@@ -138,10 +140,12 @@ def test_fused_stats_with_bias_scale_softcap_equal_dense(inputs, beta, student_p
     }
     for key in want:
         torch.testing.assert_close(got[key], want[key], atol=2e-5, rtol=1e-4, msg=key)
-    w = torch.randn(B, T, generator=g)
+    w, u = torch.randn(B, T, generator=g), torch.randn(B, T, generator=g)
     params = (h_s, w_s, s_bias)
-    grads = torch.autograd.grad((got["divergence"] + w * got["student_logp"]).sum(), params)
-    want_grads = torch.autograd.grad((want["divergence"] + w * want["student_logp"]).sum(), params)
+    grads = torch.autograd.grad((got["divergence"] + w * got["student_logp"] + u * got["student_log_z"]).sum(), params)
+    want_grads = torch.autograd.grad(
+        (want["divergence"] + w * want["student_logp"] + u * want["student_log_z"]).sum(), params
+    )
     for name, a, b in zip(("hidden", "weight", "bias"), grads, want_grads):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4, msg=name)
 

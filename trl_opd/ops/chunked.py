@@ -106,10 +106,11 @@ class _Online:
 class FusedDistillationFunction(torch.autograd.Function):
     """Per-token generalized JSD_β, both models' sampled-token log-probs and both entropies, in one tiled pass.
 
-    `(N, H_s), (V, H_s), (V,)?, (N, H_t), (V, H_t), (V,)?, (N,) -> 5 x (N,)`: divergence, `log p_S(y)`, `log p_T(y)`,
-    `H(p_S)`, `H(p_T)`, all at softmax temperature `temperature`, on logits post-processed as each model's
-    [`LogitHead`] says (bias, scale, softcap). Gradients flow to the student's hidden states, `lm_head` weight and
-    bias through the divergence and `log p_S(y)`; the teacher outputs and the entropies are constants.
+    `(N, H_s), (V, H_s), (V,)?, (N, H_t), (V, H_t), (V,)?, (N,) -> 6 x (N,)`: divergence, `log p_S(y)`, `log p_T(y)`,
+    `H(p_S)`, `H(p_T)` and the student's log-normaliser `log Z_S`, all at softmax temperature `temperature`, on logits
+    post-processed as each model's [`LogitHead`] says (bias, scale, softcap). Gradients flow to the student's hidden
+    states, `lm_head` weight and bias through the divergence, `log p_S(y)` and `log Z_S` (`∂ log Z_S / ∂z = p_S`);
+    the teacher outputs and the entropies are constants.
     """
 
     @staticmethod
@@ -131,13 +132,14 @@ class FusedDistillationFunction(torch.autograd.Function):
         ctx.save_for_backward(s_hidden, s_weight, s_bias, t_hidden, t_weight, t_bias, targets, s_log_z, t_log_z, aux)
         ctx.beta, ctx.mode, ctx.inv_t, ctx.posts = beta, mode, inv_t, (s_post, t_post)
         ctx.mark_non_differentiable(t_logp, s_entropy, t_entropy)
-        return divergence.clone(), s_logp.clone(), t_logp.clone(), s_entropy.clone(), t_entropy.clone()
+        outs = (divergence, s_logp, t_logp, s_entropy, t_entropy, s_log_z)
+        return tuple(o.clone() for o in outs)
 
     @staticmethod
-    def backward(ctx, g_div, g_logp, *_):  # noqa: D102
+    def backward(ctx, g_div, g_logp, _t_logp, _s_entropy, _t_entropy, g_log_z):  # noqa: D102
         s_hidden, s_weight, s_bias, t_hidden, t_weight, t_bias, targets, s_log_z, t_log_z, aux = ctx.saved_tensors
         none = (None,) * 11
-        if g_div is None and g_logp is None:
+        if g_div is None and g_logp is None and g_log_z is None:
             return none
         need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         heads = (LogitHead(s_bias, *ctx.posts[0]), LogitHead(t_bias, *ctx.posts[1]))
@@ -154,8 +156,7 @@ class FusedDistillationFunction(torch.autograd.Function):
                 (s_hidden, s_weight, t_hidden, t_weight, targets),
                 heads,
                 (s_log_z, t_log_z, aux),
-                g_div,
-                g_logp,
+                (g_div, g_logp, g_log_z),
                 grads,
                 s_buf,
                 torch.empty_like(s_buf),
@@ -176,10 +177,11 @@ class _StudentGrads(NamedTuple):
     bias: torch.Tensor | None
 
 
-def _backward_tiles(ctx, tensors, heads, stats, g_div, g_logp, grads: _StudentGrads, s_buf, t_buf) -> None:
+def _backward_tiles(ctx, tensors, heads, stats, output_grads, grads: _StudentGrads, s_buf, t_buf) -> None:
     """Accumulate the student's hidden-state, head and bias gradients tile by tile, recomputing each tile."""
     s_hidden, s_weight, t_hidden, t_weight, targets = tensors
     s_log_z, t_log_z, aux = stats
+    g_div, g_logp, g_log_z = output_grads
     n_tok, vocab = s_hidden.size(0), s_weight.size(0)
     for a in range(0, n_tok, TOKEN_CHUNK_SIZE):
         sl = slice(a, min(a + TOKEN_CHUNK_SIZE, n_tok))
@@ -197,6 +199,7 @@ def _backward_tiles(ctx, tensors, heads, stats, g_div, g_logp, grads: _StudentGr
                 targets[sl] - v0,
                 None if g_div is None else g_div[sl],
                 None if g_logp is None else g_logp[sl],
+                None if g_log_z is None else g_log_z[sl],
             )
             grad = _head_jacobian_(grad, zs, heads[0], ctx.inv_t)
             if grads.hidden is not None:
@@ -249,8 +252,9 @@ def _tiles(s_buf, t_buf, h_s, s_weight, h_t, t_weight, v0, v1, inv_t, heads):
     return s_tile, t_tile
 
 
-def _logit_grad(ctx, zs, zt, s_log_z, t_log_z, aux, local_targets, g_div, g_logp):
-    """Gradient of `g_div·D + g_logp·log p_S(y)` with respect to the raw student logits of one tile. `(n, v)`."""
+def _logit_grad(ctx, zs, zt, s_log_z, t_log_z, aux, local_targets, g_div, g_logp, g_log_z=None):
+    """Gradient of `g_div·D + g_logp·log p_S(y) + g_log_z·log Z_S` with respect to the raw student logits of one
+    tile. `(n, v)`."""
     log_ps = zs - s_log_z.unsqueeze(-1)
     log_pt = zt - t_log_z.unsqueeze(-1)
     ps = log_ps.exp()
@@ -270,6 +274,8 @@ def _logit_grad(ctx, zs, zt, s_log_z, t_log_z, aux, local_targets, g_div, g_logp
         inside = (local_targets >= 0) & (local_targets < zs.size(-1))
         rows = inside.nonzero().squeeze(-1)
         grad[rows, local_targets[rows]] += g.squeeze(-1)[rows]
+    if g_log_z is not None:
+        grad += ps * g_log_z.float().unsqueeze(-1)
     return grad * ctx.inv_t
 
 
@@ -288,7 +294,7 @@ def fused_distillation_stats(
 
     `(B, T, H_s), (V, H_s), (B, T, H_t), (V, H_t), (B, T) -> dict of (B, T)` with keys `divergence` (JSD_β, `β=0`
     forward KL, `β=1` reverse KL), `student_logp` and `teacher_logp` (of `targets`), `student_entropy`,
-    `teacher_entropy`. Logits are `z = softcap(scale·(h·Wᵀ + b))/T` per model ([`LogitHead`]). The student's hidden
+    `teacher_entropy` and `student_log_z` (differentiable: `log Σ_v exp(z_S[v]/T)`). Logits are `z = softcap(scale·(h·Wᵀ + b))/T` per model ([`LogitHead`]). The student's hidden
     states, head and head bias receive gradients through `divergence` and `student_logp`. The teacher inputs should
     be detached.
     """
@@ -306,7 +312,7 @@ def fused_distillation_stats(
         (float(student_head.scale), student_head.softcap),
         (float(teacher_head.scale), teacher_head.softcap),
     )
-    names = ("divergence", "student_logp", "teacher_logp", "student_entropy", "teacher_entropy")
+    names = ("divergence", "student_logp", "teacher_logp", "student_entropy", "teacher_entropy", "student_log_z")
     return {name: value.view(shape) for name, value in zip(names, out)}
 
 
@@ -348,15 +354,17 @@ def chunked_topk_forward_kl(
     student_head: LogitHead = PLAIN_HEAD,
     teacher_head: LogitHead = PLAIN_HEAD,
     tail_bucket: bool = False,
+    student_log_z: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Forward KL over the teacher's top-k, renormalised: `KL(p̄_T || p̄_S)`, `p̄(v) = p(v)/Σ_{u∈K} p(u)` (see
     [`~trl_opd.ops.topk_forward_kl`]), without full logits. `(..., H_s), (V, H_s), (..., H_t), (V, H_t) -> (...)`.
 
     With `tail_bucket`, nothing is renormalised and the mass outside `K` is one more bucket:
     `Σ_{v∈K} p_T(v) log(p_T(v)/p_S(v)) + p_T(¬K) log(p_T(¬K)/p_S(¬K))`, so a student that puts its mass outside the
-    teacher's top-k (e.g. on a token the teacher rejects) is pushed back. The student's log-normaliser comes
-    differentiably from TRL's `ChunkedLogProbFunction` (`log Z = z_y − log p(y)` at the teacher's top-1 id `y`), so
-    no student `(n, V)` tile is kept for the backward either.
+    teacher's top-k (e.g. on a token the teacher rejects) is pushed back. The student's log-normaliser `(...)` is
+    `student_log_z` when given (differentiable, e.g. from [`fused_distillation_stats`]: no extra projection), else it
+    comes from TRL's `ChunkedLogProbFunction` (`log Z = z_y − log p(y)` at the teacher's top-1 id `y`); either way no
+    student `(n, V)` tile is kept for the backward.
 
     Per chunk of `n` positions: the teacher's `(n, V)` logits are projected once, under no-grad and in the head's dtype, only to pick
     the top-k ids (their logits are then recomputed in fp32 from the gathered `(n, k, H_t)` head rows); the student's
@@ -370,6 +378,7 @@ def chunked_topk_forward_kl(
     with maybe_gather_lm_head_ctx(student_weight, teacher_weight, student_head.bias, teacher_head.bias):  # ZeRO-3
         if k < 1 or k > teacher_weight.size(0):
             raise ValueError(f"k must be in [1, {teacher_weight.size(0)}], got {k}")
+        log_z = None if student_log_z is None else student_log_z.reshape(-1)
         parts = [
             _topk_chunk(
                 student_hidden[a : a + token_chunk_size],
@@ -380,13 +389,14 @@ def chunked_topk_forward_kl(
                 temperature,
                 (student_head, teacher_head),
                 tail_bucket,
+                None if log_z is None else log_z[a : a + token_chunk_size],
             )
             for a in range(0, student_hidden.size(0), token_chunk_size)
         ]
     return (torch.cat(parts) if parts else student_hidden.new_zeros(0)).view(shape)
 
 
-def _topk_chunk(hs, student_weight, ht, teacher_weight, k, temperature, heads, tail_bucket) -> torch.Tensor:
+def _topk_chunk(hs, student_weight, ht, teacher_weight, k, temperature, heads, tail_bucket, log_z) -> torch.Tensor:
     """One chunk of [`chunked_topk_forward_kl`]. `(n, H_s), (V, H_s), (n, H_t), (V, H_t) -> (n,)`."""
     student_head, teacher_head = heads
     with torch.no_grad():  # pick the ids in the head's dtype, then take their logits in fp32
@@ -400,9 +410,8 @@ def _topk_chunk(hs, student_weight, ht, teacher_weight, k, temperature, heads, t
             teacher_log_z = (z.float() / temperature).logsumexp(-1)
         del z
     if tail_bucket:
-        return _tail_bucket_kl(
-            hs, student_weight, teacher_top - teacher_log_z.unsqueeze(-1), idx, temperature, student_head
-        )
+        teacher_in = teacher_top - teacher_log_z.unsqueeze(-1)
+        return _tail_bucket_kl(hs, student_weight, teacher_in, idx, temperature, student_head, log_z)
     teacher_logp = teacher_top.log_softmax(-1)
     if torch.is_grad_enabled() and (hs.requires_grad or student_weight.requires_grad):
         return checkpoint(
@@ -411,22 +420,24 @@ def _topk_chunk(hs, student_weight, ht, teacher_weight, k, temperature, heads, t
     return _gathered_chunk_kl(hs, student_weight, teacher_logp, idx, temperature, student_head)
 
 
-def _tail_bucket_kl(hs, student_weight, teacher_in, idx, temperature, student_head) -> torch.Tensor:
-    """`(n, H), (V, H), (n, k), (n, k) -> (n,)`: the top-k forward KL with the mass outside `K` as one bucket;
-    `teacher_in` holds the teacher's full-vocabulary log-probs of the ids `idx`."""
+def _tail_bucket_kl(hs, student_weight, teacher_in, idx, temperature, student_head, log_z=None) -> torch.Tensor:
+    """`(n, H), (V, H), (n, k), (n, k), (n,)? -> (n,)`: the top-k forward KL with the mass outside `K` as one bucket;
+    `teacher_in` holds the teacher's full-vocabulary log-probs of the ids `idx`, `log_z` the student's normaliser."""
     student_top = _gathered_logits(hs, student_weight, idx, student_head) / temperature  # (n, k)
-    top1_logp, *_ = ChunkedLogProbFunction.apply(
-        hs,
-        student_weight,
-        student_head.bias,
-        idx[:, 0],
-        temperature,
-        VOCAB_CHUNK_SIZE,
-        student_head.softcap,
-        float(student_head.scale),
-        (),
-    )
-    student_in = student_top - (student_top[:, 0] - top1_logp).unsqueeze(-1)  # log p_S(v), v ∈ K
+    if log_z is None:
+        top1_logp, *_ = ChunkedLogProbFunction.apply(
+            hs,
+            student_weight,
+            student_head.bias,
+            idx[:, 0],
+            temperature,
+            VOCAB_CHUNK_SIZE,
+            student_head.softcap,
+            float(student_head.scale),
+            (),
+        )
+        log_z = student_top[:, 0] - top1_logp
+    student_in = student_top - log_z.unsqueeze(-1)  # log p_S(v), v ∈ K
     teacher_tail, student_tail = log1mexp(teacher_in.logsumexp(-1)), log1mexp(student_in.logsumexp(-1))
     tail = torch.nan_to_num(teacher_tail.exp() * (teacher_tail - student_tail), nan=0.0)
     return forward_kl(teacher_in, student_in) + tail

@@ -198,7 +198,7 @@ class TrOPDTrainer(OPDTrainer):
         prefix_div = stats["divergence"] if prefix.any() else torch.zeros_like(student_logp)
         parts = tropd_token_losses(
             k1_policy_gradient_loss(student_logp, teacher_logp),
-            self._outlier_kl(stats["hidden"], outliers),
+            self._outlier_kl(stats["hidden"], outliers, stats["student_log_z"]),
             prefix_div,
             trusted,
             prefix,
@@ -208,8 +208,9 @@ class TrOPDTrainer(OPDTrainer):
         self._log_trust(parts, ratio, trusted, on_policy, mask)
         return parts["total"]
 
-    def _outlier_kl(self, hidden, outliers: torch.Tensor) -> torch.Tensor:
-        """Top-k renormalised forward KL on the outlier positions only (zeros elsewhere). `(B, K) bool -> (B, K)`."""
+    def _outlier_kl(self, hidden, outliers: torch.Tensor, student_log_z: torch.Tensor) -> torch.Tensor:
+        """Top-k forward KL (with the tail bucket, or renormalised) on the outlier positions only (zeros elsewhere);
+        the student's log-normaliser comes from the fused pass. `(B, K) bool, (B, K) -> (B, K)`."""
         kl = torch.zeros(outliers.shape, device=outliers.device)
         if self.args.lambda_out == 0.0 or not outliers.any():
             return kl
@@ -225,6 +226,7 @@ class TrOPDTrainer(OPDTrainer):
             student_head=hidden.student_head,
             teacher_head=hidden.teacher_head,
             tail_bucket=self.args.outlier_tail_bucket,
+            student_log_z=student_log_z[rows],
         )
         return kl.index_put(rows, values.float())
 
