@@ -175,7 +175,8 @@ def tokenize_teacher_prompts(
     if chat_template_kwargs is not None:
         trainer.chat_template_kwargs = chat_template_kwargs
     try:
-        unique_ids, _, _ = trainer._tokenize_prompts([prompts[i] for i in first.values()])
+        tokenize = getattr(trainer, "_tokenize_full_prompts", trainer._tokenize_prompts)  # teacher prompts are not cut
+        unique_ids, _, _ = tokenize([prompts[i] for i in first.values()])
     finally:
         trainer.chat_template_kwargs = student_kwargs
     by_key = dict(zip(first, unique_ids, strict=True))

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from trl import GRPOConfig
 
 from ..runtime import CPUSafeConfigMixin
+from .prompts import PromptLimitConfigMixin
 
 
 EGRSD_SELF_TEACHER_KINDS = ("frozen", "live")
@@ -15,7 +16,7 @@ GATE_NORMALIZATIONS = ("mean", "none")
 
 
 @dataclass
-class EGRSDConfig(CPUSafeConfigMixin, GRPOConfig):
+class EGRSDConfig(CPUSafeConfigMixin, PromptLimitConfigMixin, GRPOConfig):
     r"""
     Configuration for [`EGRSDTrainer`]: TRL's [`~trl.GRPOConfig`] plus the EGRSD token weighting (arXiv 2605.13255).
 

@@ -29,9 +29,10 @@ from ..teacher import (
     tokenize_teacher_prompts,
 )
 from .egrsd_config import EGRSDConfig
+from .prompts import PromptLimitMixin
 
 
-class EGRSDTrainer(GRPOTrainer):
+class EGRSDTrainer(PromptLimitMixin, GRPOTrainer):
     r"""
     Entropy-Guided Reinforced Self-Distillation (arXiv 2605.13255) on [`~trl.GRPOTrainer`].
 
@@ -110,6 +111,7 @@ class EGRSDTrainer(GRPOTrainer):
         self._forward_redirection = _ForwardRedirection()
         if self._needs_teacher(args) and train_dataset is not None:
             check_privileged_prompts(self, self.train_dataset)
+        self.check_prompt_lengths(self.train_dataset)
 
     @staticmethod
     def _needs_teacher(args: EGRSDConfig) -> bool:

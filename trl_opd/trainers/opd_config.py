@@ -9,10 +9,11 @@ from trl import DistillationConfig
 
 from ..runtime import CPUSafeConfigMixin
 from ..teacher import QUANTIZATION_CHOICES, SELF_TEACHER_KINDS
+from .prompts import PromptLimitConfigMixin
 
 
 @dataclass
-class OPDConfig(CPUSafeConfigMixin, DistillationConfig):
+class OPDConfig(CPUSafeConfigMixin, PromptLimitConfigMixin, DistillationConfig):
     r"""
     Configuration for [`OPDTrainer`]: TRL's [`~trl.DistillationConfig`] plus the shared teacher layer.
 

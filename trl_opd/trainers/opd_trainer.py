@@ -29,6 +29,7 @@ from ..teacher import (
     tokenize_teacher_prompts,
 )
 from .opd_config import OPDConfig
+from .prompts import PromptLimitMixin
 
 
 EXTRA_STATE_FILE = STATE_FILE
@@ -46,7 +47,7 @@ class HiddenStates(NamedTuple):
     teacher_head: LogitHead = PLAIN_HEAD
 
 
-class OPDTrainer(DistillationTrainer):
+class OPDTrainer(PromptLimitMixin, DistillationTrainer):
     r"""
     On-policy distillation: [`~trl.DistillationTrainer`] plus the shared teacher layer of trl-opd.
 
@@ -130,6 +131,7 @@ class OPDTrainer(DistillationTrainer):
         )
         if args.privileged_context:
             check_privileged_prompts(self, self.train_dataset, self.teacher_chat_template_kwargs)
+        self.check_prompt_lengths(self.train_dataset)
 
     # ----------------------------------------------------------------- teacher prompts
     def teacher_prompt(self, example: dict[str, Any]) -> Any:
