@@ -293,3 +293,24 @@ def test_a_recipe_cannot_run_a_command(recipe, tmp_path):
     checked = subprocess.run([sys.executable, "-c", code], env=_env(**hook), timeout=120)
     assert checked.returncode == 0
     assert not marker.exists()
+
+
+def test_a_dataset_smaller_than_one_step_is_refused(tmp_path, tiny_pair_dir, capsys):
+    """Two rows with a batch of 4 would stop at step 0 and exit 0 without training: one error line instead."""
+    data = tmp_path / "two.jsonl"
+    data.write_text('{"prompt": "Compute 1+1.", "answer": "2"}\n{"prompt": "Compute 2+2.", "answer": "4"}\n')
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "method: opd\n"
+        f"model_name_or_path: {tiny_pair_dir / 'student'}\n"
+        f"teacher_model_name_or_path: {tiny_pair_dir / 'teacher'}\n"
+        f"dataset_name: {data}\n"
+        f"output_dir: {tmp_path / 'out'}\n"
+        "per_device_train_batch_size: 4\nmax_steps: 1\nreport_to: none\n"
+    )
+    from trl_opd.cli import main
+
+    assert main(["train", "--config", str(recipe)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: The dataset") and "fewer than one optimizer step takes (4" in err[-1]
+    assert not (tmp_path / "out").exists()

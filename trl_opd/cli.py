@@ -64,14 +64,16 @@ def train_command(argv: list[str]) -> int:
     _check_bf16_flag(argv)
     script_args, config, model_args = parse_recipe(options.config, argv)
     from .launch.build import check_teacher, training_dataset
-    from .launch.validation import validate_run
+    from .launch.validation import check_dataset_size, validate_run
 
     spec = get_spec(script_args.method)
     check_teacher(spec, config)
     notes = validate_run(script_args, config, model_args, spec, dry_run=options.dry_run)
     if options.dry_run:
         return _dry_run(script_args, config, model_args, spec, notes)
-    return _train(script_args, config, model_args, training_dataset(script_args, spec))
+    dataset = training_dataset(script_args, spec)
+    check_dataset_size(dataset, config, f"dataset {script_args.dataset_name}")
+    return _train(script_args, config, model_args, dataset)
 
 
 def _dry_run(script_args, config, model_args, spec, notes=None) -> int:

@@ -128,6 +128,24 @@ def check_prompts(dataset, where: str) -> None:
         raise DatasetValidationError(f"Row {row} of {where}: the prompt {problem}.")
 
 
+def check_dataset_size(dataset, config: Any, where: str) -> None:
+    """The dataset holds at least one optimizer step's prompts (else the Trainer stops at step 0 and exits cleanly
+    without training): `per_device_train_batch_size × gradient_accumulation_steps × processes`, divided by
+    `num_generations` for GRPO-style trainers whose rows are repeated."""
+    rows = config.per_device_train_batch_size * config.gradient_accumulation_steps * max(1, config.world_size)
+    needed = math.ceil(rows / getattr(config, "num_generations", 1) or 1)
+    if len(dataset) < needed:
+        from ..data import DatasetValidationError
+
+        raise DatasetValidationError(
+            f"The {where} has {len(dataset)} rows, fewer than one optimizer step takes ({needed}: "
+            f"per_device_train_batch_size {config.per_device_train_batch_size} x gradient_accumulation_steps "
+            f"{config.gradient_accumulation_steps} x {max(1, config.world_size)} process(es)"
+            + (f" / num_generations {config.num_generations}" if getattr(config, "num_generations", None) else "")
+            + "): nothing would train."
+        )
+
+
 def validate_run(script_args: Any, config: Any, model_args: Any, spec: Any, *, dry_run: bool) -> dict[str, str]:
     """All checks that need no model weights. Returns notes for a dry run (`{field: note}`)."""
     check_numbers(config)
