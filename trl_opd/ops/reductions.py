@@ -34,3 +34,22 @@ def masked_global_mean(
 ) -> torch.Tensor:
     """`(1/N) Σ_t mask_t·values_t` with `N` from [`global_token_normalizer`]. `(B, T), (B, T) -> ()`."""
     return masked_sum(values, mask) / global_token_normalizer(num_items_in_batch, mask)
+
+
+def after_collapse_weights(
+    teacher_logp: torch.Tensor, mask: torch.Tensor, log_threshold: float, after_weight: float = 0.0
+) -> torch.Tensor:
+    r"""Per-token weights that stop trusting a teacher once it no longer follows the student's path.
+
+    $$w_t = \begin{cases} 1 & t \le t^* \\ w_{\text{after}} & t > t^* \end{cases},\qquad
+    t^* = \min\{t : \mathrm{mask}_t = 1,\ \log p_T(y_t) < \log\theta\}$$
+
+    The first collapsed token itself keeps weight 1 (there the teacher's signal, "not this token", is right); every
+    later token of the completion gets `after_weight`. No collapse: all ones. Masked positions get 0.
+    `(B, T), (B, T) -> (B, T)`.
+    """
+    keep = mask.bool()
+    collapsed = (teacher_logp.detach() < log_threshold) & keep
+    before = collapsed.long().cumsum(-1) - collapsed.long()  # collapses strictly before t
+    weights = torch.where(before > 0, torch.full_like(teacher_logp, after_weight), torch.ones_like(teacher_logp))
+    return torch.where(keep, weights, torch.zeros_like(weights)).float()

@@ -61,6 +61,19 @@ class OPDConfig(CPUSafeConfigMixin, PromptLimitConfigMixin, DistillationConfig):
     teacher_ema_decay: float = field(
         default=0.99, metadata={"help": "Decay of the EMA self-teacher (`self_teacher: ema`)."}
     )
+    teacher_collapse_logp: float | None = field(
+        default=None,
+        metadata={
+            "help": "Guard for self-distillation with privileged context: after the first student token whose teacher "
+            "log-prob is below this (e.g. -6.9 for p_T < 1e-3: the teacher no longer follows the student's path, it "
+            "goes back to the reference's), the rest of the completion gets weight `teacher_collapse_weight`. "
+            "None: off (OPSD as published)."
+        },
+    )
+    teacher_collapse_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of the tokens after a collapse (`teacher_collapse_logp`), in [0, 1]; 0 drops them."},
+    )
     privileged_context: bool = field(
         default=False,
         metadata={
@@ -79,6 +92,10 @@ class OPDConfig(CPUSafeConfigMixin, PromptLimitConfigMixin, DistillationConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.teacher_collapse_logp is not None and self.teacher_collapse_logp > 0:
+            raise ValueError(f"teacher_collapse_logp is a log-probability (<= 0), got {self.teacher_collapse_logp}")
+        if not 0.0 <= self.teacher_collapse_weight <= 1.0:
+            raise ValueError(f"teacher_collapse_weight must be in [0, 1], got {self.teacher_collapse_weight}")
         if self.divergence not in ("jsd", "k1"):
             raise ValueError(f"divergence must be 'jsd' or 'k1', got {self.divergence!r}")
         if self.teacher_quantization not in QUANTIZATION_CHOICES:

@@ -18,6 +18,7 @@ from ..data import ColumnMap, prepare_dataset, privileged_prompt
 from ..heads import logit_head
 from ..ops import fused_distillation_stats, k1_policy_gradient_loss, masked_global_mean, masked_mean, masked_sum
 from ..ops.chunked import PLAIN_HEAD, LogitHead
+from ..ops.reductions import after_collapse_weights
 from ..teacher import (
     align_teacher_vocab,
     check_privileged_prompts,
@@ -222,9 +223,24 @@ class OPDTrainer(PromptLimitMixin, DistillationTrainer):
             student_hidden, student_weight, teacher_hidden, teacher_weight, student_head, teacher_head
         )
         mask = self.loss_mask(inputs).to(student_weight.device)
-        loss = masked_global_mean(self.token_losses(stats, inputs), mask, num_items_in_batch)
+        losses = self.token_losses(stats, inputs)
+        if self.args.teacher_collapse_logp is not None:
+            losses = losses * self._collapse_weights(stats["teacher_logp"], mask)
+        loss = masked_global_mean(losses, mask, num_items_in_batch)
         self._log_token_stats(stats, mask)
         return loss, masked_sum(stats["student_entropy"], mask).detach(), mask.sum()
+
+    def _collapse_weights(self, teacher_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[`~trl_opd.ops.after_collapse_weights`] at the configured threshold; logs the share of loss tokens after
+        a collapse (`guard/after_collapse`)."""
+        weights = after_collapse_weights(
+            teacher_logp, mask, self.args.teacher_collapse_logp, self.args.teacher_collapse_weight
+        )
+        after = ((weights != 1.0) & mask.bool()).float()
+        self._metrics["train" if self.model.training else "eval"]["guard/after_collapse"].append(
+            masked_mean(after, mask).item()
+        )
+        return weights
 
     def _log_token_stats(self, stats: dict[str, torch.Tensor], mask: torch.Tensor) -> None:
         mode = "train" if self.model.training else "eval"
