@@ -8,7 +8,7 @@ TORCH_CPU ?= torch==2.13.0
 STAMP := $(VENV)/.trl-opd-installed
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap demo test lint bench clean
+.PHONY: bootstrap demo test lint bench clean package-check
 
 bootstrap: $(STAMP)
 
@@ -30,6 +30,10 @@ test: bootstrap
 lint: bootstrap
 	$(VENV)/bin/ruff check trl_opd tests benchmarks
 	$(VENV)/bin/ruff format --check trl_opd tests benchmarks
+
+# build the sdist and wheel, install the wheel into a fresh venv, run `trl-opd --help` and a dry run from it
+package-check:
+	PYTHON=$(PYTHON) TORCH_CPU="$(TORCH_CPU)" bash .ci/package_check.sh
 
 bench: bootstrap
 	$(PY) benchmarks/bench_loss_memory.py
