@@ -84,6 +84,10 @@ class ATESDTrainer(OPDTrainer):
 
     _tag_names = ["trl", "trl-opd", "on-policy-distillation", "self-distillation", "atesd"]
     _name = "ATESD"
+    _paper = {
+        "title": "ATESD: Adaptive Teacher Exposure for Self-Distillation",
+        "id": "2605.11458",
+    }  # TRL's card would say GKD (inherited)
     required_columns = ("solution",)
 
     def __init__(

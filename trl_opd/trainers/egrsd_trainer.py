@@ -56,6 +56,10 @@ class EGRSDTrainer(PromptLimitMixin, GRPOTrainer):
 
     _tag_names = ["trl", "trl-opd", "grpo", "egrsd"]
     _name = "EGRSD"
+    _paper = {
+        "title": "EGRSD: Entropy-Guided Reinforced Self-Distillation",
+        "id": "2605.13255",
+    }  # not GRPOTrainer's DeepSeekMath
     #: Dataset columns the trainer can read: the prompt, the answer (default reward) and the solution (teacher's
     #: context). Which of them a run needs is [`EGRSDTrainer.needed_columns`].
     required_columns: tuple[str, ...] = ("prompt", "answer", "solution")

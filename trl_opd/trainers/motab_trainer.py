@@ -39,6 +39,10 @@ class MOTABTrainer(OPDTrainer):
 
     _tag_names = ["trl", "trl-opd", "on-policy-distillation", "motab"]
     _name = "MOTAB"
+    _paper = {
+        "title": "MOTAB: Monitoring Trajectories And Backtracking for on-policy distillation",
+        "id": "2605.19433",
+    }  # TRL's card would say GKD (inherited)
 
     def __init__(
         self,

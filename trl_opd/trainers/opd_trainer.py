@@ -68,6 +68,10 @@ class OPDTrainer(PromptLimitMixin, DistillationTrainer):
 
     _tag_names = ["trl", "trl-opd", "on-policy-distillation"]
     _name = "OPD"
+    _paper = {
+        "title": "On-Policy Distillation of Language Models: Learning from Self-Generated Mistakes",
+        "id": "2306.13649",
+    }  # TRL's card would say GKD (inherited)
     #: Dataset columns this trainer needs, besides `prompt`.
     required_columns: tuple[str, ...] = ()
 

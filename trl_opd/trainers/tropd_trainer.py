@@ -51,6 +51,10 @@ class TrOPDTrainer(OPDTrainer):
 
     _tag_names = ["trl", "trl-opd", "on-policy-distillation", "tropd"]
     _name = "TrOPD"
+    _paper = {
+        "title": "TrOPD: Trust Region On-Policy Distillation",
+        "id": "2606.01249",
+    }  # TRL's card would say GKD (inherited)
 
     def __init__(self, model, teacher_model=None, args: TrOPDConfig | None = None, **kwargs):
         """The parent's arguments (`train_dataset=...`, `peft_config=...` by keyword after the first three)."""
