@@ -117,7 +117,7 @@ class LightevalCallback(TrainerCallback):
         if not self.eval_on_save or not state.is_world_process_zero:
             return
         checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if not (checkpoint / "config.json").is_file():
+        if not (checkpoint / "config.json").is_file() and not (checkpoint / "adapter_config.json").is_file():
             logger.warning("LightevalCallback: no saved model at %s; skipping its evaluation", checkpoint)
             return
         if self.evaluate(checkpoint, Path(args.output_dir) / "eval" / checkpoint.name, state.global_step, state):

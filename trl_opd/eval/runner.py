@@ -20,12 +20,15 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from trl_opd.adapters import adapter_base_model, is_adapter_folder, merge_adapter
 from trl_opd.eval.data import (
     AVG_METRIC,
     BENCHMARKS,
@@ -51,6 +54,19 @@ from trl_opd.eval.data import (
 RESULTS_FILE, TABLE_FILE = "eval_results.json", "eval_results.md"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _FINGERPRINT_CHUNK = 1 << 20
+# Files of a training folder that are no part of the model (the eval's own results are written beside the weights).
+NOT_WEIGHTS = {
+    "README.md",
+    RESULTS_FILE,
+    TABLE_FILE,
+    "eval_history.json",
+    "train_results.json",
+    "all_results.json",
+    "trainer_state.json",
+    "training_curves.png",
+    "trl_opd_recipe.yaml",
+}
+PROGRESS_INTERVAL_S = float(os.environ.get("TRL_OPD_EVAL_PROGRESS_S", "30"))
 
 
 class EvalError(RuntimeError):
@@ -76,7 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-samples", "-k", type=int, default=DEFAULT_NUM_SAMPLES, help="k samples per problem")
     parser.add_argument("--backend", choices=["auto", "vllm", "transformers"], default="auto")
     parser.add_argument("--data-dir", help="folder of local JSONL files (problem, answer); default: the Hub datasets")
-    parser.add_argument("--output-dir", help="where results go (default: eval_results/<model name>)")
+    parser.add_argument(
+        "--output-dir",
+        help="where results go (default: the model folder itself, so `trl-opd card` finds them; for a Hub id: "
+        "eval_results/<model name>)",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
     parser.add_argument("--max-samples", type=int, help="evaluate only the first N problems of each task (debug)")
     parser.add_argument("--temperature", type=float, default=DEFAULT_SAMPLING["temperature"])
@@ -127,8 +147,12 @@ def resolve_model(model: str) -> Path | None:
     """The local folder of `model`, or `None` for a Hub id. Raises `EvalError` for a path that does not exist."""
     path = Path(model).expanduser()
     if path.is_dir():
+        if is_adapter_folder(path):  # a LoRA adapter: merged into a temporary folder before the eval
+            return path.resolve()
         if not (path / "config.json").is_file():
-            raise EvalError(f"model folder {model!r} has no config.json (not a saved transformers model)")
+            raise EvalError(
+                f"model folder {model!r} has no config.json (not a saved transformers model) and no adapter_config.json"
+            )
         if "," in path.name or "=" in path.name:
             raise EvalError(f"model folder name {path.name!r} must not contain ',' or '='")
         return path.resolve()
@@ -149,12 +173,13 @@ def resolve_model(model: str) -> Path | None:
 
 
 def model_fingerprint(folder: Path) -> str:
-    """A hash of a model folder's top-level files (name, size, mtime, first and last MiB); `README.md` excluded.
+    """A hash of a model folder's top-level files (name, size, mtime, first and last MiB); card, results, training
+    records excluded ([`NOT_WEIGHTS`]).
 
     Cheap for multi-GB checkpoints, and any rewrite of the weights changes it.
     """
     digest = hashlib.sha256()
-    for path in sorted(p for p in folder.iterdir() if p.is_file() and p.name != "README.md"):
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and p.name not in NOT_WEIGHTS):
         stat = path.stat()
         digest.update(f"{path.name}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
         with open(path, "rb") as handle:
@@ -235,7 +260,9 @@ def model_parameters(args: argparse.Namespace, model_name: str, backend: str, ca
     return params
 
 
-def subprocess_env(args: argparse.Namespace, local_model: bool, staging: Path) -> dict[str, str]:
+def subprocess_env(
+    args: argparse.Namespace, local_model: bool, staging: Path, model_dir: Path | None = None
+) -> dict[str, str]:
     """Environment for the lighteval process: the task settings, and offline mode when everything is local."""
     env = dict(os.environ)
     env.update(
@@ -248,7 +275,7 @@ def subprocess_env(args: argparse.Namespace, local_model: bool, staging: Path) -
     )
     for name in (ENV_DATA_DIR, ENV_EOS_IDS, ENV_PAD_ID):
         env.pop(name, None)
-    eos, pad = length_token_ids(args.model, args.revision)
+    eos, pad = length_token_ids(str(model_dir) if model_dir else args.model, args.revision)
     if eos:
         env[ENV_EOS_IDS] = ",".join(map(str, eos))
     if pad is not None:
@@ -277,12 +304,62 @@ def last_error_line(log_path: Path) -> str:
     return lines[-1].strip() if lines else ""
 
 
-def run_lighteval(command: list[str], env: dict, cwd: Path, log_path: Path) -> None:
-    """Run lighteval, its output going to `log_path`. Raises `EvalError` with lighteval's last error."""
+_TO_PROCESS = re.compile(r"Starting to process (\d+)/(\d+) samples")
+_BAR = re.compile(r"(?:generation|Processed prompts)[^\r\n]*?(\d+)/(\d+) \[")
+
+
+def read_progress(log_path: Path, tail_bytes: int = 1 << 16) -> tuple[int, int] | None:
+    """`(problems done, problems to generate)` read from lighteval's log: the number of problems from its cache line,
+    the fraction done from the newest generation progress bar (transformers batches or vLLM prompts)."""
+    try:
+        with open(log_path, "rb") as handle:
+            text = handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    totals = _TO_PROCESS.findall(text)
+    if not totals:
+        return None
+    total = int(totals[-1][0])
+    bars = _BAR.findall(text[-tail_bytes:])
+    if not bars:
+        return 0, total
+    done, steps = int(bars[-1][0]), int(bars[-1][1])
+    return (min(total, round(total * done / steps)) if steps else 0), total
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def progress_line(done: int, total: int, elapsed: float) -> str:
+    """`progress: 12/30 problems (40%), elapsed 0:10:00, ETA 0:15:00`."""
+    eta = _clock(elapsed * (total - done) / done) if done else "unknown"
+    return f"progress: {done}/{total} problems ({100 * done // max(total, 1)}%), elapsed {_clock(elapsed)}, ETA {eta}"
+
+
+def run_lighteval(command: list[str], env: dict, cwd: Path, log_path: Path, interval: float | None = None) -> None:
+    """Run lighteval, its output going to `log_path`, printing the progress read from that log every `interval`
+    seconds (`TRL_OPD_EVAL_PROGRESS_S`, default 30). Raises `EvalError` with lighteval's last error."""
+    interval = PROGRESS_INTERVAL_S if interval is None else interval
+    start, last = time.time(), None
     with open(log_path, "w") as log:
         log.write("$ " + " ".join(command) + f"\n# cwd: {cwd}\n")
         log.flush()
-        rc = subprocess.run(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
+        process = subprocess.Popen(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+        while True:
+            try:
+                rc = process.wait(timeout=interval)
+                break
+            except subprocess.TimeoutExpired:
+                progress = read_progress(log_path)
+                if progress is not None and progress != last:
+                    print(progress_line(*progress, time.time() - start), flush=True)
+                    last = progress
+            except BaseException:
+                process.kill()
+                process.wait()
+                raise
     if rc != 0:
         raise EvalError(f"lighteval failed (exit {rc}): {last_error_line(log_path)} (full log: {log_path})")
 
@@ -358,6 +435,9 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def default_output_dir(model: str) -> Path:
+    """A local model folder records its own results (`MODEL/eval_results.json`); a Hub model `eval_results/<name>`."""
+    if Path(model).expanduser().is_dir():
+        return Path(model).expanduser()
     name = Path(model.rstrip("/")).name or "model"
     return Path("eval_results") / re.sub(r"[^\w.-]+", "_", name)
 
@@ -392,6 +472,10 @@ def launch(
     run_dir.mkdir(parents=True, exist_ok=True)
     # lighteval keys its cache by the model arguments, cache_dir included: a folder per fingerprint of the weights.
     cache_dir = output_dir / "lighteval_cache" / fingerprint
+    merged = None
+    if local is not None and is_adapter_folder(local):
+        merged = _merged_copy(local, run_dir)
+        cwd, model_name = merged.parent, f"./{merged.name}"
     config_path = run_dir / "model_config.yaml"
     config_path.write_text(
         yaml.safe_dump({"model_parameters": model_parameters(args, model_name, backend, cache_dir)})
@@ -401,10 +485,27 @@ def launch(
     command += ["--custom-tasks", "trl_opd.eval.tasks", "--output-dir", str(run_dir), "--save-details"]
     if args.max_samples:
         command += ["--max-samples", str(args.max_samples)]
-    run_lighteval(
-        command, subprocess_env(args, local is not None, output_dir / "data"), cwd, run_dir / "lighteval.log"
-    )
+    log_path = run_dir / "lighteval.log"
+    print(f"lighteval log: {log_path}", flush=True)
+    env = subprocess_env(args, local is not None, output_dir / "data", merged)
+    try:
+        run_lighteval(command, env, cwd, log_path)
+    finally:
+        if merged is not None:
+            shutil.rmtree(merged.parent, ignore_errors=True)
     return run_dir, fingerprint, backend, local
+
+
+def _merged_copy(adapter: Path, run_dir: Path) -> Path:
+    """The base model with `adapter` merged in, saved to a temporary folder (removed after the eval)."""
+    base = adapter_base_model(adapter)
+    print(f"{adapter} is a LoRA adapter: merging it into {base} for the eval ...", flush=True)
+    folder = Path(tempfile.mkdtemp(prefix="merged-", dir=run_dir)) / "model"
+    try:
+        return merge_adapter(adapter, folder, base)
+    except Exception as exc:  # base model unreachable, incompatible adapter: one line for the user
+        shutil.rmtree(folder.parent, ignore_errors=True)
+        raise EvalError(f"cannot merge the adapter {adapter} into {base}: {' '.join(str(exc).split())[:300]}") from exc
 
 
 def run_eval(args: argparse.Namespace) -> dict:
