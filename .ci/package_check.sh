@@ -12,8 +12,10 @@ trap 'rm -rf "$work"' EXIT
 start=$SECONDS
 
 "$PYTHON" -m venv "$work/build-venv"
-"$work/build-venv/bin/pip" install --quiet build
-"$work/build-venv/bin/python" -m build --outdir "$work/dist" . >"$work/build.log" 2>&1 || { tail -30 "$work/build.log"; exit 1; }
+"$work/build-venv/bin/pip" install --quiet build "setuptools>=77" wheel
+# sdist first, then the wheel from the unpacked sdist (so a file missing from the sdist fails here); one build venv
+"$work/build-venv/bin/python" -m build --no-isolation --outdir "$work/dist" . >"$work/build.log" 2>&1 \
+    || { tail -30 "$work/build.log"; exit 1; }
 ls "$work"/dist/trl_opd-*.tar.gz "$work"/dist/trl_opd-*-py3-none-any.whl
 # the wheel must carry the card template and the typing marker
 "$work/build-venv/bin/python" - "$work"/dist/trl_opd-*.whl <<'PY'
