@@ -2,13 +2,17 @@
 """`trl-opd eval`: Average@k, pass@k and mean length on AIME 2024 / AIME 2025 / HMMT Feb 2025 with lighteval 0.13.
 
 Runs the real `lighteval` CLI (`accelerate` = transformers backend, or `vllm`) in a subprocess on the tasks of
-[`trl_opd.eval.tasks`], then prints one table and writes `eval_results.json` and `eval_results.md` to the output dir.
+[`trl_opd.eval.tasks`], then prints one table and writes `eval_results.json` and `eval_results.md` to the output dir:
+by default the model folder itself (where `trl-opd card` reads them; the lighteval runs and caches go to its
+`lighteval/`, `lighteval_cache/`, `data/` subfolders, which `trl-opd push` leaves out), for a Hub id
+`eval_results/<name>`. A LoRA adapter folder is merged into its base model in a temporary folder first. The log path
+is printed at the start and the progress (problems done / total, elapsed, ETA) while lighteval runs.
 
 lighteval 0.13 traps handled here:
 - its generation cache lives at `<cache_dir>/<model_name>/<hash of the model arguments>`; an absolute `model_name`
   puts it *inside the model folder*, and a new checkpoint at the same path reuses the old answers. We pass the
   model as a relative path (run from its parent folder) and set `cache_dir` to a folder named by a fingerprint of
-  the weights, so changed weights always get fresh generations and the model folder stays clean;
+  the weights (the card, results and training records excluded), so changed weights always get fresh generations;
 - the task registry downloads `tinyBenchmarks.pkl` at import: [`trl_opd.eval.offline.prepare_offline`] runs first;
 - task names are `task|fewshot` (`opd_aime24|0`).
 """
@@ -297,13 +301,25 @@ def last_error_line(log_path: Path) -> str:
         lines = log_path.read_text(errors="replace").splitlines()
     except OSError:
         return ""
-    for line in reversed(lines):
-        match = re.search(r"\b(\w+(Error|Exception)):\s*(.*)", line)
+    lines = [_ANSI.sub("", line).rstrip() for line in lines]
+    for index in range(len(lines) - 1, -1, -1):
+        match = re.search(r"\b(\w+(Error|Exception)):\s*(.*)", lines[index])
         if match:
-            return f"{match.group(1)}: {match.group(3).strip()}"
+            # a message that goes on over the next lines (before the next traceback or log record) is kept whole
+            rest = []
+            for line in lines[index + 1 :]:
+                if (
+                    not line.strip()
+                    or line.startswith(("Traceback", "[", "  File "))
+                    or re.match(r"\w+(Error|Exception)", line)
+                ):
+                    break
+                rest.append(line.strip())
+            return " ".join([f"{match.group(1)}: {match.group(3).strip()}", *rest]).strip()
     return lines[-1].strip() if lines else ""
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _TO_PROCESS = re.compile(r"Starting to process (\d+)/(\d+) samples")
 _BAR = re.compile(r"(?:generation|Processed prompts)[^\r\n]*?(\d+)/(\d+) \[")
 
