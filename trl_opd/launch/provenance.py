@@ -18,10 +18,17 @@ _SHA = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
 
 
 def installed_commit(distribution: str = "trl-opd") -> str | None:
-    """`vcs_info.commit_id` of the installed distribution's `direct_url.json` (PEP 610), if any."""
+    """The commit recorded by the install (PEP 610 `direct_url.json`): `vcs_info.commit_id` (`pip install git+...`),
+    or, for `pip install .` from a clone (`dir_info`), that clone's HEAD read from its files."""
     try:
         text = metadata.distribution(distribution).read_text("direct_url.json")
-        commit = json.loads(text or "{}").get("vcs_info", {}).get("commit_id")
+        record = json.loads(text or "{}")
+        commit = record.get("vcs_info", {}).get("commit_id")
+        url = record.get("url", "")
+        if commit is None and "dir_info" in record and isinstance(url, str) and url.startswith("file://"):
+            from urllib.parse import unquote, urlparse
+
+            commit = checkout_commit(unquote(urlparse(url).path))
     except (metadata.PackageNotFoundError, ValueError, AttributeError, OSError):
         return None
     return commit if isinstance(commit, str) and _SHA.match(commit) else None
@@ -72,4 +79,6 @@ def checkout_commit(checkout: str | Path) -> str | None:
 def source_commit(checkout: str | Path | None = None) -> str:
     """The commit of `checkout` (default: this package's source tree, else the install record); `"unknown"`."""
     package_root = Path(__file__).resolve().parents[2]
+    if checkout is None and not (package_root / "pyproject.toml").is_file():
+        return installed_commit() or "unknown"  # an install in site-packages: its metadata, never a nearby .git
     return checkout_commit(checkout or package_root) or installed_commit() or "unknown"
