@@ -124,6 +124,11 @@ def test_dry_run_and_a_real_run(tiny_recipe, capsys, tmp_path):
     code, _, err = run_cli(capsys, "train", "--config", recipe)
     assert code == 0, err
     assert (tmp_path / "out" / "model.safetensors").is_file()
+    # the run's records and a full-model card
+    for name in ("train_results.json", "trainer_state.json", "training_curves.png", "trl_opd_recipe.yaml"):
+        assert (tmp_path / "out" / name).is_file(), name
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "library_name: transformers" in card and "AutoModelForCausalLM" in card
 
 
 def test_methods_command_and_usage(capsys):

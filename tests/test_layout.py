@@ -107,6 +107,8 @@ def test_registry_is_the_table_of_method_facts():
         # the method's own entry (not a preset) names the trainer as the trainer names itself
         if not spec.config_overrides and spec.trainer.startswith("trl_opd."):
             assert trainer_class._name == spec.display_name, name
+            # and TRL's card (written when `create_model_card` is not ours) names the method's paper, not GKD's
+            assert trainer_class._paper == {"title": spec.paper_title, "id": spec.paper_id}, name
     assert METHODS["rlsd"].config_overrides == {"g_min": 1.0} and METHODS["rlsd"].trainer == METHODS["egrsd"].trainer
 
 

@@ -106,6 +106,30 @@ def test_template_placeholders_are_all_filled_for_every_method():
         assert "Not evaluated yet" in card
 
 
+def test_card_metadata_through_huggingface_hub_for_an_adapter_and_a_full_model():
+    from huggingface_hub import ModelCard
+
+    evaluation = {
+        "results": [{"task": "aime24", "title": "AIME 2024", "average_at_k": 0.5, "pass_at_k": 0.75, "mean_length": 9.0,
+                     "k": 4}],
+        "sampling": {"temperature": 0.6, "top_p": 0.95, "top_k": 20, "max_new_tokens": 8},
+        "num_samples": 4, "data": "/local/data",
+    }  # fmt: skip
+    info = {"base_model": "Qwen/Qwen3-1.7B", "method": "atesd", "training_data": "open-r1/OpenR1-Math-220k",
+            "datasets": ["open-r1/OpenR1-Math-220k"], "hub_model_id": "me/q-atesd", "eval": evaluation,
+            "chat_template_kwargs": {"enable_thinking": True}, "adapter": True}  # fmt: skip
+    card = ModelCard(render_model_card(info))
+    assert card.data.library_name == "peft" and card.data.base_model == "Qwen/Qwen3-1.7B"
+    assert card.data.datasets == ["open-r1/OpenR1-Math-220k"] and card.data.model_name == "me/q-atesd"
+    avg, passed = card.data.eval_results
+    assert (avg.dataset_type, avg.metric_type, avg.metric_value) == ("HuggingFaceH4/aime_2024", "avg@k", 50.0)
+    assert (passed.metric_name, passed.metric_value) == ("pass@4", 75.0)
+    assert 'model_id = "me/q-atesd"' in card.text and "enable_thinking=True" in card.text
+    full = ModelCard(render_model_card({**info, "adapter": False, "eval": None}))
+    assert full.data.library_name == "transformers" and full.data.eval_results is None
+    assert "AutoModelForCausalLM.from_pretrained(model_id" in full.text
+
+
 @pytest.mark.parametrize(
     ("info", "message"),
     [

@@ -28,9 +28,13 @@ def load_raw_dataset(script_args: ScriptArguments, split: str) -> Dataset:
     A data file that is missing, empty or unreadable is a [`DatasetValidationError`]; a Hub id or folder that cannot
     be loaded from here is a [`DatasetUnavailableError`] (a dry run reports it and goes on).
     """
+    if script_args.datasets:  # a TRL dataset mixture (`datasets:` in the recipe)
+        return _load_mixture(script_args, split)
     name = script_args.dataset_name
     if not name:
-        raise DatasetValidationError("No dataset: set `dataset_name` in the recipe (Hub id, folder or data file).")
+        raise DatasetValidationError(
+            "No dataset: set `dataset_name` (Hub id, folder or data file) or `datasets:` (a mixture) in the recipe."
+        )
     path = Path(name)
     if path.suffix in _FILE_BUILDERS:
         if not path.is_file():
@@ -39,6 +43,23 @@ def load_raw_dataset(script_args: ScriptArguments, split: str) -> Dataset:
             raise DatasetValidationError(f"Dataset file {name} is empty.")
         return _load(DatasetValidationError, name, split, _FILE_BUILDERS[path.suffix], data_files={split: name})
     return _load(DatasetUnavailableError, name, split, name, script_args.dataset_config)
+
+
+def _load_mixture(script_args: ScriptArguments, split: str) -> Dataset:
+    """TRL's `get_dataset` on the recipe's mixture; `split` is `train` (or `test` with `test_split_size`)."""
+    from trl import DatasetMixtureConfig, get_dataset
+
+    mixture = DatasetMixtureConfig(datasets=list(script_args.datasets), test_split_size=script_args.test_split_size)
+    names = ", ".join(d.path for d in mixture.datasets)
+    local = all(Path(d.path).exists() or d.path in _FILE_BUILDERS.values() for d in mixture.datasets)
+    error = DatasetValidationError if local else DatasetUnavailableError
+    try:
+        splits = get_dataset(mixture)
+    except Exception as err:  # datasets raises many types; the user needs the one line
+        raise error(f"Could not load the dataset mixture ({names}): {err or type(err).__name__}") from err
+    if split not in splits:
+        raise DatasetValidationError(f"The dataset mixture ({names}) has no split {split!r}: {sorted(splits)}")
+    return splits[split]
 
 
 def _load(error: type[DatasetValidationError], name: str, split: str, *args, **kwargs) -> Dataset:
@@ -100,7 +121,44 @@ def model_init_kwargs(model_args: ModelConfig) -> dict[str, Any]:
 
 
 def build_trainer(script_args: ScriptArguments, config, model_args: ModelConfig, train_dataset=None, **extra):
-    """Build the trainer that `script_args.method` names. `train_dataset` overrides the recipe's dataset."""
+    """Build the trainer that `script_args.method` names. `train_dataset` overrides the recipe's dataset.
+
+    The trainer writes our model card wherever TRL would write its own (every checkpoint, and the Trainer's pushes
+    with `push_to_hub: true`), and with `eval_tasks` in the recipe it evaluates every save and the final model.
+    """
+    trainer = _make_trainer(script_args, config, model_args, train_dataset, **extra)
+    use_our_card(trainer, script_args, config, model_args)
+    if script_args.eval_tasks:
+        from ..eval.callback import LightevalCallback
+
+        options = {"max_new_tokens": script_args.eval_max_new_tokens, "max_samples": script_args.eval_max_samples}
+        trainer.add_callback(
+            LightevalCallback(
+                tasks=script_args.eval_tasks,
+                num_samples=script_args.eval_num_samples,
+                data_dir=script_args.eval_data_dir,
+                **{key: value for key, value in options.items() if value is not None},
+            )
+        )
+    return trainer
+
+
+def use_our_card(trainer, script_args: ScriptArguments, config, model_args: ModelConfig) -> None:
+    """Replace the trainer's `create_model_card` (TRL's generic card, called at every save and push) with ours."""
+
+    def create_model_card(*args, **kwargs):
+        if not trainer.is_world_process_zero():
+            return
+        from .model_card import card_info_from_parsed, render_model_card, write_model_card
+
+        info = card_info_from_parsed(script_args, config, model_args, config.output_dir)
+        info["adapter"] = bool(model_args.use_peft)
+        write_model_card(config.output_dir, render_model_card(info))
+
+    trainer.create_model_card = create_model_card
+
+
+def _make_trainer(script_args: ScriptArguments, config, model_args: ModelConfig, train_dataset=None, **extra):
     spec = get_spec(script_args.method)
     _, trainer_class = load_method(spec.name)
     check_teacher(spec, config)

@@ -104,7 +104,9 @@ def eval_section(evaluation: dict | None, model_hint: str = "MODEL") -> str:
     if not evaluation or not evaluation.get("results"):
         return (
             "Not evaluated yet. Run `trl-opd eval --model " + model_hint + " --tasks aime24,aime25,hmmt25` "
-            "(Average@k, pass@k, mean length) and re-render this card."
+            "(Average@k, pass@k, mean length; the results are recorded in that folder), then `trl-opd card "
+            + model_hint
+            + "` to re-render this card."
         )
     rows = [
         [
@@ -175,6 +177,65 @@ def _teacher(info: dict) -> str:
     raise ValueError(f"model card: 'teacher' is required for method {method!r}")
 
 
+def _readable(value: Any) -> str:
+    """A hyperparameter as a reader writes it: enum values, `1e-05`, JSON for lists and dicts."""
+    from enum import Enum
+
+    if isinstance(value, Enum):
+        value = value.value
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+def quick_start(model_id: str, adapter: bool = False, chat_template_kwargs: dict | None = None) -> str:
+    """A runnable snippet: load the model (or the base model and the adapter) and answer one problem."""
+    kwargs = "".join(f", {k}={v!r}" for k, v in (chat_template_kwargs or {}).items())
+    if adapter:
+        load = (
+            "from peft import AutoPeftModelForCausalLM\nfrom transformers import AutoTokenizer\n\n"
+            f'model_id = "{model_id}"  # a LoRA adapter: the base model is read from adapter_config.json\n'
+            'model = AutoPeftModelForCausalLM.from_pretrained(model_id, dtype="auto", device_map="auto")\n'
+        )
+    else:
+        load = (
+            "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+            f'model_id = "{model_id}"\n'
+            'model = AutoModelForCausalLM.from_pretrained(model_id, dtype="auto", device_map="auto")\n'
+        )
+    return (
+        "```python\n" + load + "tokenizer = AutoTokenizer.from_pretrained(model_id)\n"
+        'messages = [{"role": "user", "content": "What is the sum of the first 10 odd numbers? '
+        'Please reason step by step, and put your final answer within \\\\boxed{}."}]\n'
+        "inputs = tokenizer.apply_chat_template(\n"
+        f'    messages, add_generation_prompt=True, return_tensors="pt", return_dict=True{kwargs}\n'
+        ").to(model.device)\n"
+        "output = model.generate(**inputs, max_new_tokens=4096, do_sample=True, temperature=0.6, top_p=0.95, top_k=20)\n"
+        'print(tokenizer.decode(output[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True))\n```'
+        + (
+            f"\n\nTrained with the chat template called with `{json.dumps(chat_template_kwargs)}`: "
+            "pass the same at inference."
+            if chat_template_kwargs
+            else ""
+        )
+    )
+
+
+def training_state_line(state: dict | None) -> str:
+    """One line from `trainer_state.json`: steps, epochs, final logged loss."""
+    if not state:
+        return "Training state: not recorded (no `trainer_state.json`)."
+    parts = [f"{state.get('global_step')} optimizer steps"]
+    if state.get("epoch") is not None:
+        parts.append(f"{float(state['epoch']):.2f} epochs")
+    losses = [e["loss"] for e in state.get("log_history", []) if isinstance(e.get("loss"), (int, float))]
+    if losses:
+        parts.append(f"last logged loss {losses[-1]:.4g}")
+    return "Training state: " + ", ".join(parts) + " (`trainer_state.json`; curves in `training_curves.png`)."
+
+
 def card_fields(info: dict) -> dict[str, str]:
     """Every template field, computed from `info` (see [`render_model_card`]). Raises `ValueError` when incomplete."""
     method = str(info.get("method", "")).lower()
@@ -185,40 +246,102 @@ def card_fields(info: dict) -> dict[str, str]:
     info = {**info, "method": method}
     paper = METHOD_PAPERS[method]
     base_model = str(info["base_model"])
-    model_name = info.get("model_name") or info.get("hub_model_id") or f"{base_model.split('/')[-1]}-{method}"
-    is_hub_base = bool(_HUB_ID.match(base_model)) and not Path(base_model).exists()
+    model_name = _model_name(info)
+    display = info.get("method_display") or METHODS[method].display_name
     return {
-        "license": info.get("license") or "apache-2.0",
-        "base_model_metadata": f"base_model: {base_model}"
-        if is_hub_base
-        else "# base_model: a local model (no Hub id)",
         "base_model": base_model,
-        "base_model_link": _model_ref(base_model, link=is_hub_base),
+        "base_model_link": _model_ref(base_model, link=_is_hub_model(base_model)),
         "model_name": str(model_name),
         "teacher": _teacher(info),
         "method": method,
-        "method_display": METHODS[method].display_name,
+        "method_display": display,
         "paper_reference": f"[{paper.title}](https://arxiv.org/abs/{paper.arxiv_id}), arXiv:{paper.arxiv_id}",
         "recipe": str(info.get("recipe") or "not recorded (trainer configured in code)"),
         "commit": str(info.get("commit") or git_commit()),
         "training_data": _training_data(info.get("training_data")),
         "framework_versions": info.get("framework_versions") or framework_versions(),
+        "quick_start": quick_start(
+            str(info.get("hub_model_id") or info.get("output_dir") or model_name),
+            adapter=bool(info.get("adapter")),
+            chat_template_kwargs=info.get("chat_template_kwargs"),
+        ),
+        "training_state": training_state_line(info.get("state")),
         "hyperparameters_table": hyperparameters_table(info.get("hyperparameters")),
-        "eval_section": eval_section(info.get("eval"), model_hint=str(model_name)),
+        "eval_section": eval_section(info.get("eval"), model_hint=str(info.get("output_dir") or "OUTPUT_DIR")),
         "intended_use": info.get("intended_use") or DEFAULT_INTENDED_USE,
         "citation": citation(method),
     }
 
 
+def _model_name(info: dict) -> str:
+    base_model = str(info["base_model"])
+    return str(info.get("model_name") or info.get("hub_model_id") or f"{base_model.split('/')[-1]}-{info['method']}")
+
+
+def _is_hub_model(name: str) -> bool:
+    return bool(_HUB_ID.match(name)) and not Path(name).exists()
+
+
+def _eval_results(evaluation: dict | None) -> list:
+    """`model-index` entries (huggingface_hub `EvalResult`s): Average@k and pass@k per benchmark, in %."""
+    from huggingface_hub import EvalResult
+
+    from ..eval.data import BENCHMARKS
+
+    if not evaluation or not evaluation.get("results"):
+        return []
+    data = evaluation.get("data")
+    results = []
+    for row in evaluation["results"]:
+        dataset = data.get(row["task"]) if isinstance(data, dict) else None
+        dataset = dataset or (BENCHMARKS[row["task"]].hub_repo if row["task"] in BENCHMARKS else None)
+        for metric, key, name in (("avg@k", "average_at_k", "Average"), ("pass@k", "pass_at_k", "pass")):
+            results.append(
+                EvalResult(
+                    task_type="text-generation",
+                    dataset_type=dataset or row["task"],
+                    dataset_name=row.get("title", row["task"]),
+                    metric_type=metric,
+                    metric_name=f"{name}@{row['k']}",
+                    metric_value=round(100 * row[key], 2),
+                )
+            )
+    return results
+
+
+def card_metadata(info: dict):
+    """The card's metadata as a `huggingface_hub.ModelCardData`: license, base model, library, datasets, tags,
+    `model-index` (the eval results, which the Hub displays)."""
+    from huggingface_hub import ModelCardData
+
+    method = str(info.get("method", "")).lower()
+    base_model = str(info["base_model"])
+    datasets = [str(d) for d in (info.get("datasets") or []) if _is_hub_model(str(d))]
+    eval_results = _eval_results(info.get("eval"))
+    return ModelCardData(
+        license=info.get("license") or "apache-2.0",
+        base_model=base_model if _is_hub_model(base_model) else None,
+        library_name="peft" if info.get("adapter") else "transformers",
+        pipeline_tag="text-generation",
+        datasets=datasets or None,
+        tags=["trl", "trl-opd", "on-policy-distillation", method] + (["lora"] if info.get("adapter") else []),
+        model_name=_model_name(info) if eval_results else None,
+        eval_results=eval_results or None,
+    )
+
+
 def render_model_card(info: dict, template: str | None = None) -> str:
-    """Render the model card.
+    """Render the model card: metadata through `huggingface_hub.ModelCardData`, the body from the template.
 
     Args:
         info (`dict`): `base_model`, `method` (a key of [`METHOD_PAPERS`]) and `training_data` are required;
             optional: `teacher` (required for external-teacher methods), `model_name`, `hub_model_id`, `recipe`,
-            `commit` (default: this checkout's), `hyperparameters` (dict), `eval` (a `trl-opd eval` result dict, as
-            in `eval_results.json`), `intended_use`, `license`, `framework_versions`.
-        template (`str`, *optional*): a template string; default: the packaged `model_card.md`.
+            `commit` (default: this install's), `hyperparameters` (dict), `eval` (a `trl-opd eval` result dict, as
+            in `eval_results.json`), `intended_use`, `license`, `framework_versions`, `adapter` (a LoRA adapter:
+            `library_name: peft`), `datasets` (Hub ids for the metadata), `chat_template_kwargs`, `state` (the
+            `trainer_state.json` dict), `output_dir`, `method_display`.
+        template (`str`, *optional*): a template string; default: the packaged `model_card.md`. A template with its
+            own `---` front matter keeps it.
 
     Returns:
         `str`: the card, with no `{{ placeholder }}` left.
@@ -226,12 +349,18 @@ def render_model_card(info: dict, template: str | None = None) -> str:
     Raises:
         `ValueError`: a required field is missing, or the template has a placeholder with no value.
     """
+    from huggingface_hub import ModelCard
+
     fields = card_fields(info)
     text = template if template is not None else load_template()
     missing = sorted({m.group(1) for m in _PLACEHOLDER.finditer(text)} - fields.keys())
     if missing:
         raise ValueError(f"model card template has placeholders with no value: {', '.join(missing)}")
-    return _PLACEHOLDER.sub(lambda m: fields[m.group(1)], text)
+    body = _PLACEHOLDER.sub(lambda m: fields[m.group(1)], text)
+    if body.startswith("---"):
+        return body
+    card = ModelCard(f"---\n{card_metadata(info).to_yaml()}\n---\n\n{body}")
+    return str(card)
 
 
 def write_model_card(output_dir: str | os.PathLike, card_text: str, filename: str = CARD_FILE) -> Path:
@@ -266,6 +395,7 @@ UPLOAD_IGNORE = [
     "training_args.bin",  # the pickled TrainingArguments hold `hub_token` in clear text
     "**/training_args.bin",
     "trl_opd_state.pt",
+    "merged/**",  # the merged copy of an adapter is pushed on its own (`trl-opd push OUT/merged`)
     "*.tmp",
 ]
 
@@ -307,8 +437,8 @@ def push_model_with_card(
             return None
     else:
         folder = Path(trainer_or_output_dir)
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{folder} is not a saved model folder (no config.json)")
+    if not (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{folder} is not a saved model folder (no config.json or adapter_config.json)")
     if card_text is not None:
         write_model_card(folder, card_text)
     if api is None:
@@ -343,25 +473,54 @@ def files_holding(folder: Path, secret: str | None, max_bytes: int = 64 << 20) -
 KEY_HYPERPARAMETERS = (
     "learning_rate",
     "lr_scheduler_type",
+    "warmup_steps",
+    "warmup_ratio",
     "per_device_train_batch_size",
     "gradient_accumulation_steps",
     "num_train_epochs",
     "max_steps",
+    "max_prompt_length",
     "max_completion_length",
     "num_generations",
     "temperature",
+    "top_p",
     "beta",
+    "chat_template_kwargs",
     "seed",
 )
+# Serving and plumbing settings that say nothing about how the model was trained.
+_NOT_HYPERPARAMETERS = re.compile(
+    r"vllm_(server|host|port|group|gpu|tensor|mode|enable|model_impl)|_port$|_host$|_url$|timeout"
+)
+LORA_FIELDS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
 
 
 def _method_fields(args: Any) -> list[str]:
     """Fields a trl-opd config adds to the TRL config it extends (its method's own hyperparameters)."""
-    from dataclasses import fields, is_dataclass
+    from .recipe import method_fields
 
-    trl_base = next((c for c in type(args).__mro__ if c.__module__.startswith("trl.") and is_dataclass(c)), None)
-    base_names = {f.name for f in fields(trl_base)} if trl_base else set()
-    return [f.name for f in fields(args) if f.name not in base_names]
+    return [f.name for f in method_fields(type(args))]
+
+
+def readable_hyperparameters(args: Any, model_args: Any = None) -> dict[str, str]:
+    """The hyperparameters that matter, as a reader writes them: `max_steps` or `num_train_epochs` (not both), no
+    vLLM ports, enum values, LoRA settings when training an adapter."""
+    names = [n for n in KEY_HYPERPARAMETERS if hasattr(args, n)] + _method_fields(args)
+    values: dict[str, Any] = {}
+    for name in dict.fromkeys(names):
+        value = getattr(args, name)
+        if value is None or _NOT_HYPERPARAMETERS.search(name):
+            continue
+        if name == "num_train_epochs" and (getattr(args, "max_steps", -1) or -1) > 0:
+            continue
+        if name == "max_steps" and value <= 0:
+            continue
+        if name in ("warmup_steps", "warmup_ratio") and not value:
+            continue
+        values[name] = value
+    if model_args is not None and getattr(model_args, "use_peft", False):
+        values.update({name: getattr(model_args, name) for name in LORA_FIELDS if getattr(model_args, name, None)})
+    return {name: _readable(value) for name, value in values.items()}
 
 
 def training_card_info(
@@ -372,18 +531,108 @@ def training_card_info(
     recipe: str | None = None,
     training_data: Any = None,
     evaluation: dict | None = None,
+    model_args: Any = None,
+    adapter: bool = False,
+    state: dict | None = None,
+    method_display: str | None = None,
 ) -> dict:
     """The `info` of [`render_model_card`] for a finished run, from its method name and training config."""
-    names = [n for n in KEY_HYPERPARAMETERS if hasattr(args, n)] + _method_fields(args)
-    hyperparameters = {name: getattr(args, name) for name in dict.fromkeys(names)}
+    data = training_data if isinstance(training_data, (list, tuple)) else [training_data] if training_data else []
     return {
         "method": method,
+        "method_display": method_display,
         "base_model": base_model,
         "teacher": teacher,
         "recipe": recipe,
         "training_data": training_data or "not recorded",
-        "hyperparameters": hyperparameters,
+        "datasets": [str(d) for d in data],
+        "hyperparameters": readable_hyperparameters(args, model_args),
+        "chat_template_kwargs": getattr(args, "chat_template_kwargs", None) or None,
         "eval": evaluation,
         "hub_model_id": getattr(args, "hub_model_id", None),
-        "model_name": Path(getattr(args, "output_dir", "") or base_model).name,
+        "model_name": getattr(args, "hub_model_id", None) or Path(getattr(args, "output_dir", "") or base_model).name,
+        "output_dir": getattr(args, "output_dir", None),
+        "adapter": adapter,
+        "state": state,
     }
+
+
+RECIPE_COPY = "trl_opd_recipe.yaml"
+STATE_FILE = "trainer_state.json"
+
+
+def save_recipe_copy(output_dir: str | os.PathLike, values: dict) -> Path:
+    """The run's effective recipe (file plus command-line overrides) as `OUTPUT_DIR/trl_opd_recipe.yaml`."""
+    import yaml
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    target = output_dir / RECIPE_COPY
+    tmp = output_dir / f".{RECIPE_COPY}.{os.getpid()}.tmp"
+    header = "# The recipe this model was trained with (file plus command-line overrides), saved by trl-opd train.\n"
+    tmp.write_text(header + yaml.safe_dump(values, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    os.replace(tmp, target)
+    return target
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return None
+
+
+def card_info_from_parsed(script_args: Any, config: Any, model_args: Any, output_dir: str | os.PathLike) -> dict:
+    """The card `info` of a run folder, from its parsed recipe and what the folder holds (state, eval, adapter)."""
+    from ..adapters import is_adapter_folder
+
+    method = script_args.method
+    display = METHODS[method].display_name
+    if method == "egrsd" and (getattr(config, "entropy_lookahead", 0) or 0) > 0:  # the CL-EGRSD preset, written out
+        display = "CL-EGRSD"
+    output_dir = Path(output_dir)
+    from .recipe import dataset_sources
+
+    sources = dataset_sources(script_args)
+    training_data = sources[0] if len(sources) == 1 else sources or None
+    info = training_card_info(
+        method,
+        config,
+        model_args.model_name_or_path,
+        teacher=getattr(config, "teacher_model_name_or_path", None),
+        recipe=script_args.recipe_path,
+        training_data=training_data,
+        evaluation=load_eval_results(output_dir),
+        model_args=model_args,
+        adapter=is_adapter_folder(output_dir),
+        state=_read_json(output_dir / STATE_FILE),
+        method_display=display,
+    )
+    info["output_dir"] = str(output_dir)
+    return info
+
+
+def card_from_output_dir(output_dir: str | os.PathLike, hub_model_id: str | None = None) -> str:
+    """Re-render the card of a finished (or running) `trl-opd train` folder from what it holds: the recipe copy,
+    `trainer_state.json`, `eval_results.json`, and whether it is a LoRA adapter."""
+    from ..errors import UserError
+    from .recipe import parse_recipe, read_recipe
+
+    output_dir = Path(output_dir)
+    run_dir = output_dir
+    if not (output_dir / RECIPE_COPY).is_file() and output_dir.name == "merged":  # the merged copy of an adapter
+        run_dir = output_dir.parent
+    recipe_file = run_dir / RECIPE_COPY
+    if not recipe_file.is_file():
+        raise UserError(f"{output_dir} has no {RECIPE_COPY}: not a folder written by `trl-opd train`")
+    original = read_recipe(str(recipe_file)).get("recipe_path")
+    script_args, config, model_args = parse_recipe(str(recipe_file), ["--output_dir", str(output_dir)])
+    script_args.recipe_path = original or str(recipe_file)
+    if hub_model_id:
+        config.hub_model_id = hub_model_id
+    info = card_info_from_parsed(script_args, config, model_args, output_dir)
+    if run_dir != output_dir:
+        info["state"] = _read_json(run_dir / STATE_FILE)
+    return render_model_card(info)
