@@ -32,7 +32,11 @@ def test_recipe_parses(path):
     header = path.read_text().splitlines()[:12]
     assert any("accelerate launch" in line for line in header), "header must give the launch command"
     assert any("Hardware" in line or "hardware" in line for line in header), "header must say the hardware"
+    extras = next(line for line in header if line.startswith("# Extras: pip install 'trl-opd["))
+    assert ("vllm" in extras) == bool(config.use_vllm) and "deepspeed" in extras
     assert config.output_dir
+    assert script_args.merge_adapter == bool(model_args.use_peft), "LoRA recipes save the merged model too"
+    assert "trackio" not in config.report_to, "no optional logger by default"
 
 
 @pytest.mark.parametrize("path", RECIPE_FILES, ids=lambda p: str(p.relative_to(RECIPES)))
@@ -42,7 +46,8 @@ def test_recipe_dry_run_offline(path, capsys):
 
     assert main(["train", "--config", str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("ok: method=") and "dataset=" in out
+    assert out.startswith("ok: method=") and "dataset=" in out and "card: ok" in out
+    assert "needs: vllm (use_vllm: true)" in out  # every shipped recipe generates with vLLM
 
 
 @pytest.mark.parametrize("path", ACCELERATE_FILES, ids=lambda p: p.name)
