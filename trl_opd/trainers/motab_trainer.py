@@ -130,7 +130,13 @@ class MOTABTrainer(OPDTrainer):
 
     @contextlib.contextmanager
     def _rollout_backends(self):
-        """`(student, teacher)` step backends for one rollout batch, under `no_grad` and with gathered weights."""
+        """`(student, teacher)` step backends for one rollout batch, under `no_grad` and with gathered weights.
+
+        Sharded models (ZeRO-3, FSDP): with `ds3_gather_for_generation` (default) both models' full weights are
+        gathered once for the whole rollout, as TRL does for the student's `generate`, so no forward communicates;
+        without it (memory), only the `lm_head`s are gathered and every forward all-gathers its layers. Either way the
+        backends run in lockstep across processes (`any_process`, see [`~trl_opd.trainers.motab_rollout`]).
+        """
         pad_id = self._tokenizer.pad_token_id
         sampling = {
             "temperature": self.temperature,
@@ -138,35 +144,46 @@ class MOTABTrainer(OPDTrainer):
             "top_p": self.top_p,
             "min_p": self.min_p or 0.0,
             "pad_token_id": pad_id,
+            "any_process": self._any_process_active if self.accelerator.num_processes > 1 else None,
         }
-        teacher = self.accelerator.unwrap_model(self.teacher_model)
-        teacher.eval()
-        with torch.no_grad(), _gathered(teacher.get_output_embeddings().weight):
-            teacher_backend = HFStepBackend(teacher, **sampling)
-            if self.use_vllm:
-                if self.state.global_step != self._last_loaded_step:
-                    self.vllm_generation.sync_weights()
-                    self._last_loaded_step = self.state.global_step
-                yield VLLMStudentBackend(self.vllm_generation, self.args.step_delimiter, pad_id), teacher_backend
-                return
-            with (
-                unwrap_model_for_generation(
-                    self.model_wrapped,
-                    self.accelerator,
-                    gather_deepspeed3_params=self.args.ds3_gather_for_generation,
-                    generation_kwargs=self.generation_kwargs,
-                    gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
-                ) as student,
-                self._dist.summon_full_params(self.model_wrapped, recurse=False),
-            ):
-                yield HFStepBackend(student, **sampling), teacher_backend
+        gather_all = self.args.ds3_gather_for_generation
+        with (
+            torch.no_grad(),
+            unwrap_model_for_generation(
+                self.teacher_model, self.accelerator, gather_deepspeed3_params=gather_all
+            ) as t,
+            self._dist.summon_full_params(self.teacher_model, recurse=False),
+        ):
+            t.eval()
+            with _gathered([] if gather_all else [t.get_output_embeddings().weight]):
+                teacher_backend = HFStepBackend(t, **sampling)
+                if self.use_vllm:
+                    if self.state.global_step != self._last_loaded_step:
+                        self.vllm_generation.sync_weights()
+                        self._last_loaded_step = self.state.global_step
+                    yield VLLMStudentBackend(self.vllm_generation, self.args.step_delimiter, pad_id), teacher_backend
+                    return
+                with (
+                    unwrap_model_for_generation(
+                        self.model_wrapped,
+                        self.accelerator,
+                        gather_deepspeed3_params=gather_all,
+                        generation_kwargs=self.generation_kwargs,
+                        gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
+                    ) as student,
+                    self._dist.summon_full_params(self.model_wrapped, recurse=False),
+                    _gathered([] if gather_all else [student.get_output_embeddings().weight]),
+                ):
+                    yield HFStepBackend(student, **sampling), teacher_backend
 
     def _any_process_active(self, local: bool) -> bool:
-        """Lockstep rounds across processes when the student backend's calls are collective (vLLM)."""
-        if not self.use_vllm or self.accelerator.num_processes == 1:
+        """Whether `local` holds on any process (an all-reduce; every process must call it the same number of times).
+        Keeps rollout rounds, teacher rounds and decoding steps in lockstep (sharded forwards and vLLM's gathers are
+        collective)."""
+        if self.accelerator.num_processes == 1:
             return local
         flag = torch.tensor([float(local)], device=self.accelerator.device)
-        return bool(self.accelerator.gather(flag).sum() > 0)
+        return bool(self.accelerator.reduce(flag, reduction="sum") > 0)
 
     def _record_rollouts(self, traces: list[RolloutTrace], tau: float) -> None:
         """Fold the segment scores of every process into the boundary and log the rollout statistics."""
@@ -270,12 +287,12 @@ def _right_pad(rows: list[list[int]], width: int, value: int, device) -> torch.T
 
 
 @contextlib.contextmanager
-def _gathered(weight: torch.Tensor):
-    """Gather a ZeRO-3-partitioned parameter for the duration of the block (no-op otherwise)."""
-    if hasattr(weight, "ds_id"):
+def _gathered(params: list[torch.Tensor]):
+    """Gather ZeRO-3-partitioned parameters for the duration of the block (no-op otherwise)."""
+    if params and hasattr(params[0], "ds_id"):
         import deepspeed
 
-        with deepspeed.zero.GatheredParameters([weight]):
+        with deepspeed.zero.GatheredParameters(params):
             yield
     else:
         yield
