@@ -1,54 +1,51 @@
 # Copyright 2026 The trl-opd developers. Licensed under the Apache License, Version 2.0.
-"""`accelerate launch --num_processes 2` on CPU (gloo) gives the same loss normalisation as one process."""
+"""Every method on two CPU processes (`accelerate launch`, gloo): each run finishes, and the loss and gradients of a
+fixed global batch split over the processes equal one process's on the whole batch. One launch runs every method
+(the worker and the launch helper: `multiprocess_worker.py`)."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-
-from trl_opd.demo.task import make_dataset
-from trl_opd.testing import build_tiny_model, build_tiny_tokenizer, fixed_generation_batch, tiny_training_kwargs
-from trl_opd.trainers.opd_config import OPDConfig
-from trl_opd.trainers.opd_trainer import OPDTrainer
+from multiprocess_worker import METHODS, build_trainer, launch_two_processes, loss_and_grads
 
 
-def launch_on_two_cpu_processes(args: list[str]) -> subprocess.CompletedProcess:
-    """`accelerate launch` of `args` on two processes: `--multi_gpu` is the torchrun launcher, and without a GPU the
-    processes use gloo on the CPU (the CPU-safe configs set `use_cpu`)."""
-    accelerate = Path(sys.executable).with_name("accelerate")
-    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
-    cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+WORKER = str(Path(__file__).with_name("multiprocess_worker.py"))
+
+
+def _run_worker(out: Path, methods, config_file: str | None = None) -> dict:
+    result = launch_two_processes([WORKER, str(out), *methods], config_file=config_file)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return torch.load(out)
+
+
+def _assert_matches_one_process(result: dict, method: str, tmp_path) -> None:
+    assert result["world"] == 2 and result["steps"] == 1
+    trainer = build_trainer(method, str(tmp_path / method), world=1)
+    loss, grads = loss_and_grads(trainer, method, rank=0, world=1)
+    # each rank's loss is its share of the global objective; DDP averages the gradients over processes
+    torch.testing.assert_close(result["loss"], loss, atol=1e-6, rtol=1e-5)
+    assert grads.keys() == result["grads"].keys() and any(g.abs().sum() > 0 for g in grads.values())
+    for name, grad in grads.items():
+        torch.testing.assert_close(result["grads"][name], grad, atol=1e-6, rtol=1e-4, msg=f"{method}: {name}")
+
+
+@pytest.fixture(scope="module")
+def ddp_results(tmp_path_factory) -> dict:
+    return _run_worker(tmp_path_factory.mktemp("ddp") / "out.pt", METHODS)
 
 
 @pytest.mark.slow
-def test_two_processes_match_one(tmp_path):
-    out = tmp_path / "ddp.pt"
-    result = launch_on_two_cpu_processes([str(Path(__file__).with_name("ddp_worker.py")), str(out)])
-    assert result.returncode == 0, result.stderr[-3000:]
-    ddp = torch.load(out)
-    assert ddp["world"] == 2
+@pytest.mark.parametrize("method", METHODS)
+def test_two_processes_match_one(ddp_results, method, tmp_path):
+    _assert_matches_one_process(ddp_results[method], method, tmp_path)
 
-    tokenizer = build_tiny_tokenizer()
-    config = OPDConfig(**tiny_training_kwargs(tmp_path, beta=0.5))
-    trainer = OPDTrainer(
-        model=build_tiny_model(tokenizer, "student", seed=0),
-        teacher_model=build_tiny_model(tokenizer, "teacher", seed=1),
-        args=config,
-        train_dataset=make_dataset(8),
-        processing_class=tokenizer,
-    )
-    trainer.model.train()
-    loss = trainer.compute_loss(trainer.model, fixed_generation_batch(tokenizer, batch=4))
-    loss.backward()
-    # each rank's loss is its share of the global mean, scaled up by the process count before DDP averages
-    torch.testing.assert_close(ddp["loss"], loss.detach(), atol=1e-6, rtol=1e-5)
-    for name, param in trainer.model.named_parameters():
-        torch.testing.assert_close(ddp["grads"][name], param.grad, atol=1e-6, rtol=1e-4, msg=name)
+
+@pytest.mark.slow
+def test_motab_ranks_that_backtrack_differently_finish(ddp_results):
+    """Rank 0's boundary is -inf (both rows use their 2 backtracks), rank 1's +inf: the rollouts' forward counts
+    differ, the run still finishes (the launch's time limit turns a hang into a failure)."""
+    assert ddp_results["motab"]["backtracks"] == [4, 0]
 
 
 @pytest.mark.slow
@@ -75,7 +72,7 @@ def test_accelerate_launch_runs_the_cli_on_two_processes(tmp_path, tiny_pair_dir
             }
         )
     )
-    result = launch_on_two_cpu_processes(["-m", "trl_opd", "train", "--config", str(recipe)])
+    result = launch_two_processes(["-m", "trl_opd", "train", "--config", str(recipe)])
     assert result.returncode == 0, result.stderr[-3000:]
     assert (out / "model.safetensors").is_file()
     card = (out / "README.md").read_text()
