@@ -1,12 +1,13 @@
 # Copyright 2026 The trl-opd developers. Licensed under the Apache License, Version 2.0.
 """Every method on several processes: the one worker script and the one launch helper of the multi-process tests.
 
-`python -m accelerate launch ... multiprocess_worker.py OUT METHOD [METHOD ...]` (see [`launch_two_processes`]): for
-each method, every rank builds the tiny trainer, computes the loss and gradients of its share of one fixed global
+`accelerate launch ... multiprocess_worker.py OUT MODE METHOD [METHOD ...]` (see [`launch_two_processes`]). Mode
+`split`: for each method, every rank builds the tiny trainer, computes the loss and gradients of its share of one fixed global
 batch (as `_generate_and_score_completions` would hand it: TRL's global token count, GRPO's gathered group
 advantages), averages them over processes as DDP does, then trains one optimizer step on sampled rollouts. Rank 0
 saves `{method: {"loss", "grads", "steps", "backtracks"}}`. The tests compute the same `loss_and_grads` in one process
-(`world=1`) and compare.
+(`world=1`) and compare. Mode `step` (sharded models, FSDP2 / ZeRO-3, where the loss must go through the prepared
+model): [`fixed_step`]; a method may carry a variant of [`VARIANTS`] (`motab:nogather`).
 
 MOTAB trains with a fixed boundary of `-inf` on rank 0 (every segment strays, up to `max_backtracks`) and `+inf` on
 rank 1 (none does): the ranks' rollouts make different numbers of forwards, which must not hang.
@@ -24,6 +25,12 @@ import torch
 
 
 METHODS = ("opd", "motab", "tropd", "egrsd", "cl-egrsd", "atesd", "opsd")
+#: `method:variant` config overrides for the sharded runs
+VARIANTS = {
+    "": {},
+    "nogather": {"ds3_gather_for_generation": False},
+    "ema": {"self_teacher": "ema", "teacher_ema_decay": 0.5},  # the student's own EMA as teacher, no external one
+}
 GROUP = 2  # EGRSD generations per prompt; the fixed batch is 2 prompts x GROUP completions
 
 
@@ -76,7 +83,8 @@ def build_trainer(method: str, output_dir: str, world: int, rank: int = 0, **ove
     if method in ("opd", "tropd", "motab"):
         kwargs.setdefault("beta", 0.5)
     kwargs.update(overrides)
-    teacher = build_tiny_model(tokenizer, "teacher", seed=1) if spec.needs_teacher else None
+    external = spec.needs_teacher and kwargs.get("self_teacher") != "ema"
+    teacher = build_tiny_model(tokenizer, "teacher", seed=1) if external else None
     return trainer_cls(
         model=build_tiny_model(tokenizer, "student", seed=0),
         args=config_cls(**kwargs),
@@ -148,16 +156,106 @@ def _mean_over_processes(tensor: torch.Tensor, world: int) -> torch.Tensor:
     return tensor / world
 
 
+# ----------------------------------------------------------------- sharded models: one fixed-batch optimizer step
+def fixed_step(method: str, output_dir: str, world: int, rank: int = 0, **overrides) -> dict:
+    """Train two steps through the prepared (DDP / FSDP2 / ZeRO-3) model with SGD at learning rate 1: the first on
+    this rank's share of the fixed batch, the second on sampled rollouts. Returns the first step's loss (mean over
+    processes) and the full parameters after it (`θ_0 − clip(∇)`: equal parameters are equal gradients)."""
+    from transformers import TrainerCallback
+
+    overrides = {"max_steps": 2, "optim": "sgd", "learning_rate": 1.0, "lr_scheduler_type": "constant", **overrides}
+    trainer = build_trainer(method, output_dir, world, rank, **overrides)
+    generate = trainer._generate_and_score_completions
+    losses, snapshot, teacher = [], {}, {}
+
+    def first_batch_fixed(inputs):
+        if trainer.state.global_step > 0:
+            return generate(inputs)
+        batch = _distillation_batch(trainer, method)
+        share = slice(rank * 4 // world, (rank + 1) * 4 // world)
+        local = {k: v[share].to(trainer.accelerator.device) for k, v in batch.items()}
+        local["num_items_in_batch"] = trainer.accelerator.gather(local["completion_mask"].sum()).sum()
+        return local
+
+    compute_loss = trainer.compute_loss
+
+    def spy_loss(*args, **kwargs):
+        loss = compute_loss(*args, **kwargs)
+        if trainer.state.global_step == 0:
+            losses.append(loss.detach().clone())
+        return loss
+
+    class Snapshot(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 1:
+                snapshot.update(full_parameters(trainer, trainer.model))
+            if state.global_step == 2 and trainer.args.self_teacher == "ema" and trainer.teacher_model is not None:
+                # the EMA update of step 2 reads the student after step 1 (deterministic): d·θ_0 + (1 − d)·θ_1
+                teacher.update(full_parameters(trainer, trainer.teacher_model))
+
+    trainer._generate_and_score_completions = first_batch_fixed
+    trainer.compute_loss = spy_loss
+    trainer.add_callback(Snapshot())
+    trainer.train()
+    dist = trainer._dist
+    backend = "zero3" if dist.is_zero3 else f"fsdp{dist.fsdp_version}" if dist.is_fsdp else "ddp"
+    loss = _mean_over_processes(losses[0], world)
+    return {
+        "loss": loss,
+        "params": snapshot,
+        "teacher": teacher,
+        "steps": trainer.state.global_step,
+        "backend": backend,
+    }
+
+
+def full_parameters(trainer, model) -> dict[str, torch.Tensor]:
+    """Every parameter of a (prepared) model, whole (gathered from ZeRO-3 partitions or FSDP2 shards)."""
+    model = trainer.accelerator.unwrap_model(model)
+    with trainer._dist.gather_params(list(model.parameters())):
+        return {
+            n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
+            for n, p in model.named_parameters()
+        }
+
+
+def fsdp_on_cpu() -> None:
+    """Let accelerate set up FSDP on CPU processes (gloo). Its state machine enables FSDP only for GPU-like
+    distributed types (a CPU run becomes `MULTI_CPU`, plain DDP); torch's `fully_shard` itself runs over gloo. Test
+    harness only: the processes join as CPU processes (gloo), and the state is switched to FSDP with the launch
+    config's plugin right after accelerate builds it."""
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType
+
+    os.environ["ACCELERATE_USE_CPU"] = "true"
+    init = AcceleratorState.__init__
+
+    def __init__(self, *args, fsdp_plugin=None, **kwargs):
+        init(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
+        if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
+            self.distributed_type, self.fsdp_plugin = DistributedType.FSDP, fsdp_plugin
+            PartialState._shared_state["distributed_type"] = DistributedType.FSDP  # read back by every state init
+
+    AcceleratorState.__init__ = __init__
+
+
 # ----------------------------------------------------------------- worker
-def main(out_path: str, methods: list[str]) -> None:
+def main(out_path: str, mode: str, methods: list[str]) -> None:
     from accelerate.utils import gather_object
 
     torch.set_num_threads(1)
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and not torch.cuda.is_available():
+        fsdp_on_cpu()
     results = {}
-    for method in methods:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        rank = int(os.environ.get("RANK", "0"))
-        trainer = build_trainer(method, os.path.join(os.path.dirname(out_path), method), world, rank)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    for name in methods:
+        method, _, variant = name.partition(":")
+        output_dir = os.path.join(os.path.dirname(out_path), name.replace(":", "-"))
+        if mode == "step":
+            results[name] = {**fixed_step(method, output_dir, world, rank, **VARIANTS[variant]), "world": world}
+            continue
+        trainer = build_trainer(method, output_dir, world, rank)
         assert trainer.accelerator.num_processes == world
         loss, grads = loss_and_grads(trainer, method, rank, world)
         backtracks = []
@@ -182,4 +280,4 @@ def main(out_path: str, methods: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2:])
+    main(sys.argv[1], sys.argv[2], sys.argv[3:])

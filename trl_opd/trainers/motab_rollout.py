@@ -253,6 +253,8 @@ class HFStepBackend:
             flag before every decoding step, returns whether any process still samples (an all-reduce). While it
             does, a process with nothing to decode runs an idle forward; `extend` with no rows runs one too. `None`:
             one process, no idle work.
+        weight: the `lm_head` weight to project with (default: the model's; a whole copy of a ZeRO-3-partitioned
+            one, see `MOTABTrainer._rollout_backends`).
     """
 
     def __init__(
@@ -266,12 +268,13 @@ class HFStepBackend:
         compact_ratio=2.0,
         compact_slack=64,
         any_process: Callable[[bool], bool] | None = None,
+        weight: torch.Tensor | None = None,
     ):
         self.model, self.temperature, self.pad_token_id = model, temperature, pad_token_id
         self.any_process, self.lockstep = any_process or bool, any_process is not None
         self.compact_ratio, self.compact_slack = compact_ratio, compact_slack
         self.decoder = model.get_decoder()
-        self.weight = model.get_output_embeddings().weight
+        self.weight = model.get_output_embeddings().weight if weight is None else weight
         self.head = logit_head(model)
         warpers = [TopKLogitsWarper(top_k)] if top_k else []
         warpers += [TopPLogitsWarper(top_p)] if top_p is not None and top_p < 1.0 else []

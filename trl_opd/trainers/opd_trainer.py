@@ -15,6 +15,7 @@ from trl import DistillationTrainer
 
 from ..checkpoints import STATE_FILE, load_method_state, method_config, resolve_resume, save_method_state
 from ..data import ColumnMap, prepare_dataset, privileged_prompt
+from ..errors import ConfigValueError
 from ..heads import logit_head
 from ..ops import fused_distillation_stats, k1_policy_gradient_loss, masked_global_mean, masked_mean, masked_sum
 from ..ops.chunked import PLAIN_HEAD, LogitHead
@@ -93,6 +94,11 @@ class OPDTrainer(DistillationTrainer):
         if teacher_model is None:
             self._self_teacher_kind = args.self_teacher
             is_peft = peft_config is not None or (not isinstance(model, str) and is_peft_model(model))
+            if is_peft and args.self_teacher == "ema":
+                raise ConfigValueError(
+                    "self_teacher: ema is not supported with PEFT (the EMA would copy the whole base model to average "
+                    "an adapter): use self_teacher: frozen (adapter off) or live, or train without peft."
+                )
             teacher_model = self_teacher_copy(model, args.self_teacher, is_peft, args.model_init_kwargs)
         elif isinstance(teacher_model, str):
             check_same_vocabulary(processing_class, AutoTokenizer.from_pretrained(teacher_model))
@@ -188,6 +194,18 @@ class OPDTrainer(DistillationTrainer):
         if self.args.divergence == "k1":
             return k1_policy_gradient_loss(stats["student_logp"], stats["teacher_logp"])
         return stats["divergence"]
+
+    def every_rank_runs(self, positions: torch.Tensor) -> torch.Tensor:
+        """The positions an extra chunked pass (MOTAB's teacher-token KL, TrOPD's outlier KL) runs on, `(B, K)`.
+
+        Under ZeRO-3 such a pass gathers the `lm_head`s in its forward and backward, collectives that every process
+        must make: a process with no position runs one dummy position (the caller discards its value, which stays in
+        the graph so the backward runs too). Elsewhere: `positions`."""
+        if not self._dist.is_zero3 or positions.any():
+            return positions
+        dummy = torch.zeros_like(positions)
+        dummy.view(-1)[0] = 1
+        return dummy
 
     def loss_mask(self, inputs: dict[str, Any]) -> torch.Tensor:
         mask = inputs["completion_mask"]

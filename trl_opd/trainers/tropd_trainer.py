@@ -211,9 +211,10 @@ class TrOPDTrainer(OPDTrainer):
     def _outlier_kl(self, hidden, outliers: torch.Tensor) -> torch.Tensor:
         """Top-k renormalised forward KL on the outlier positions only (zeros elsewhere). `(B, K) bool -> (B, K)`."""
         kl = torch.zeros(outliers.shape, device=outliers.device)
-        if self.args.lambda_out == 0.0 or not outliers.any():
+        positions = self.every_rank_runs(outliers)  # ZeRO-3: every process runs the pass
+        if self.args.lambda_out == 0.0 or not positions.any():
             return kl
-        rows = outliers.nonzero(as_tuple=True)
+        rows = positions.nonzero(as_tuple=True)
         device = hidden.student_weight.device
         values = chunked_topk_forward_kl(
             hidden.student[rows],
@@ -225,7 +226,7 @@ class TrOPDTrainer(OPDTrainer):
             student_head=hidden.student_head,
             teacher_head=hidden.teacher_head,
         )
-        return kl.index_put(rows, values.float())
+        return kl.index_put(rows, values.float() * outliers[rows])  # a dummy position counts 0
 
     def _log_trust(self, parts, ratio, trusted, on_policy, mask) -> None:
         metrics = self._metrics["train" if self.model.training else "eval"]
