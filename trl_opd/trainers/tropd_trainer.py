@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from trl.generation.vllm_generation import VLLMGeneration
 
-from ..ops import chunked_topk_forward_kl, k1_policy_gradient_loss, masked_mean
+from ..ops import chunked_topk_forward_kl, masked_mean
 from ..ops.tropd import (
     linear_decay,
     prefix_length,
@@ -108,6 +108,9 @@ class TrOPDTrainer(OPDTrainer):
         continuations = super()._generate_single_turn(contexts, images, multimodal_fields, has_tool_images)
         limit = self.max_completion_length
         completions = [(x + list(c))[:limit] for x, c in zip(prefixes, continuations)]
+        if self._sampler_logps is not None:  # the teacher's prefix was not sampled by the student's engine
+            nan = float("nan")
+            self._sampler_logps = [([nan] * len(x) + list(s))[:limit] for x, s in zip(prefixes, self._sampler_logps)]
         self._pending_prefix_lengths = [min(len(x), limit) for x in prefixes]
         self._log_guidance(self._pending_prefix_lengths, p_guide, rho)
         return completions
@@ -197,7 +200,7 @@ class TrOPDTrainer(OPDTrainer):
         # Parts not routed anywhere are constant zeros, so they cost nothing in the backward.
         prefix_div = stats["divergence"] if prefix.any() else torch.zeros_like(student_logp)
         parts = tropd_token_losses(
-            k1_policy_gradient_loss(student_logp, teacher_logp),
+            self.k1_losses(stats, inputs),
             self._outlier_kl(stats["hidden"], outliers),
             prefix_div,
             trusted,
