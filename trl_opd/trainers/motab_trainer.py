@@ -134,7 +134,7 @@ class MOTABTrainer(OPDTrainer):
 
         Sharded models (ZeRO-3, FSDP2): with `ds3_gather_for_generation` (default) both models' full weights are
         gathered once for the whole rollout, as TRL does for the student's `generate`, so no forward communicates;
-        without it (ZeRO-3 only, memory), only the `lm_head`s are gathered and every forward all-gathers its layers.
+        without it (ZeRO-3 only, memory), only the `lm_head`s are copied whole and every forward all-gathers its layers.
         Under FSDP2 both models are always unsharded for the rollout (see `_fsdp2_unsharded`). Either way the
         backends run in lockstep across processes (`any_process`, see [`~trl_opd.trainers.motab_rollout`]).
         """
