@@ -1,54 +1,108 @@
 # Copyright 2026 The trl-opd developers. Licensed under the Apache License, Version 2.0.
-"""`accelerate launch --num_processes 2` on CPU (gloo) gives the same loss normalisation as one process."""
+"""Every method on two CPU processes (`accelerate launch`, gloo): each run finishes, and the loss and gradients of a
+fixed global batch split over the processes equal one process's on the whole batch. One launch per sharding mode runs
+every method of it (the worker and the launch helper: `multiprocess_worker.py`):
 
-import os
-import subprocess
-import sys
+- DDP: every method, `compute_loss` on each rank's share, gradients averaged as DDP does, then one training step.
+- FSDP2 (`accelerate_configs/fsdp2_cpu.yaml`: `recipes/accelerate_configs/fsdp2.yaml` on 2 CPU processes) and
+  ZeRO-3 (`zero3_cpu.yaml`, DeepSpeed's CPU accelerator over gloo; skipped when `deepspeed` is not installed): one SGD
+  step on the fixed batch through the sharded model (parameters after it equal one process's), then one step on
+  sampled rollouts. MOTAB's ranks backtrack differently there; `motab:nogather` keeps the teacher sharded during the
+  rollout, so every forward all-gathers its layers and a rank out of step would hang (the launch's time limit).
+"""
+
+import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
-
-from trl_opd.demo.task import make_dataset
-from trl_opd.testing import build_tiny_model, build_tiny_tokenizer, fixed_generation_batch, tiny_training_kwargs
-from trl_opd.trainers.opd_config import OPDConfig
-from trl_opd.trainers.opd_trainer import OPDTrainer
+from multiprocess_worker import METHODS, VARIANTS, build_trainer, fixed_step, launch_two_processes, loss_and_grads
 
 
-def launch_on_two_cpu_processes(args: list[str]) -> subprocess.CompletedProcess:
-    """`accelerate launch` of `args` on two processes: `--multi_gpu` is the torchrun launcher, and without a GPU the
-    processes use gloo on the CPU (the CPU-safe configs set `use_cpu`)."""
-    accelerate = Path(sys.executable).with_name("accelerate")
-    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
-    cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+WORKER = str(Path(__file__).with_name("multiprocess_worker.py"))
+CONFIGS = Path(__file__).with_name("accelerate_configs")
+FSDP2_METHODS = ("opd", "tropd", "motab", "opd:ema")
+ZERO3_METHODS = ("opd", "tropd", "motab", "motab:nogather", "opd:ema")
+HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
+
+
+def _run_worker(out: Path, mode: str, methods, config_file: str | None = None) -> dict:
+    result = launch_two_processes([WORKER, str(out), mode, *methods], config_file=config_file)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return torch.load(out)
+
+
+def _assert_matches_one_process(result: dict, method: str, tmp_path) -> None:
+    assert result["world"] == 2 and result["steps"] == 1
+    trainer = build_trainer(method, str(tmp_path / method), world=1)
+    loss, grads = loss_and_grads(trainer, method, rank=0, world=1)
+    # each rank's loss is its share of the global objective; DDP averages the gradients over processes
+    torch.testing.assert_close(result["loss"], loss, atol=1e-6, rtol=1e-5)
+    assert grads.keys() == result["grads"].keys() and any(g.abs().sum() > 0 for g in grads.values())
+    for name, grad in grads.items():
+        torch.testing.assert_close(result["grads"][name], grad, atol=1e-6, rtol=1e-4, msg=f"{method}: {name}")
+
+
+@pytest.fixture(scope="module")
+def ddp_results(tmp_path_factory) -> dict:
+    return _run_worker(tmp_path_factory.mktemp("ddp") / "out.pt", "split", METHODS)
 
 
 @pytest.mark.slow
-def test_two_processes_match_one(tmp_path):
-    out = tmp_path / "ddp.pt"
-    result = launch_on_two_cpu_processes([str(Path(__file__).with_name("ddp_worker.py")), str(out)])
-    assert result.returncode == 0, result.stderr[-3000:]
-    ddp = torch.load(out)
-    assert ddp["world"] == 2
+@pytest.mark.parametrize("method", METHODS)
+def test_two_processes_match_one(ddp_results, method, tmp_path):
+    _assert_matches_one_process(ddp_results[method], method, tmp_path)
 
-    tokenizer = build_tiny_tokenizer()
-    config = OPDConfig(**tiny_training_kwargs(tmp_path, beta=0.5))
-    trainer = OPDTrainer(
-        model=build_tiny_model(tokenizer, "student", seed=0),
-        teacher_model=build_tiny_model(tokenizer, "teacher", seed=1),
-        args=config,
-        train_dataset=make_dataset(8),
-        processing_class=tokenizer,
-    )
-    trainer.model.train()
-    loss = trainer.compute_loss(trainer.model, fixed_generation_batch(tokenizer, batch=4))
-    loss.backward()
-    # each rank's loss is its share of the global mean, scaled up by the process count before DDP averages
-    torch.testing.assert_close(ddp["loss"], loss.detach(), atol=1e-6, rtol=1e-5)
-    for name, param in trainer.model.named_parameters():
-        torch.testing.assert_close(ddp["grads"][name], param.grad, atol=1e-6, rtol=1e-4, msg=name)
+
+@pytest.mark.slow
+def test_motab_ranks_that_backtrack_differently_finish(ddp_results):
+    """Rank 0's boundary is -inf (both rows use their 2 backtracks), rank 1's +inf: the rollouts' forward counts
+    differ, the run still finishes (the launch's time limit turns a hang into a failure)."""
+    assert ddp_results["motab"]["backtracks"] == [4, 0]
+
+
+def _assert_step_matches_one_process(result: dict, name: str, backend: str, tmp_path) -> None:
+    assert result["world"] == 2 and result["steps"] == 2 and result["backend"] == backend
+    method, _, variant = name.partition(":")
+    ref = fixed_step(method, str(tmp_path / method), world=1, **VARIANTS[variant])
+    torch.testing.assert_close(result["loss"], ref["loss"], atol=1e-6, rtol=1e-5)
+    assert result["params"].keys() == ref["params"].keys()
+    for param, value in ref["params"].items():  # θ_0 − clip(∇) after one SGD step at learning rate 1
+        torch.testing.assert_close(result["params"][param], value, atol=1e-6, rtol=1e-5, msg=f"{name}: {param}")
+    if variant == "ema":  # the EMA teacher moved, as in one process: 0.5·θ_0 + 0.5·θ_1
+        initial = build_trainer(method, str(tmp_path / "init"), world=1, **VARIANTS[variant]).model.state_dict()
+        assert ref["teacher"].keys() == result["teacher"].keys() == ref["params"].keys()
+        for param, value in ref["teacher"].items():
+            expected = 0.5 * initial[param] + 0.5 * ref["params"][param]
+            torch.testing.assert_close(value, expected, atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(result["teacher"][param], value, atol=1e-6, rtol=1e-5, msg=f"{name}: {param}")
+
+
+@pytest.fixture(scope="module")
+def fsdp2_results(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("fsdp2") / "out.pt"
+    return _run_worker(out, "step", FSDP2_METHODS, config_file=str(CONFIGS / "fsdp2_cpu.yaml"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", FSDP2_METHODS)
+def test_fsdp2_two_processes_match_one(fsdp2_results, name, tmp_path):
+    _assert_step_matches_one_process(fsdp2_results[name], name, "fsdp2", tmp_path)
+
+
+@pytest.fixture(scope="module")
+def zero3_results(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("zero3") / "out.pt"
+    return _run_worker(out, "step", ZERO3_METHODS, config_file=str(CONFIGS / "zero3_cpu.yaml"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not HAS_DEEPSPEED, reason="deepspeed is not installed (pip install deepspeed: its CPU accelerator)"
+)
+@pytest.mark.parametrize("name", ZERO3_METHODS)
+def test_zero3_two_processes_match_one(zero3_results, name, tmp_path):
+    _assert_step_matches_one_process(zero3_results[name], name, "zero3", tmp_path)
 
 
 @pytest.mark.slow
@@ -75,7 +129,7 @@ def test_accelerate_launch_runs_the_cli_on_two_processes(tmp_path, tiny_pair_dir
             }
         )
     )
-    result = launch_on_two_cpu_processes(["-m", "trl_opd", "train", "--config", str(recipe)])
+    result = launch_two_processes(["-m", "trl_opd", "train", "--config", str(recipe)])
     assert result.returncode == 0, result.stderr[-3000:]
     assert (out / "model.safetensors").is_file()
     card = (out / "README.md").read_text()

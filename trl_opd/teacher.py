@@ -146,8 +146,35 @@ def student_as_teacher(student: nn.Module, adapter_off: bool) -> Iterator[nn.Mod
 
 @torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
-    """`θ_T ← d·θ_T + (1−d)·θ_S` over matching parameters (the EMA self-teacher)."""
+    """`θ_T ← d·θ_T + (1−d)·θ_S` over matching parameters (the EMA self-teacher).
+
+    Sharded models: FSDP2 parameters are DTensors, updated shard by shard when both are sharded (a whole teacher
+    reads the student's full tensor, a collective every process makes in the same order). Under ZeRO-3 a parameter
+    outside a gather is an empty placeholder; both models are partitioned alike (same shapes, same processes), so
+    each process updates its own partition (`ds_tensor`) in place: no communication, no gathered copy. A pair
+    partitioned differently is gathered (`GatheredParameters`, the update written back from rank 0).
+    """
     for t_param, s_param in zip(teacher.parameters(), student.parameters(), strict=True):
+        if hasattr(t_param, "ds_id") or hasattr(s_param, "ds_id"):
+            _zero3_ema(t_param, s_param, decay)
+        else:
+            source = s_param.detach()
+            if hasattr(source, "full_tensor") and not hasattr(t_param, "full_tensor"):
+                source = source.full_tensor()
+            t_param.lerp_(source.to(t_param.dtype), 1.0 - decay)
+
+
+def _zero3_ema(t_param: torch.Tensor, s_param: torch.Tensor, decay: float) -> None:
+    t_part, s_part = getattr(t_param, "ds_tensor", None), getattr(s_param, "ds_tensor", None)
+    if t_part is not None and s_part is not None and t_part.shape == s_part.shape:
+        t_part.lerp_(s_part.to(t_part.dtype), 1.0 - decay)
+        return
+    import deepspeed
+
+    with (
+        deepspeed.zero.GatheredParameters([s_param], modifier_rank=None),
+        deepspeed.zero.GatheredParameters([t_param], modifier_rank=0),
+    ):
         t_param.lerp_(s_param.detach().to(t_param.dtype), 1.0 - decay)
 
 

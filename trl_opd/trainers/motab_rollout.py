@@ -14,6 +14,18 @@ tests script them.
 - [`VLLMStudentBackend`]: the student through TRL's `VLLMGeneration` (colocate or server), one request per row and
   round with the delimiter as stop string; vLLM's prefix cache reuses the prefix. Rounds are kept in lockstep across
   processes (every process sends one request per row every round), as TRL's gathers require.
+
+Lockstep across processes. Under ZeRO-3 or FSDP every forward of a sharded model all-gathers its layers, so every
+process must call the same forwards in the same order, whatever its data. Given `any_process` (an all-reduce "does
+any process still have work?"), [`SegmentRollout`] runs a round while any process has unfinished rows, runs the
+teacher's round while any process has a strayed row, and an [`HFStepBackend`] keeps decoding while any process still
+samples; a process with nothing to do runs an idle forward (one pad token, no cache) instead. Per round every process
+then makes exactly: one student sampling loop of `max_p(segment length)` forwards, one teacher scoring forward, and
+(when any process strayed) one teacher sampling loop of `max_p(teacher segment length)` forwards plus one student
+forward, each loop step preceded by one all-reduce of a flag. The cost under sharding: every decoded token of the
+slowest process is paid by all of them, and each forward of a sharded model gathers all its layers (a 32B teacher
+decoded token by token over ZeRO-3 is slow); `ds3_gather_for_generation` (on by default) gathers the teacher's and the
+student's full weights once per rollout instead, so no forward communicates, for the memory of one full copy each.
 """
 
 from __future__ import annotations
@@ -127,8 +139,9 @@ class SegmentRollout:
         stopper: a [`SegmentStopper`].
         max_new_tokens, max_segment_tokens, max_backtracks: budgets.
         signal: `log_ratio`, `teacher_nll` or `teacher_margin`.
-        any_active: called with the local "unfinished rows left" flag each round, returns whether any process still
-            has unfinished rows (lockstep across processes for backends whose calls are collective).
+        any_active: called with a local flag ("unfinished rows left", "a row strayed"), returns whether it holds on
+            any process (an all-reduce). Rounds and teacher rounds then run on every process together, as backends
+            whose calls are collective need (sharded forwards, vLLM); a process without rows calls them with none.
     """
 
     def __init__(
@@ -155,7 +168,7 @@ class SegmentRollout:
         active = list(range(len(prompts)))
         while self.any_active(bool(active)):
             strayed = self._student_round(active, traces, boundary)
-            if strayed:
+            if self.any_active(bool(strayed)):
                 self._teacher_round(strayed, traces)
             finished = [r for r in active if self._finished(traces[r])]
             for r in finished:
@@ -176,8 +189,6 @@ class SegmentRollout:
     def _student_round(self, rows: list[int], traces: list[RolloutTrace], boundary: float) -> list[int]:
         """Student proposes, teacher scores, accept or discard. Returns the rows that strayed (already rolled back)."""
         segments = self.student.sample(rows, self._budgets(rows, traces), self.stopper)
-        if not rows:
-            return []
         t_logps, t_best = self.teacher.extend(rows, [s.tokens for s in segments], score=True)
         scores = self._scores(segments, t_logps, t_best)
         strayed, accepted = [], []
@@ -213,6 +224,8 @@ class SegmentRollout:
         trace.segments.append((who, list(tokens)))
 
     def _scores(self, segments: list[Segment], t_logps, t_best) -> list[float]:
+        if not segments:
+            return []
         width = max(len(s.tokens) for s in segments)
 
         def padded(rows: list[list[float]]) -> torch.Tensor:
@@ -236,6 +249,12 @@ class HFStepBackend:
         pad_token_id: id fed into holes.
         compact_ratio, compact_slack: compact the cache when its length exceeds `compact_ratio x` the longest row plus
             `compact_slack` slots.
+        any_process: lockstep across processes (see the module docstring): called with the local "still sampling"
+            flag before every decoding step, returns whether any process still samples (an all-reduce). While it
+            does, a process with nothing to decode runs an idle forward; `extend` with no rows runs one too. `None`:
+            one process, no idle work.
+        weight: the `lm_head` weight to project with (default: the model's; a whole copy of a ZeRO-3-partitioned
+            one, see `MOTABTrainer._rollout_backends`).
     """
 
     def __init__(
@@ -248,17 +267,20 @@ class HFStepBackend:
         pad_token_id=0,
         compact_ratio=2.0,
         compact_slack=64,
+        any_process: Callable[[bool], bool] | None = None,
+        weight: torch.Tensor | None = None,
     ):
         self.model, self.temperature, self.pad_token_id = model, temperature, pad_token_id
+        self.any_process, self.lockstep = any_process or bool, any_process is not None
         self.compact_ratio, self.compact_slack = compact_ratio, compact_slack
         self.decoder = model.get_decoder()
-        self.weight = model.get_output_embeddings().weight
+        self.weight = model.get_output_embeddings().weight if weight is None else weight
         self.head = logit_head(model)
         warpers = [TopKLogitsWarper(top_k)] if top_k else []
         warpers += [TopPLogitsWarper(top_p)] if top_p is not None and top_p < 1.0 else []
         warpers += [MinPLogitsWarper(min_p)] if min_p else []
         self.warpers = LogitsProcessorList(warpers)
-        self.num_forwards = self.num_crops = self.num_compactions = self.num_tokens_fed = 0
+        self.num_forwards = self.num_crops = self.num_compactions = self.num_tokens_fed = self.num_idle_forwards = 0
 
     # -- batch bookkeeping
     def _idx(self, rows: Sequence[int]) -> torch.Tensor:
@@ -292,11 +314,19 @@ class HFStepBackend:
         self.num_tokens_fed += int(new_mask.sum())
         return out.last_hidden_state
 
+    def _idle_forward(self) -> None:
+        """One forward of a single pad token, no cache: the same collectives (layer all-gathers) as a real step."""
+        ids = torch.full((1, 1), self.pad_token_id, dtype=torch.long, device=self.weight.device)
+        self.decoder(input_ids=ids, use_cache=False)
+        self.num_idle_forwards += 1
+
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return project_logits(hidden, self.weight, self.head) / self.temperature
 
     def sample(self, rows: Sequence[int], budgets: Sequence[int], stopper: SegmentStopper) -> list[Segment]:
         if not rows:
+            while self.lockstep and self.any_process(False):
+                self._idle_forward()
             return []
         b = len(self.rows)
         idx = self._idx(rows)
@@ -306,7 +336,10 @@ class HFStepBackend:
         budget[idx] = torch.tensor(list(budgets), device=idx.device)
         segments = {r: Segment([]) for r in rows}
         stopper.start(rows)
-        while live.any():
+        while self.any_process(bool(live.any())):
+            if not live.any():  # done here, others still decode
+                self._idle_forward()
+                continue
             log_probs = torch.log_softmax(self.next_logits, dim=-1)
             probs = torch.softmax(self.warpers(None, self.next_logits.clone()), dim=-1)
             tokens = torch.multinomial(probs, 1).squeeze(-1)
@@ -325,6 +358,8 @@ class HFStepBackend:
 
     def extend(self, rows: Sequence[int], tokens: Sequence[Sequence[int]], score: bool = True):
         if not rows:
+            if self.lockstep:
+                self._idle_forward()
             return ([], []) if score else None
         b, width = len(self.rows), max(len(t) for t in tokens)
         device = self.slot_mask.device

@@ -134,7 +134,14 @@ class MOTABTrainer(OPDTrainer):
 
     @contextlib.contextmanager
     def _rollout_backends(self):
-        """`(student, teacher)` step backends for one rollout batch, under `no_grad` and with gathered weights."""
+        """`(student, teacher)` step backends for one rollout batch, under `no_grad` and with gathered weights.
+
+        Sharded models (ZeRO-3, FSDP2): with `ds3_gather_for_generation` (default) both models' full weights are
+        gathered once for the whole rollout, as TRL does for the student's `generate`, so no forward communicates;
+        without it (ZeRO-3 only, memory), only the `lm_head`s are copied whole and every forward all-gathers its layers.
+        Under FSDP2 both models are always unsharded for the rollout (see `_fsdp2_unsharded`). Either way the
+        backends run in lockstep across processes (`any_process`, see [`~trl_opd.trainers.motab_rollout`]).
+        """
         pad_id = self._tokenizer.pad_token_id
         sampling = {
             "temperature": self.temperature,
@@ -142,11 +149,18 @@ class MOTABTrainer(OPDTrainer):
             "top_p": self.top_p,
             "min_p": self.min_p or 0.0,
             "pad_token_id": pad_id,
+            "any_process": self._any_process_active if self.accelerator.num_processes > 1 else None,
         }
-        teacher = self.accelerator.unwrap_model(self.teacher_model)
-        teacher.eval()
-        with torch.no_grad(), _gathered(teacher.get_output_embeddings().weight):
-            teacher_backend = HFStepBackend(teacher, **sampling)
+        gather_all = self.args.ds3_gather_for_generation
+        with (
+            torch.no_grad(),
+            unwrap_model_for_generation(
+                self.teacher_model, self.accelerator, gather_deepspeed3_params=gather_all
+            ) as t,
+            self._dist.summon_full_params(self.teacher_model, recurse=False),
+        ):
+            t.eval()
+            teacher_backend = HFStepBackend(t, **sampling, weight=_whole_lm_head(t))
             if self.use_vllm:
                 if self.state.global_step != self._last_loaded_step:
                     self.vllm_generation.sync_weights()
@@ -157,20 +171,23 @@ class MOTABTrainer(OPDTrainer):
                 unwrap_model_for_generation(
                     self.model_wrapped,
                     self.accelerator,
-                    gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+                    gather_deepspeed3_params=gather_all,
                     generation_kwargs=self.generation_kwargs,
                     gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
                 ) as student,
                 self._dist.summon_full_params(self.model_wrapped, recurse=False),
+                _fsdp2_unsharded(student),
             ):
-                yield HFStepBackend(student, **sampling), teacher_backend
+                yield HFStepBackend(student, **sampling, weight=_whole_lm_head(student)), teacher_backend
 
     def _any_process_active(self, local: bool) -> bool:
-        """Lockstep rounds across processes when the student backend's calls are collective (vLLM)."""
-        if not self.use_vllm or self.accelerator.num_processes == 1:
+        """Whether `local` holds on any process (an all-reduce; every process must call it the same number of times).
+        Keeps rollout rounds, teacher rounds and decoding steps in lockstep (sharded forwards and vLLM's gathers are
+        collective)."""
+        if self.accelerator.num_processes == 1:
             return local
         flag = torch.tensor([float(local)], device=self.accelerator.device)
-        return bool(self.accelerator.gather(flag).sum() > 0)
+        return bool(self.accelerator.reduce(flag, reduction="sum") > 0)
 
     def _record_rollouts(self, traces: list[RolloutTrace], tau: float) -> None:
         """Fold the segment scores of every process into the boundary and log the rollout statistics."""
@@ -235,7 +252,8 @@ class MOTABTrainer(OPDTrainer):
         if teacher_mask is None:
             return losses
         teacher_mask = teacher_mask * self.loss_mask(inputs)
-        if not teacher_mask.any():
+        positions = self.every_rank_runs(teacher_mask)  # ZeRO-3: every process runs the pass
+        if not positions.any():
             return losses
         hidden = stats["hidden"]
         device = hidden.student_weight.device
@@ -245,14 +263,15 @@ class MOTABTrainer(OPDTrainer):
             hidden.teacher.to(device),
             hidden.teacher_weight.to(device),
             inputs["completion_ids"],
-            teacher_mask,
+            positions,
             self.temperature,
             hidden.student_head,
             hidden.teacher_head,
         )
         mode = "train" if self.model.training else "eval"
-        mean_kl = kl.detach().sum() / teacher_mask.sum()
-        self._metrics[mode]["motab/teacher_token_kl"].append(mean_kl.item())
+        if teacher_mask.any():
+            mean_kl = (kl.detach() * teacher_mask).sum() / teacher_mask.sum()
+            self._metrics[mode]["motab/teacher_token_kl"].append(mean_kl.item())
         return route_token_losses(losses, kl, teacher_mask, self.args.lambda_int)
 
     # ----------------------------------------------------------------- checkpointed trainer state
@@ -274,12 +293,36 @@ def _right_pad(rows: list[list[int]], width: int, value: int, device) -> torch.T
 
 
 @contextlib.contextmanager
-def _gathered(weight: torch.Tensor):
-    """Gather a ZeRO-3-partitioned parameter for the duration of the block (no-op otherwise)."""
-    if hasattr(weight, "ds_id"):
-        import deepspeed
+def _fsdp2_unsharded(model: torch.nn.Module):
+    """FSDP2: every sharded module of `model` unsharded (whole weights) for the block, no resharding after forwards.
+    The rollout calls the decoder and reads `lm_head` outside the root's forward, so the root's parameters must be
+    whole; unsharding the root alone leaves them as DTensors (torch 2.13), hence every layer, whatever
+    `ds3_gather_for_generation`. No-op for other models."""
+    from torch.distributed.fsdp import FSDPModule
 
-        with deepspeed.zero.GatheredParameters([weight]):
-            yield
-    else:
+    if not isinstance(model, FSDPModule):
         yield
+        return
+    modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for module in modules:
+        module.set_reshard_after_forward(False, recurse=False)
+        module.unshard()
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.reshard()
+            module.set_reshard_after_forward(module is not model, recurse=False)
+
+
+def _whole_lm_head(model: torch.nn.Module) -> torch.Tensor | None:
+    """A ZeRO-3-partitioned `lm_head` weight that is not gathered (`ds3_gather_for_generation: false`): a whole copy
+    for the rollout's projections (gathering it for the block is not enough: a tied weight is partitioned again by
+    the embedding's hooks after the first forward). `None` (the model's own) otherwise."""
+    weight = model.get_output_embeddings().weight
+    if not hasattr(weight, "ds_id") or weight.numel() > 0:
+        return None
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters([weight]):
+        return weight.detach().clone()

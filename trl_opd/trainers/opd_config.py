@@ -81,6 +81,20 @@ class OPDConfig(CPUSafeConfigMixin, PromptLimitConfigMixin, DistillationConfig):
             "the student sees only the problem."
         },
     )
+    vllm_importance_sampling_correction: bool = field(
+        default=False,
+        metadata={
+            "help": "K1 with vLLM rollouts (`use_vllm`): weight each sampled token's K1 loss by the truncated "
+            "importance ratio `min(p_train(y)/p_vLLM(y), vllm_importance_sampling_clip_max)` (detached) against the "
+            "sampler's log-probs, for the gap between vLLM's and the trainer's numerics (TRL GRPO's "
+            "`token_truncate`). Applies where a K1 loss is used: `divergence: k1`, TrOPD's trust-region tokens. Off: "
+            "no correction (TRL's DistillationTrainer has none)."
+        },
+    )
+    vllm_importance_sampling_clip_max: float = field(
+        default=3.0,
+        metadata={"help": "Upper bound of the importance ratio (`vllm_importance_sampling_correction`)."},
+    )
     resume_ignore_method_state: bool = field(
         default=False,
         metadata={
@@ -104,5 +118,9 @@ class OPDConfig(CPUSafeConfigMixin, PromptLimitConfigMixin, DistillationConfig):
             )
         if self.self_teacher not in SELF_TEACHER_KINDS:
             raise ValueError(f"self_teacher must be one of {SELF_TEACHER_KINDS}, got {self.self_teacher!r}")
+        if self.vllm_importance_sampling_clip_max <= 0:
+            raise ValueError(
+                f"vllm_importance_sampling_clip_max must be > 0, got {self.vllm_importance_sampling_clip_max}"
+            )
         if not 0.0 <= self.teacher_ema_decay < 1.0:
             raise ValueError(f"teacher_ema_decay must be in [0, 1), got {self.teacher_ema_decay}")

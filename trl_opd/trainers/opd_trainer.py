@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Iterator
 from typing import Any, NamedTuple
@@ -15,6 +16,7 @@ from trl import DistillationTrainer
 
 from ..checkpoints import STATE_FILE, load_method_state, method_config, resolve_resume, save_method_state
 from ..data import ColumnMap, prepare_dataset, privileged_prompt
+from ..errors import ConfigValueError
 from ..heads import logit_head
 from ..ops import fused_distillation_stats, k1_policy_gradient_loss, masked_global_mean, masked_mean, masked_sum
 from ..ops.chunked import PLAIN_HEAD, LogitHead
@@ -100,6 +102,11 @@ class OPDTrainer(PromptLimitMixin, DistillationTrainer):
         if teacher_model is None:
             self._self_teacher_kind = args.self_teacher
             is_peft = peft_config is not None or (not isinstance(model, str) and is_peft_model(model))
+            if is_peft and args.self_teacher == "ema":
+                raise ConfigValueError(
+                    "self_teacher: ema is not supported with PEFT (the EMA would copy the whole base model to average "
+                    "an adapter): use self_teacher: frozen (adapter off) or live, or train without peft."
+                )
             teacher_model = self_teacher_copy(model, args.self_teacher, is_peft, args.model_init_kwargs)
         elif isinstance(teacher_model, str):
             check_same_vocabulary(processing_class, AutoTokenizer.from_pretrained(teacher_model))
@@ -137,6 +144,11 @@ class OPDTrainer(PromptLimitMixin, DistillationTrainer):
         if args.privileged_context:
             check_privileged_prompts(self, self.train_dataset, self.teacher_chat_template_kwargs)
         self.check_prompt_lengths(self.train_dataset)
+        self._sampler_logps: list[list[float]] | None = None
+        if args.vllm_importance_sampling_correction and self.use_vllm:
+            if self.tools:
+                raise ConfigValueError("vllm_importance_sampling_correction does not support tool calling.")
+            self.vllm_generation.logprobs = 0  # the sampled token's log-prob (TRL's distillation asks for none)
 
     # ----------------------------------------------------------------- teacher prompts
     def teacher_prompt(self, example: dict[str, Any]) -> Any:
@@ -150,10 +162,31 @@ class OPDTrainer(PromptLimitMixin, DistillationTrainer):
         return self.args.privileged_context or self.teacher_chat_template_kwargs != self.chat_template_kwargs
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        self._sampler_logps = None
         output = super()._generate_and_score_completions(inputs)
         if self._teacher_sees_other_prompt():
             output.update(self._tokenize_teacher_prompts([self.teacher_prompt(x) for x in inputs]))
+        sampler, self._sampler_logps = self._sampler_logps, None
+        if sampler is not None:  # `(B, C)`, NaN where the sampler wrote no token
+            width = output["completion_ids"].size(1)
+            rows = [torch.tensor((list(r) + [math.nan] * width)[:width], dtype=torch.float32) for r in sampler]
+            output["sampler_logps"] = torch.stack(rows).to(output["completion_ids"].device)
         return output
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, has_tool_images=False):
+        """TRL's generation; with `vllm_importance_sampling_correction` in training, the vLLM path keeps the sampled
+        tokens' log-probs (`self._sampler_logps`, one list per row) that TRL's distillation discards."""
+        if not (self.use_vllm and self.args.vllm_importance_sampling_correction and self.model.training):
+            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, has_tool_images)
+        if self.state.global_step != self._last_loaded_step:
+            self.vllm_generation.sync_weights()
+            self._last_loaded_step = self.state.global_step
+        _, completion_ids, logprobs, _ = self.vllm_generation.generate(
+            prompts=prompt_ids, images=images, num_generations=1
+        )
+        if logprobs is not None:  # None from an engine asked for none (TrOPD's teacher)
+            self._sampler_logps = [[math.nan if lp[0] is None else lp[0] for lp in row] for row in logprobs]
+        return completion_ids
 
     def _tokenize_teacher_prompts(self, prompts: list) -> dict[str, torch.Tensor]:
         """Left-padded `teacher_prompt_ids` / `teacher_prompt_mask`, tokenized by the parent's own prompt path with
@@ -196,8 +229,33 @@ class OPDTrainer(PromptLimitMixin, DistillationTrainer):
         (MOTAB's teacher-token KL, TrOPD's top-k outlier KL). Default: the divergence, or the K1 policy-gradient loss.
         """
         if self.args.divergence == "k1":
-            return k1_policy_gradient_loss(stats["student_logp"], stats["teacher_logp"])
+            return self.k1_losses(stats, inputs)
         return stats["divergence"]
+
+    def k1_losses(self, stats: dict[str, torch.Tensor], inputs: dict[str, Any]) -> torch.Tensor:
+        """The K1 policy-gradient loss `(B, K)`, importance-weighted against the sampler's log-probs
+        (`sampler_logps`, from vLLM) when `vllm_importance_sampling_correction` is on."""
+        sampler = inputs.get("sampler_logps") if self.args.vllm_importance_sampling_correction else None
+        if sampler is None:
+            return k1_policy_gradient_loss(stats["student_logp"], stats["teacher_logp"])
+        return k1_policy_gradient_loss(
+            stats["student_logp"],
+            stats["teacher_logp"],
+            old_student_logp=sampler.to(stats["student_logp"].device),
+            importance_clip=self.args.vllm_importance_sampling_clip_max,
+        )
+
+    def every_rank_runs(self, positions: torch.Tensor) -> torch.Tensor:
+        """The positions an extra chunked pass (MOTAB's teacher-token KL, TrOPD's outlier KL) runs on, `(B, K)`.
+
+        Under ZeRO-3 such a pass gathers the `lm_head`s in its forward and backward, collectives that every process
+        must make: a process with no position runs one dummy position (the caller discards its value, which stays in
+        the graph so the backward runs too). Elsewhere: `positions`."""
+        if not self._dist.is_zero3 or positions.any():
+            return positions
+        dummy = torch.zeros_like(positions)
+        dummy.view(-1)[0] = 1
+        return dummy
 
     def loss_mask(self, inputs: dict[str, Any]) -> torch.Tensor:
         mask = inputs["completion_mask"]

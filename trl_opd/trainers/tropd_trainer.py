@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from trl.generation.vllm_generation import VLLMGeneration
 
-from ..ops import chunked_topk_forward_kl, k1_policy_gradient_loss, masked_mean
+from ..ops import chunked_topk_forward_kl, masked_mean
 from ..ops.tropd import (
     linear_decay,
     prefix_length,
@@ -112,6 +112,9 @@ class TrOPDTrainer(OPDTrainer):
         continuations = super()._generate_single_turn(contexts, images, multimodal_fields, has_tool_images)
         limit = self.max_completion_length
         completions = [(x + list(c))[:limit] for x, c in zip(prefixes, continuations)]
+        if self._sampler_logps is not None:  # the teacher's prefix was not sampled by the student's engine
+            nan = float("nan")
+            self._sampler_logps = [([nan] * len(x) + list(s))[:limit] for x, s in zip(prefixes, self._sampler_logps)]
         self._pending_prefix_lengths = [min(len(x), limit) for x in prefixes]
         self._log_guidance(self._pending_prefix_lengths, p_guide, rho)
         return completions
@@ -201,7 +204,7 @@ class TrOPDTrainer(OPDTrainer):
         # Parts not routed anywhere are constant zeros, so they cost nothing in the backward.
         prefix_div = stats["divergence"] if prefix.any() else torch.zeros_like(student_logp)
         parts = tropd_token_losses(
-            k1_policy_gradient_loss(student_logp, teacher_logp),
+            self.k1_losses(stats, inputs),
             self._outlier_kl(stats["hidden"], outliers, stats["student_log_z"]),
             prefix_div,
             trusted,
@@ -216,9 +219,10 @@ class TrOPDTrainer(OPDTrainer):
         """Top-k forward KL (with the tail bucket, or renormalised) on the outlier positions only (zeros elsewhere);
         the student's log-normaliser comes from the fused pass. `(B, K) bool, (B, K) -> (B, K)`."""
         kl = torch.zeros(outliers.shape, device=outliers.device)
-        if self.args.lambda_out == 0.0 or not outliers.any():
+        positions = self.every_rank_runs(outliers)  # ZeRO-3: every process runs the pass
+        if self.args.lambda_out == 0.0 or not positions.any():
             return kl
-        rows = outliers.nonzero(as_tuple=True)
+        rows = positions.nonzero(as_tuple=True)
         device = hidden.student_weight.device
         values = chunked_topk_forward_kl(
             hidden.student[rows],
@@ -232,7 +236,7 @@ class TrOPDTrainer(OPDTrainer):
             tail_bucket=self.args.outlier_tail_bucket,
             student_log_z=student_log_z[rows],
         )
-        return kl.index_put(rows, values.float())
+        return kl.index_put(rows, values.float() * outliers[rows])  # a dummy position counts 0
 
     def _log_trust(self, parts, ratio, trusted, on_policy, mask) -> None:
         metrics = self._metrics["train" if self.model.training else "eval"]
