@@ -12,11 +12,14 @@ PYTEST_ARGS ?=
 
 bootstrap: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "$(TORCH_CPU)"
 	$(PIP) install --quiet -e ".[dev,eval]"
+	# DeepSpeed for the two-process ZeRO-3 tests (its CPU accelerator over gloo); built against the torch above,
+	# without its compiled ops (a build in an isolated env would download a CUDA torch)
+	DS_BUILD_OPS=0 $(PIP) install --quiet --no-build-isolation "deepspeed==0.19.8"
 	$(PY) -m trl_opd.eval.offline --prepare
 	touch $(STAMP)
 
