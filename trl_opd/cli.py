@@ -1,5 +1,5 @@
 # Copyright 2026 The trl-opd developers. Licensed under the Apache License, Version 2.0.
-"""The `trl-opd` command: `train`, `demo`, `eval`, `methods`.
+"""The `trl-opd` command: `train`, `demo`, `lab`, `eval`, `methods`.
 
 `trl-opd train --config RECIPE.yaml [--field value ...] [--dry-run]` runs (or, with `--dry-run`, only validates) a
 recipe; `accelerate launch [--config_file ...] -m trl_opd train --config RECIPE.yaml` runs the same on several
@@ -34,6 +34,7 @@ USAGE = """usage: trl-opd <command> [options]
 commands:
   train    --config RECIPE.yaml [--field value ...] [--dry-run]   train (or validate) a recipe
   demo     [--methods a,b] [--steps N] [--output-dir D]             offline tiny end-to-end run
+  lab      --world W --methods a,b --seeds 0,1,2 [--steps N]        multi-seed comparison on an offline world
   eval     --model PATH --tasks aime24,aime25,hmmt25 [...]          AIME/HMMT scores with lighteval
   methods                                                           list the methods and their papers
 """
@@ -158,13 +159,19 @@ def _demo(argv: list[str]) -> int:
     return demo_main(argv)
 
 
+def _lab(argv: list[str]) -> int:
+    from .lab.run import main as lab_main
+
+    return lab_main(argv)
+
+
 def _eval(argv: list[str]) -> int:
     from .eval.runner import main as eval_main
 
     return eval_main(argv)
 
 
-COMMANDS = {"train": train_command, "demo": _demo, "eval": _eval, "methods": methods_command}
+COMMANDS = {"train": train_command, "demo": _demo, "lab": _lab, "eval": _eval, "methods": methods_command}
 
 
 def main(argv: list[str] | None = None) -> int:
