@@ -8,7 +8,7 @@ TORCH_CPU ?= torch==2.13.0
 STAMP := $(VENV)/.trl-opd-installed
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap demo test lint bench clean
+.PHONY: bootstrap demo lab test lint bench clean
 
 bootstrap: $(STAMP)
 
@@ -23,6 +23,16 @@ $(STAMP): pyproject.toml
 demo: bootstrap
 	$(VENV)/bin/trl-opd demo --output-dir demo_output
 
+# The sweeps whose results are committed under benchmarks/results (each file is headed by its exact command).
+LAB_SEEDS ?= 0,1,2
+LAB_STEPS ?= 200
+LAB := $(VENV)/bin/trl-opd lab --seeds $(LAB_SEEDS) --steps $(LAB_STEPS) --output-dir benchmarks/results
+
+lab: bootstrap
+	$(LAB) --world arith --methods opd,gkd,sft,motab,tropd
+	$(LAB) --world long-chains --methods opd,motab,gkd,sft
+	$(LAB) --world mismatch --methods opd,tropd,gkd,sft
+
 test: bootstrap
 	$(VENV)/bin/ruff check trl_opd tests benchmarks
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -35,4 +45,4 @@ bench: bootstrap
 	$(PY) benchmarks/bench_loss_memory.py
 
 clean:
-	rm -rf $(VENV) demo_output .pytest_cache
+	rm -rf $(VENV) demo_output lab_output .pytest_cache

@@ -17,12 +17,12 @@ from ..lab.run import SFT, build_parser, run_lab, validate
 from ..methods import METHODS
 
 
-DEFAULT_METHODS = ("opd", SFT, "motab", "tropd")  # a few minutes on 2 CPU cores; any method with --methods
+DEFAULT_METHODS = ("opd", SFT, "motab")  # a few minutes on 2 CPU cores; any method with --methods
 
 
 def parse_args(argv: list[str] | None):
     parser = build_parser("trl-opd demo", __doc__.splitlines()[0])
-    parser.set_defaults(methods=",".join(DEFAULT_METHODS), steps="200", output_dir="demo_output")
+    parser.set_defaults(methods=",".join(DEFAULT_METHODS), steps="300", output_dir="demo_output")
     parser.add_argument("--seed", default="0", help="The run seed (default 0).")
     args = parser.parse_args(argv)
     args.world, args.seeds = "arith", args.seed

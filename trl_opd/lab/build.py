@@ -66,6 +66,14 @@ def sizes(world: World, scale: float = 1.0) -> dict:
     }
 
 
+def _describe(fn) -> str | None:
+    """A stable description of a generator (a function or a `functools.partial` of one) for the cache key."""
+    if fn is None:
+        return None
+    keywords = sorted(getattr(fn, "keywords", {}).items())
+    return f"{getattr(fn, 'func', fn).__name__}{keywords}"
+
+
 def cache_dir(world: World, scale: float, root: str | None) -> Path:
     base = Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "trl-opd" / "lab"
     key = json.dumps(
@@ -73,10 +81,14 @@ def cache_dir(world: World, scale: float, root: str | None) -> Path:
             BUILD_VERSION,
             world.version,
             world.name,
+            _describe(world.generator),
+            _describe(world.student_generator),
+            world.privileged_warmup,
             sizes(world, scale),
             world.band,
             world.teacher_target,
             STUDENT_SHAPE,
+            STUDENT_LR,
         ],
         sort_keys=True,
     )

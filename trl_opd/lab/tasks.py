@@ -112,6 +112,6 @@ def make_rows(generator, n: int, seed: int, **kwargs) -> tuple[Dataset, list[dic
     return Dataset.from_list([row for row, _ in pairs]), [meta for _, meta in pairs]
 
 
-def make_dataset(n: int, seed: int = 0, n_ops: int = 2) -> Dataset:
-    """The demo's arithmetic task: `n` two-step chains of additions/subtractions of numbers up to 20."""
-    return make_rows(chain_problem, n, seed, n_ops=n_ops)[0]
+def make_dataset(n: int, seed: int = 0, n_ops: int = 2, max_value: int = 9) -> Dataset:
+    """The demo's (the lab's `arith`) task: `n` two-step chains of additions/subtractions of numbers up to 9."""
+    return make_rows(chain_problem, n, seed, n_ops=n_ops, max_value=max_value)[0]

@@ -211,8 +211,8 @@ WORLDS: dict[str, World] = {
     for w in [
         World(
             "arith",
-            "two-step additions/subtractions of numbers up to 20 (the general world: no method may lose here)",
-            partial(chain_problem, n_ops=2),
+            "two-step additions/subtractions of numbers up to 9 (the general world: no method may lose here)",
+            partial(chain_problem, n_ops=2, max_value=9),
             diagnose_arith,
             max_new_tokens=40,
         ),
