@@ -29,7 +29,7 @@ LAB_STEPS ?= 200
 LAB := $(VENV)/bin/trl-opd lab --seeds $(LAB_SEEDS) --steps $(LAB_STEPS) --output-dir benchmarks/results
 
 lab: bootstrap
-	$(LAB) --world arith --methods opd,gkd,sft,motab,tropd
+	$(LAB) --world arith --methods opd,sft,motab,tropd
 	$(LAB) --world long-chains --methods opd,motab,gkd,sft
 	$(LAB) --world mismatch --methods opd,tropd,gkd,sft
 

@@ -226,10 +226,10 @@ WORLDS: dict[str, World] = {
         ),
         World(
             "mismatch",
-            "two-step arithmetic; the teacher writes `7+5=12`, the student was warmed up on `7 add 5 equals 12`",
-            partial(chain_problem, n_ops=2),
+            "two-step arithmetic (numbers up to 9); the teacher writes `7+5=12`, the student was warmed up on `7 add 5 equals 12`",
+            partial(chain_problem, n_ops=2, max_value=9),
             diagnose_mismatch,
-            student_generator=partial(chain_problem, n_ops=2, style="words"),
+            student_generator=partial(chain_problem, n_ops=2, max_value=9, style="words"),
             max_new_tokens=48,
         ),
         World(
@@ -241,8 +241,8 @@ WORLDS: dict[str, World] = {
         ),
         World(
             "privileged",
-            "three-step arithmetic; the student's warm-up also had a reference in the prompt (self-distillation)",
-            partial(chain_problem, n_ops=3),
+            "three-step arithmetic (numbers up to 9); the student's warm-up also had a reference in the prompt (self-distillation)",
+            partial(chain_problem, n_ops=3, max_value=9),
             diagnose_privileged,
             privileged_warmup=True,
             max_new_tokens=48,
