@@ -25,11 +25,12 @@ demo: bootstrap
 
 # The sweeps whose results are committed under benchmarks/results (each file is headed by its exact command).
 LAB_SEEDS ?= 0,1,2
-LAB_STEPS ?= 200
+LAB_STEPS ?= 100
 LAB := $(VENV)/bin/trl-opd lab --seeds $(LAB_SEEDS) --steps $(LAB_STEPS) --output-dir benchmarks/results
 
 lab: bootstrap
-	$(LAB) --world arith --methods opd,sft,motab,tropd
+	$(LAB) --world arith --methods opd,sft,motab
+	$(VENV)/bin/trl-opd lab --seeds $(LAB_SEEDS) --steps $(LAB_STEPS) --output-dir benchmarks/results/arith-tropd --world arith --methods opd,tropd
 	$(LAB) --world long-chains --methods opd,motab,gkd,sft
 	$(LAB) --world mismatch --methods opd,tropd,gkd,sft
 

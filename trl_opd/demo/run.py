@@ -17,7 +17,7 @@ from ..lab.run import SFT, build_parser, run_lab, validate
 from ..methods import METHODS
 
 
-DEFAULT_METHODS = ("opd", SFT, "motab")  # a few minutes on 2 CPU cores; any method with --methods
+DEFAULT_METHODS = ("opd", SFT)  # a few minutes on 2 CPU cores; any method with --methods
 
 
 def parse_args(argv: list[str] | None):
