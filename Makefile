@@ -31,8 +31,8 @@ LAB := $(VENV)/bin/trl-opd lab --seeds $(LAB_SEEDS) --steps $(LAB_STEPS) --outpu
 lab: bootstrap
 	$(LAB) --world arith --methods opd,sft,motab
 	$(VENV)/bin/trl-opd lab --seeds $(LAB_SEEDS) --steps $(LAB_STEPS) --output-dir benchmarks/results/arith-tropd --world arith --methods opd,tropd
-	$(LAB) --world long-chains --methods opd,motab,gkd,sft
-	$(LAB) --world mismatch --methods opd,tropd,gkd,sft
+	$(LAB) --world mismatch --methods opd,tropd
+# Not yet run to completion (CPU time): --world long-chains --methods opd,motab,gkd,sft; gkd and sft on mismatch.
 
 test: bootstrap
 	$(VENV)/bin/ruff check trl_opd tests benchmarks
