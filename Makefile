@@ -8,7 +8,7 @@ TORCH_CPU ?= torch==2.13.0
 STAMP := $(VENV)/.trl-opd-installed
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap demo test lint bench clean package-check
+.PHONY: bootstrap demo lab test lint bench clean package-check
 
 bootstrap: $(STAMP)
 
@@ -26,6 +26,18 @@ $(STAMP): pyproject.toml Makefile
 demo: bootstrap
 	$(VENV)/bin/trl-opd demo --output-dir demo_output
 
+# The sweeps whose results are committed under benchmarks/results (each file is headed by its exact command).
+LAB_SEEDS ?= 0,1,2
+LAB_STEPS ?= 100
+LAB := $(VENV)/bin/trl-opd lab --seeds $(LAB_SEEDS) --steps $(LAB_STEPS) --output-dir benchmarks/results
+
+lab: bootstrap
+	$(LAB) --world arith --methods opd,sft,motab
+	$(VENV)/bin/trl-opd lab --seeds $(LAB_SEEDS) --steps $(LAB_STEPS) --output-dir benchmarks/results/arith-tropd --world arith --methods opd,tropd
+	$(LAB) --world mismatch --methods opd,tropd
+	$(LAB) --world long-chains --methods opd,motab
+# Not yet run (CPU time): gkd and sft on long-chains and mismatch, gkd on arith, the ambiguous and privileged worlds.
+
 test: bootstrap
 	$(VENV)/bin/ruff check trl_opd tests benchmarks
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -42,4 +54,4 @@ bench: bootstrap
 	$(PY) benchmarks/bench_loss_memory.py
 
 clean:
-	rm -rf $(VENV) demo_output .pytest_cache
+	rm -rf $(VENV) demo_output lab_output .pytest_cache

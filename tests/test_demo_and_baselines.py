@@ -11,11 +11,7 @@ from trl_opd.launch.build import build_trainer
 from trl_opd.launch.recipe import parse_recipe
 
 
-def test_demo_writes_table_plot_and_a_complete_card(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(demo, "TEACHER_STEPS", 30)
-    monkeypatch.setattr(demo, "STUDENT_STEPS", 10)
-    monkeypatch.setattr(demo, "N_TRAIN", 64)
-    monkeypatch.setattr(demo, "N_HELDOUT", 8)
+def test_demo_writes_table_plot_and_a_complete_card(tmp_path, capsys):
     out = tmp_path / "out"
     code = demo.main(
         [
@@ -29,12 +25,14 @@ def test_demo_writes_table_plot_and_a_complete_card(tmp_path, monkeypatch, capsy
             str(out),
             "--cache-dir",
             str(tmp_path / "cache"),
+            "--scale",
+            "0.005",  # toy sizes
         ]
     )
     assert code == 0
     table = (out / "results.md").read_text()
-    assert "| opd |" in table and "before" in table
-    assert (out / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    assert table.startswith("command: `trl-opd demo --methods opd") and "| opd |" in table and "student start" in table
+    assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
     card = (out / "runs" / "opd" / "README.md").read_text()
     assert not re.search(r"\{\{\s*\w+\s*\}\}", card), "a template placeholder is left"
     assert "arXiv" in card and "synthetic arithmetic" in card and "learning_rate" in card

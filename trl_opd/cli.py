@@ -1,5 +1,5 @@
 # Copyright 2026 The trl-opd developers. Licensed under the Apache License, Version 2.0.
-"""The `trl-opd` command: `train`, `demo`, `eval`, `card`, `push`, `methods`.
+"""The `trl-opd` command: `train`, `demo`, `lab`, `eval`, `card`, `push`, `methods`.
 
 `trl-opd train --config RECIPE.yaml [--field value ...] [--dry-run]` runs (or, with `--dry-run`, only validates) a
 recipe; `accelerate launch [--config_file ...] -m trl_opd train --config RECIPE.yaml` runs the same on several
@@ -30,6 +30,7 @@ commands:
            [--debug]: the traceback of a user error too
   train    [--method M] --help [--help-all]                         the method's fields (all fields)
   demo     [--methods a,b] [--steps N] [--output-dir D]             offline tiny end-to-end run
+  lab      --world W --methods a,b --seeds 0,1,2 [--steps N]        multi-seed comparison on an offline world
   eval     --model PATH --tasks aime24,aime25,hmmt25 [...]          AIME/HMMT scores with lighteval
            (a training folder: results recorded in it; a LoRA adapter folder: merged first)
   card     OUTPUT_DIR [--hub-model-id ID]                            re-render OUTPUT_DIR/README.md from the folder
@@ -287,13 +288,19 @@ def _demo(argv: list[str]) -> int:
     return demo_main(argv)
 
 
+def _lab(argv: list[str]) -> int:
+    from .lab.run import main as lab_main
+
+    return lab_main(argv)
+
+
 def _eval(argv: list[str]) -> int:
     from .eval.runner import main as eval_main
 
     return eval_main(argv)
 
 
-COMMANDS = {"train": train_command, "demo": _demo, "eval": _eval, "methods": methods_command}
+COMMANDS = {"train": train_command, "demo": _demo, "lab": _lab, "eval": _eval, "methods": methods_command}
 COMMANDS.update({"card": card_command, "push": push_command})
 
 

@@ -1,0 +1,133 @@
+# Copyright 2026 The trl-opd developers. Licensed under the Apache License, Version 2.0.
+"""`trl-opd lab` at toy size: a smoke run per world, the statistics, bad input, and reproducibility."""
+
+import json
+import math
+
+import pytest
+
+from trl_opd.cli import main as cli_main
+from trl_opd.lab import run as lab_run
+from trl_opd.lab.report import add_statistics
+from trl_opd.lab.stats import mean, paired_differences, std
+from trl_opd.lab.tasks import STEP, make_rows, sum_problem
+from trl_opd.lab.worlds import WORLDS
+
+
+TINY = ["--scale", "0.005", "--steps", "2", "--seeds", "0", "--eval-every", "1"]
+DIAGNOSTIC_KEYS = {
+    "arith": "low_teacher_prob_share",
+    "long-chains": "next_step_acc_after_correct",
+    "mismatch": "low_teacher_prob_share",
+    "ambiguous": "teacher_entropy_ambiguous",
+    "privileged": "self_teacher_acc_full",
+}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("lab-cache"))
+
+
+@pytest.mark.parametrize("world", list(WORLDS))
+def test_smoke_run_per_world_writes_files_plot_and_diagnostic(world, cache, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = lab_run.main(
+        ["--world", world, "--methods", "opd,sft", "--output-dir", str(out), "--cache-dir", cache, *TINY]
+    )
+    assert code == 0
+    results = json.loads((out / f"{world}.json").read_text())
+    assert results["command"].startswith(f"trl-opd lab --world {world}")
+    assert DIAGNOSTIC_KEYS[world] in results["diagnostic"]
+    assert set(results["runs"]) == {"opd", "sft"}
+    final = results["runs"]["opd"]["0"]["final"]
+    assert set(final) == {"greedy", "average_at_k", "mean_length"}
+    assert [step for step, _ in results["runs"]["opd"]["0"]["curve"]] == [0, 1, 2]
+    md = (out / f"{world}.md").read_text()
+    assert md.startswith(f"command: `trl-opd lab --world {world}")
+    assert "diagnostic:" in md and "| opd |" in md and "| sft |" in md and "Paired difference to `opd`" in md
+    assert (out / f"{world}.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{world}.{ext}" for ext in ("json", "md", "png"))
+    assert "diagnostic:" in capsys.readouterr().out
+
+
+def test_world_problems_are_well_formed():
+    rows, metas = make_rows(sum_problem, 20, seed=3)
+    for row, meta in zip(rows, metas):
+        assert sum(meta["numbers"]) == int(row["answer"])
+        # three freely chosen numbers (4, 3 then 2 choices); the last one is determined
+        assert [row["solution"][a:b] for a, b in meta["choices"]] == [str(x) for x in meta["order"][:3]]
+    rows, metas = WORLDS["long-chains"].rows(10, seed=0)
+    for row, meta in zip(rows, metas):
+        lines = row["solution"].split("\n")
+        assert len(lines) == 6 and all(STEP.match(line) for line in lines[:5])
+        assert lines[:5] == meta["steps"]
+
+
+def test_statistics_against_hand_computed_values():
+    assert mean([0.2, 0.4, 0.6]) == pytest.approx(0.4)
+    assert std([0.2, 0.4, 0.6]) == pytest.approx(0.2)  # sqrt(((-.2)^2 + 0 + .2^2) / 2)
+    assert std([0.5]) == 0.0
+    paired = paired_differences({0: 0.5, 1: 0.7, 2: 0.4}, {0: 0.3, 1: 0.4, 2: 0.5})
+    assert paired["per_seed"] == pytest.approx({0: 0.2, 1: 0.3, 2: -0.1})
+    assert paired["mean"] == pytest.approx(0.4 / 3)
+    assert paired["std"] == pytest.approx(
+        math.sqrt(((0.2 - 0.4 / 3) ** 2 + (0.3 - 0.4 / 3) ** 2 + (0.1 + 0.4 / 3) ** 2) / 2)
+    )
+
+    def run(greedy):
+        return {"final": {"greedy": greedy, "average_at_k": greedy / 2, "mean_length": 10.0}, "seconds": 1.0}
+
+    results = {
+        "methods": ["opd", "sft"],
+        "runs": {"opd": {0: run(0.3), 1: run(0.5)}, "sft": {0: run(0.4), 1: run(0.4)}},
+    }
+    add_statistics(results)
+    assert results["summary"]["opd"]["greedy"]["mean"] == pytest.approx(0.4)
+    assert results["summary"]["opd"]["greedy"]["std"] == pytest.approx(math.sqrt(0.02))
+    assert results["paired"]["sft"]["greedy"]["per_seed"] == pytest.approx({0: 0.1, 1: -0.1})
+    assert results["paired"]["sft"]["average_at_k"]["mean"] == pytest.approx(0.0)
+    assert "opd" not in results["paired"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--world", "nowhere"], "unknown world 'nowhere'"),
+        (["--methods", "opd,nope"], "Unknown method 'nope'"),
+        (["--seeds", "0,one"], "--seeds must be comma-separated integers"),
+        (["--steps", "0"], "--steps must be >= 1"),
+        (["--steps", "ten"], "--steps must be an integer"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_bad_input_is_one_error_line_and_writes_nothing(args, message, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = cli_main(["lab", "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache"), *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+    assert not out.exists() and not (tmp_path / "cache").exists()
+
+
+def test_output_dir_that_is_a_file_is_an_error(tmp_path, capsys):
+    target = tmp_path / "file"
+    target.write_text("keep me")
+    assert cli_main(["lab", "--output-dir", str(target), "--cache-dir", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not a directory" in err[0]
+    assert target.read_text() == "keep me" and not (tmp_path / "cache").exists()
+
+
+def test_two_identical_short_runs_give_identical_metrics(cache, tmp_path):
+    outputs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        lab_run.main(
+            ["--world", "arith", "--methods", "opd,sft", "--output-dir", str(out), "--cache-dir", cache, *TINY]
+        )
+        outputs.append(json.loads((out / "arith.json").read_text()))
+    for method in ("opd", "sft"):
+        first, second = (o["runs"][method]["0"] for o in outputs)
+        assert first["final"] == second["final"] and first["curve"] == second["curve"]
+        assert first["mechanisms"] == second["mechanisms"]

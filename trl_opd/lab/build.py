@@ -1,0 +1,210 @@
+# Copyright 2026 The trl-opd developers. Licensed under the Apache License, Version 2.0.
+"""Build (or load from the cache) a world's tokenizer, teacher and warm-started student.
+
+The teacher is trained by supervised learning on the reference solutions until its validation accuracy reaches the
+world's target. The student is warmed up at a constant learning rate and stops when its validation accuracy first
+enters the world's band (checked every few steps): tiny models learn these tasks in a sharp phase transition whose
+timing moves by hundreds of steps, so a fixed step count would give starts anywhere from 0 % to 90 %.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from datasets import Dataset, concatenate_datasets
+from transformers import AutoModelForCausalLM
+
+from ..errors import UserError
+from ..testing import build_tiny_model, build_tiny_tokenizer
+from .training import encode_example, heldout_accuracy, supervised_warmup
+from .worlds import World, with_privileged_context
+
+
+BUILD_VERSION = "1"  # bump when the build recipe changes (invalidates every cache)
+BUILD_SEED = 0  # every run seed starts from the same teacher and student
+# The student is smaller than the teacher; it is warmed up at a constant learning rate, so distillation at a similar
+# rate continues its training smoothly instead of kicking it out of a decayed minimum.
+STUDENT_SHAPE = {"hidden_size": 128, "num_hidden_layers": 3, "intermediate_size": 256}
+STUDENT_LR = 2e-3
+TEACHER_LR = 3e-3
+MAX_STUDENT_STEPS = 4000
+
+
+class LabError(UserError):
+    """Bad lab input (unknown world or method, bad seeds or steps, an unusable output directory)."""
+
+
+@dataclass
+class Lab:
+    """A built world: data splits, tokenizer, teacher and student (paths and loaded models), and build facts."""
+
+    world: World
+    tokenizer: object
+    train: Dataset
+    heldout: Dataset
+    heldout_meta: list
+    teacher_path: Path
+    student_path: Path
+    info: dict
+    teacher: object = None
+    student: object = None
+
+
+def sizes(world: World, scale: float = 1.0) -> dict:
+    """The world's sizes, scaled down (tests) with `scale` < 1."""
+    return {
+        "n_train": max(64, int(world.n_train * scale)),  # >= 2 batches of 32
+        "n_heldout": max(8, int(world.n_heldout * scale)),
+        "n_val": max(8, int(world.n_val * scale)),
+        "teacher_steps": max(4, int(world.teacher_steps * scale)),
+        "student_steps": max(4, int(MAX_STUDENT_STEPS * scale)),
+    }
+
+
+def _describe(fn) -> str | None:
+    """A stable description of a generator (a function or a `functools.partial` of one) for the cache key."""
+    if fn is None:
+        return None
+    keywords = sorted(getattr(fn, "keywords", {}).items())
+    return f"{getattr(fn, 'func', fn).__name__}{keywords}"
+
+
+def cache_dir(world: World, scale: float, root: str | None) -> Path:
+    base = Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "trl-opd" / "lab"
+    key = json.dumps(
+        [
+            BUILD_VERSION,
+            world.version,
+            world.name,
+            _describe(world.generator),
+            _describe(world.student_generator),
+            world.privileged_warmup,
+            sizes(world, scale),
+            world.band,
+            world.teacher_target,
+            STUDENT_SHAPE,
+            STUDENT_LR,
+        ],
+        sort_keys=True,
+    )
+    return base / f"{world.name}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+
+
+def _save_atomic(model, tokenizer, path: Path, info: dict | None = None) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if info is not None:
+        (tmp / "lab_build.json").write_text(json.dumps(info, indent=2))
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+
+
+def _check_context(world: World, tokenizer, rows: Dataset, limit: int) -> None:
+    """Every prompt + reference (and its privileged form) must fit the tiny models' context."""
+    longest = 0
+    for row in rows.select(range(min(64, len(rows)))):
+        ids, _ = encode_example(tokenizer, row["prompt"], row["solution"])
+        longest = max(longest, len(ids) + world.max_new_tokens)
+        if world.privileged_warmup:
+            from ..data import privileged_prompt
+
+            ids, _ = encode_example(tokenizer, privileged_prompt(row["prompt"], row["solution"]), row["solution"])
+            longest = max(longest, len(ids) + world.max_new_tokens)
+    if longest > limit:
+        raise LabError(f"world {world.name!r}: prompt + reference is {longest} tokens, over the context {limit}.")
+
+
+def train_teacher(world: World, tokenizer, train: Dataset, val: Dataset, steps: int):
+    model = build_tiny_model(tokenizer, "teacher", seed=BUILD_SEED + 1)
+    _check_context(world, tokenizer, train, model.config.max_position_embeddings)
+    every = max(1, min(100, steps // 5))
+
+    def on_step(step, model):
+        return (
+            step % every == 0
+            and step >= steps // 2
+            and heldout_accuracy(model, tokenizer, val) >= world.teacher_target
+        )
+
+    supervised_warmup(
+        model,
+        tokenizer,
+        train,
+        steps=steps,
+        lr=TEACHER_LR,
+        seed=BUILD_SEED,
+        desc=f"{world.name}: teacher",
+        on_step=on_step,
+    )
+    return model
+
+
+def warm_up_student(world: World, tokenizer, train: Dataset, val: Dataset, max_steps: int):
+    """Warm the student up at a constant rate until its validation accuracy first enters `world.band`."""
+    model = build_tiny_model(tokenizer, "student", seed=BUILD_SEED, **STUDENT_SHAPE)
+    if world.privileged_warmup:
+        train = concatenate_datasets([train, with_privileged_context(train, BUILD_SEED)]).shuffle(seed=BUILD_SEED)
+    low, high = world.band
+    state = {"acc": 0.0, "step": 0, "checks": []}
+
+    def on_step(step, model):
+        every = 20 if state["acc"] < low / 2 else 4  # check often near the transition
+        if step % every:
+            return False
+        state["acc"], state["step"] = heldout_accuracy(model, tokenizer, val, world.max_new_tokens), step
+        state["checks"].append((step, state["acc"]))
+        return state["acc"] >= low
+
+    supervised_warmup(
+        model,
+        tokenizer,
+        train,
+        steps=max_steps,
+        lr=STUDENT_LR,
+        seed=BUILD_SEED,
+        decay=False,
+        desc=f"{world.name}: student warm-up into the band",
+        on_step=on_step,
+    )
+    return model, {"warmup_steps": state["step"], "val_accuracy": state["acc"], "in_band": low <= state["acc"] <= high}
+
+
+def build_lab(world: World, scale: float = 1.0, cache_root: str | None = None, load: bool = True) -> Lab:
+    """The world's data, and its teacher and student (trained now unless cached; each written atomically)."""
+    size = sizes(world, scale)
+    tokenizer = build_tiny_tokenizer()
+    train, _ = world.rows(size["n_train"], seed=BUILD_SEED)
+    student_train, _ = world.rows(size["n_train"], seed=BUILD_SEED, student=True)
+    val, _ = world.rows(size["n_val"], seed=BUILD_SEED + 5_000)
+    heldout, heldout_meta = world.rows(size["n_heldout"], seed=BUILD_SEED + 10_000)
+    cache = cache_dir(world, scale, cache_root)
+    cache.mkdir(parents=True, exist_ok=True)
+    teacher_path, student_path = cache / "teacher", cache / "student"
+    started = time.perf_counter()
+    if not (teacher_path / "config.json").is_file():
+        teacher = train_teacher(world, tokenizer, train, val, size["teacher_steps"])
+        _save_atomic(teacher, tokenizer, teacher_path)
+    if not (student_path / "lab_build.json").is_file():
+        student, info = warm_up_student(world, tokenizer, student_train, val, size["student_steps"])
+        info["build_seconds"] = time.perf_counter() - started
+        _save_atomic(student, tokenizer, student_path, info)
+        if not info["in_band"]:
+            print(
+                f"warning: {world.name}: the student's validation accuracy {info['val_accuracy']:.3f} after "
+                f"{info['warmup_steps']} steps is outside the band {world.band}",
+                flush=True,
+            )
+    info = json.loads((student_path / "lab_build.json").read_text())
+    lab = Lab(world, tokenizer, train, heldout, heldout_meta, teacher_path, student_path, info)
+    if load:
+        lab.teacher = AutoModelForCausalLM.from_pretrained(teacher_path).eval()
+        lab.student = AutoModelForCausalLM.from_pretrained(student_path).eval()
+    return lab

@@ -1,0 +1,178 @@
+# Copyright 2026 The trl-opd developers. Licensed under the Apache License, Version 2.0.
+"""The lab's outputs: `<stem>.json`, `<stem>.md` (statistics over seeds) and `<stem>.png`, written atomically."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from .stats import paired_differences, summarize
+
+
+METRICS = (("greedy", "held-out greedy"), ("average_at_k", "average@k"), ("mean_length", "mean length"))
+
+
+def add_statistics(results: dict) -> dict:
+    """`summary[method][metric]` (values over seeds, mean, std) and `paired[method][metric]` (to the first method)."""
+    runs, methods = results["runs"], results["methods"]
+    results["summary"] = {
+        m: {metric: summarize([runs[m][s]["final"][metric] for s in runs[m]]) for metric, _ in METRICS}
+        | {"seconds": summarize([runs[m][s]["seconds"] for s in runs[m]])}
+        for m in methods
+    }
+    base = methods[0]
+    results["paired"] = {
+        m: {
+            metric: paired_differences(
+                {s: runs[m][s]["final"][metric] for s in runs[m]},
+                {s: runs[base][s]["final"][metric] for s in runs[base]},
+            )
+            for metric, _ in METRICS
+        }
+        for m in methods[1:]
+    }
+    return results
+
+
+def _pm(stat: dict, digits: int = 3) -> str:
+    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+
+
+def render_markdown(results: dict, plot_name: str) -> str:
+    k, seeds, base = results["k"], results["seeds"], results["methods"][0]
+    start = results["start"]
+    lines = [
+        f"command: `{results['command']}`",
+        "",
+        f"# lab: `{results['world']}`",
+        "",
+        f"{results['description']}.",
+        "",
+        f"- diagnostic: {results['diagnostic']['summary']}",
+        f"- teacher held-out greedy accuracy {results['teacher_accuracy']:.3f}; student start greedy "
+        f"{start['greedy']:.3f}, average@{k} {start['average_at_k']:.3f}, mean length {start['mean_length']:.1f} "
+        f"(warm-up stopped after {results['build']['warmup_steps']} steps at validation accuracy "
+        f"{results['build']['val_accuracy']:.3f})",
+        f"- {results['steps']} steps per run, seeds {', '.join(map(str, seeds))}, {results['n_heldout']} held-out "
+        f"problems; mean ± sample std over seeds; average@{k}: temperature-1 samples; length in tokens.",
+        "",
+        f"| method | held-out greedy | average@{k} | mean length | seconds per run |",
+        "|---|---|---|---|---|",
+    ]
+    for method, stat in results["summary"].items():
+        lines.append(
+            f"| {method} | {_pm(stat['greedy'])} | {_pm(stat['average_at_k'])} | {_pm(stat['mean_length'], 1)} | "
+            f"{stat['seconds']['mean']:.0f} |"
+        )
+    if results["paired"]:
+        lines += [
+            "",
+            f"Paired difference to `{base}` (same seed), held-out greedy / average@{k}:",
+            "",
+            "| method | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± std |",
+            "|---|" + "---|" * (len(seeds) + 1),
+        ]
+        for method, paired in results["paired"].items():
+            greedy, avg = paired["greedy"], paired["average_at_k"]
+            cells = [
+                f"{greedy['per_seed'][s]:+.3f} / {avg['per_seed'][s]:+.3f}" if s in greedy["per_seed"] else "–"
+                for s in seeds
+            ]
+            lines.append(
+                f"| {method} | " + " | ".join(cells) + f" | {greedy['mean']:+.3f} ± {greedy['std']:.3f} / "
+                f"{avg['mean']:+.3f} ± {avg['std']:.3f} |"
+            )
+    lines += ["", f"![held-out accuracy and mechanism metrics]({plot_name})", ""]
+    return "\n".join(lines)
+
+
+def _band(series_by_seed: list[list[tuple[int, float]]]):
+    """Mean and std over seeds at the steps all seeds logged."""
+    steps = sorted(set.intersection(*[{s for s, _ in series} for series in series_by_seed]))
+    by_seed = [dict(series) for series in series_by_seed]
+    means, stds = [], []
+    for step in steps:
+        values = [d[step] for d in by_seed if not math.isnan(d[step])]
+        m = sum(values) / len(values) if values else float("nan")
+        means.append(m)
+        stds.append(math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0)
+    return steps, means, stds
+
+
+def write_plot(path: Path, results: dict) -> None:
+    """Held-out greedy accuracy against step (mean, band ± std over seeds), then each mechanism metric likewise."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = results["runs"]
+    metric_names = sorted({k for m in runs for s in runs[m] for k in runs[m][s]["mechanisms"]})
+    panels = 1 + len(metric_names)
+    cols = min(3, panels)
+    rows = math.ceil(panels / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False)
+    colors = {m: f"C{i}" for i, m in enumerate(results["methods"])}
+    ax = axes[0][0]
+    for method in results["methods"]:
+        steps, means, stds = _band([runs[method][s]["curve"] for s in runs[method]])
+        ax.plot(steps, means, marker="o", markersize=3, color=colors[method], label=method)
+        ax.fill_between(
+            steps,
+            [m - s for m, s in zip(means, stds)],
+            [m + s for m, s in zip(means, stds)],
+            color=colors[method],
+            alpha=0.2,
+        )
+    ax.axhline(results["teacher_accuracy"], color="gray", linestyle="--", label="teacher")
+    ax.set_title(f"{results['world']}: held-out greedy accuracy ({len(results['seeds'])} seeds)")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    for index, name in enumerate(metric_names, start=1):
+        ax = axes[index // cols][index % cols]
+        for method in results["methods"]:
+            series = [
+                runs[method][s]["mechanisms"][name] for s in runs[method] if name in runs[method][s]["mechanisms"]
+            ]
+            if not series:
+                continue
+            steps, means, stds = _band(series)
+            ax.plot(steps, means, color=colors[method], label=method)
+            ax.fill_between(
+                steps,
+                [m - s for m, s in zip(means, stds)],
+                [m + s for m, s in zip(means, stds)],
+                color=colors[method],
+                alpha=0.2,
+            )
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for index in range(panels, rows * cols):
+        axes[index // cols][index % cols].axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90, format="png")
+    plt.close(fig)
+
+
+def write_outputs(out: Path, stem: str, results: dict) -> list[Path]:
+    """Write `<stem>.json`, `<stem>.md`, `<stem>.png` under `out`: each to a temporary name first, then all renamed."""
+    add_statistics(results)
+    out.mkdir(parents=True, exist_ok=True)
+    targets = [out / f"{stem}.json", out / f"{stem}.md", out / f"{stem}.png"]
+    temps = [t.with_name(f".{t.name}.tmp-{os.getpid()}") for t in targets]
+    try:
+        temps[0].write_text(json.dumps(results, indent=1, default=str) + "\n")
+        temps[1].write_text(render_markdown(results, targets[2].name))
+        write_plot(temps[2], results)
+        for tmp, target in zip(temps, targets):
+            os.replace(tmp, target)
+    finally:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+    return targets
