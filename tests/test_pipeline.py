@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -91,6 +92,7 @@ def test_dry_run_names_the_missing_extra_and_a_real_run_stops(recipe, capsys, tm
     # a DeepSpeed accelerate config is seen through the environment `accelerate launch` sets; without deepspeed,
     # transformers' TrainingArguments cannot even be built, so that is an error in a dry run too
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setitem(sys.modules, "deepspeed", None)  # as on a machine without it (make test installs it)
     code, out, err = run_cli(capsys, "train", "--config", recipe(), "--dry-run")
     assert code == 2 and err.count("\n") == 1 and "pip install 'trl-opd[deepspeed]'" in err
 
