@@ -24,7 +24,19 @@ def _lengths(trainer, dataset):
     return [len(p) for p in ids]
 
 
-def test_long_prompts_are_cut_with_one_counting_warning(tmp_path, tiny_tokenizer, arithmetic_dataset, caplog):
+@pytest.fixture
+def uneven_prompts(arithmetic_dataset):
+    """The task's rows with prompts of four different lengths."""
+
+    def lengthen(row, i):
+        message = dict(row["prompt"][-1], content=row["prompt"][-1]["content"] + " Think." * (i % 4))
+        return {"prompt": [*row["prompt"][:-1], message]}
+
+    return arithmetic_dataset.map(lengthen, with_indices=True)
+
+
+def test_long_prompts_are_cut_with_one_counting_warning(tmp_path, tiny_tokenizer, uneven_prompts, caplog):
+    arithmetic_dataset = uneven_prompts
     probe = OPDTrainer(
         model=build_tiny_model(tiny_tokenizer, "student", seed=0),
         teacher_model=build_tiny_model(tiny_tokenizer, "teacher", seed=1),
