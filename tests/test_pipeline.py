@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import tiny_recipe_values
 
 from trl_opd.cli import main
 
@@ -33,24 +34,14 @@ def run_cli(capsys, *argv):
 @pytest.fixture
 def recipe(tmp_path, tiny_pair_dir, arithmetic_jsonl):
     def make(**overrides) -> Path:
-        values = {
-            "method": "opd",
-            "model_name_or_path": str(tiny_pair_dir / "student"),
-            "teacher_model_name_or_path": str(tiny_pair_dir / "teacher"),
-            "dataset_name": str(arithmetic_jsonl),
-            "prompt_column": "problem",
-            "output_dir": str(tmp_path / "out"),
-            "max_steps": 2,
-            "per_device_train_batch_size": 4,
-            "max_completion_length": 8,
-            "logging_steps": 1,
-            "report_to": "none",
-            "save_strategy": "no",
-            "chat_template_kwargs": {"enable_thinking": True},
-        }
-        values.update(overrides)
+        values = tiny_recipe_values(
+            tiny_pair_dir,
+            arithmetic_jsonl,
+            tmp_path / "out",
+            **{"max_steps": 2, "logging_steps": 1, "chat_template_kwargs": {"enable_thinking": True}, **overrides},
+        )
         path = tmp_path / "recipe.yaml"
-        path.write_text(yaml.safe_dump({k: v for k, v in values.items() if v is not None}))
+        path.write_text(yaml.safe_dump(values))
         return path
 
     return make
