@@ -3,6 +3,7 @@
 
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 
@@ -99,6 +100,9 @@ def test_statistics_against_hand_computed_values():
         (["--steps", "0"], "--steps must be >= 1"),
         (["--steps", "ten"], "--steps must be an integer"),
         (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--methods", "opd,motab:nope=1"], "is not `field=value` for a field of MOTABConfig"),
+        (["--methods", "opd,motab:lambda_int"], "is not `field=value`"),
+        (["--jobs", "0"], "--jobs must be >= 1"),
     ],
 )
 def test_bad_input_is_one_error_line_and_writes_nothing(args, message, tmp_path, capsys):
@@ -119,15 +123,30 @@ def test_output_dir_that_is_a_file_is_an_error(tmp_path, capsys):
     assert target.read_text() == "keep me" and not (tmp_path / "cache").exists()
 
 
-def test_two_identical_short_runs_give_identical_metrics(cache, tmp_path):
+def test_two_identical_short_runs_give_identical_metrics_serial_or_in_parallel(cache, tmp_path):
     outputs = []
-    for name in ("a", "b"):
+    for name, jobs in (("a", "1"), ("b", "2")):
         out = tmp_path / name
         lab_run.main(
             ["--world", "arith", "--methods", "opd,sft", "--output-dir", str(out), "--cache-dir", cache, *TINY]
+            + ["--jobs", jobs]
         )
         outputs.append(json.loads((out / "arith.json").read_text()))
     for method in ("opd", "sft"):
         first, second = (o["runs"][method]["0"] for o in outputs)
         assert first["final"] == second["final"] and first["curve"] == second["curve"]
         assert first["mechanisms"] == second["mechanisms"]
+
+
+def test_a_variant_overrides_config_fields_after_every_other_setting(tmp_path):
+    assert lab_run.parse_variant("motab:train_on_strayed=true:fixed_boundary=.inf") == (
+        "motab",
+        {"train_on_strayed": True, "fixed_boundary": math.inf},
+    )
+    world = WORLDS["long-chains"]  # its own MOTAB settings come before the variant's
+    lab = SimpleNamespace(world=world, teacher_path=tmp_path)
+    plain = lab_run.method_config(lab, "motab", str(tmp_path), 3, 0)
+    variant = lab_run.method_config(lab, "motab:max_segment_tokens=5:lambda_int=0.25", str(tmp_path), 3, 0)
+    assert plain.max_segment_tokens == world.method_settings["motab"]["max_segment_tokens"]
+    assert (variant.max_segment_tokens, variant.lambda_int) == (5, 0.25)
+    assert variant.step_delimiter == plain.step_delimiter == "\n" and variant.max_steps == 3

@@ -13,7 +13,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from ..lab.run import SFT, build_parser, run_lab, validate
+from ..lab.run import SFT, build_parser, parse_variant, run_lab, validate
 from ..launch.methods import METHODS
 
 
@@ -75,9 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.output_dir)
 
     def on_trained(trainer, method, result):
-        spec = METHODS[method]
-        teacher = getattr(trainer.args, "teacher_model_name_or_path", None) if spec.needs_teacher else None
-        write_demo_card(trainer, method, result, out / "runs" / method, teacher, "the lab's arith student")
+        name = parse_variant(method)[0]
+        teacher = getattr(trainer.args, "teacher_model_name_or_path", None) if METHODS[name].needs_teacher else None
+        write_demo_card(trainer, name, result, out / "runs" / method, teacher, "the lab's arith student")
 
     results = run_lab(args, "trl-opd demo " + shlex.join(argv), stem="results", on_trained=on_trained)
     print((out / "results.md").read_text())

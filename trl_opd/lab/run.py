@@ -10,6 +10,7 @@ greedy exact match, average@k of temperature-1 samples and mean completion lengt
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import random
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import yaml
 from transformers import AutoModelForCausalLM, TrainerCallback
 from transformers.utils import logging as hf_logging
 from trl import ModelConfig
@@ -63,13 +65,21 @@ class _Parser(argparse.ArgumentParser):
 def build_parser(prog: str = "trl-opd lab", description: str | None = None) -> argparse.ArgumentParser:
     parser = _Parser(prog=prog, description=description or __doc__.splitlines()[0])
     parser.add_argument("--world", default="arith", help=f"One of: {', '.join(WORLDS)} (default: arith).")
-    parser.add_argument("--methods", default="opd,sft", help="Comma-separated methods; the first is the baseline.")
+    parser.add_argument(
+        "--methods",
+        default="opd,sft",
+        help="Comma-separated methods; the first is the baseline. A variant overrides config fields after a colon: "
+        "`motab:train_on_strayed=true:lambda_int=0.5` (values read as YAML).",
+    )
     parser.add_argument("--seeds", default="0,1,2", help="Comma-separated integer seeds (default: 0,1,2).")
     parser.add_argument("--steps", default="200", help="Optimizer steps per method and seed (default: 200).")
     parser.add_argument("--eval-every", default=None, help="Held-out scoring interval in steps (default: steps/8).")
     parser.add_argument("--output-dir", default="lab_output", help="Where the results go (default: lab_output).")
     parser.add_argument("--cache-dir", default=None, help="Model cache (default: ~/.cache/trl-opd/lab).")
-    parser.add_argument("--threads", default="1", help="torch CPU threads (default 1).")
+    parser.add_argument("--threads", default="1", help="torch CPU threads per run (default 1).")
+    parser.add_argument(
+        "--jobs", default="1", help="Runs (method, seed) in parallel processes, each with --threads (default 1)."
+    )
     parser.add_argument("--scale", default="1", help=argparse.SUPPRESS)  # tests: shrink a world's sizes
     return parser
 
@@ -84,6 +94,24 @@ def _int(name: str, text: str, minimum: int = 1) -> int:
     return value
 
 
+def parse_variant(method: str) -> tuple[str, dict]:
+    """`"motab:lambda_int=0.5:train_on_strayed=true"` -> `("motab", {"lambda_int": 0.5, "train_on_strayed": True})`;
+    every key a field of the method's config (unknown method or field: a one-line error)."""
+    name, *assignments = method.split(":")
+    get_spec(name)  # UnknownMethodError (a ValueError) lists the registry's names
+    config_class, _ = load_method(name)
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    overrides = {}
+    for assignment in assignments:
+        key, sep, value = assignment.partition("=")
+        if not sep or key not in fields:
+            raise LabError(
+                f"variant {method!r}: {assignment!r} is not `field=value` for a field of {config_class.__name__}."
+            )
+        overrides[key] = yaml.safe_load(value)
+    return name, overrides
+
+
 def validate(args: argparse.Namespace) -> argparse.Namespace:
     """Check every input before anything is built or written."""
     if args.world not in WORLDS:
@@ -95,8 +123,7 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         raise LabError(f"--methods names a method twice: {args.methods!r}.")
     for method in methods:
         if method != SFT:
-            get_spec(method)  # UnknownMethodError (a ValueError) lists the registry's names
-            load_method(method)
+            parse_variant(method)
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
@@ -107,6 +134,7 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
     args.steps = _int("steps", args.steps)
     args.eval_every = _int("eval-every", args.eval_every) if args.eval_every else max(1, args.steps // 8)
     args.threads = _int("threads", args.threads)
+    args.jobs = _int("jobs", args.jobs)
     try:
         args.scale = float(args.scale)
     except ValueError:
@@ -134,6 +162,7 @@ class HeldoutCurve(TrainerCallback):
 
 def method_config(lab: Lab, method: str, output_dir: str, steps: int, seed: int):
     """The method's config in the lab: its defaults, the family's fast settings, then the method's and the world's."""
+    method, variant = parse_variant(method)
     spec = get_spec(method)
     config_class, _ = load_method(method)
     kwargs = {
@@ -153,6 +182,7 @@ def method_config(lab: Lab, method: str, output_dir: str, steps: int, seed: int)
         **spec.config_overrides,
         **METHOD_SETTINGS.get(method, {}),
         **lab.world.method_settings.get(method, {}),
+        **variant,
     }
     if spec.family == "gkd":
         kwargs["max_new_tokens"] = kwargs.pop("max_completion_length")
@@ -179,7 +209,7 @@ def run_method(lab: Lab, method: str, seed: int, steps: int, every: int, on_trai
     with tempfile.TemporaryDirectory(prefix=f"trl-opd-lab-{method}-") as tmp:
         config = method_config(lab, method, tmp, steps, seed)
         trainer = build_trainer(
-            ScriptArguments(method=method),
+            ScriptArguments(method=parse_variant(method)[0]),
             config,
             ModelConfig(model_name_or_path=str(lab.student_path)),
             train_dataset=lab.train,
@@ -228,6 +258,45 @@ def run_sft(lab: Lab, seed: int, steps: int, every: int) -> dict:
     return {"curve": curve.curve, "final": final, "seconds": seconds, "mechanisms": mechanisms}
 
 
+def _run_and_report(lab: Lab, method: str, seed: int, args, on_trained: Callable | None = None) -> dict:
+    print(f"== {method}, seed {seed}", flush=True)
+    result = run_method(lab, method, seed, args.steps, args.eval_every, on_trained)
+    final = result["final"]
+    print(
+        f"   {method} seed {seed}: greedy {final['greedy']:.3f}, average@{K_SAMPLES} {final['average_at_k']:.3f}, "
+        f"length {final['mean_length']:.1f}, {result['seconds']:.0f} s",
+        flush=True,
+    )
+    return result
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(args) -> None:
+    torch.set_num_threads(args.threads)
+    logging.getLogger("trl_opd").setLevel(logging.ERROR)
+    hf_logging.set_verbosity_error()
+    _WORKER["lab"] = build_lab(WORLDS[args.world], scale=args.scale, cache_root=args.cache_dir)
+    _WORKER["args"] = args
+
+
+def _worker_run(task: tuple[str, int]) -> tuple[tuple[str, int], dict]:
+    method, seed = task
+    return task, _run_and_report(_WORKER["lab"], method, seed, _WORKER["args"])
+
+
+def _run_parallel(args, tasks: list[tuple[str, int]]):
+    """Every (method, seed) run in its own worker process (spawned; each loads the cached lab once). A run's numbers
+    do not depend on which process ran it or in what order: each run seeds everything it uses."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(args.jobs, mp_context=context, initializer=_init_worker, initargs=(args,)) as pool:
+        return list(pool.map(_worker_run, tasks))
+
+
 def run_lab(
     args: argparse.Namespace, command: str, stem: str | None = None, on_trained: Callable | None = None
 ) -> dict:
@@ -249,20 +318,16 @@ def run_lab(
     )
     diagnostic = world.diagnostic(world, lab)
     print(f"[{world.name}] diagnostic: {diagnostic['summary']}", flush=True)
-    runs: dict[str, dict[int, dict]] = {}
-    for method in args.methods:
-        runs[method] = {}
-        for seed in args.seeds:
-            print(f"== {method}, seed {seed}", flush=True)
-            result = run_method(lab, method, seed, args.steps, args.eval_every, on_trained)
-            result["curve"].insert(0, (0, start_scores["greedy"]))
-            runs[method][seed] = result
-            final = result["final"]
-            print(
-                f"   {method} seed {seed}: greedy {final['greedy']:.3f}, average@{K_SAMPLES} "
-                f"{final['average_at_k']:.3f}, length {final['mean_length']:.1f}, {result['seconds']:.0f} s",
-                flush=True,
-            )
+    tasks = [(method, seed) for method in args.methods for seed in args.seeds]
+    if args.jobs > 1 and on_trained is None and len(tasks) > 1:
+        done = _run_parallel(args, tasks)
+    else:
+        done = (((method, seed), _run_and_report(lab, method, seed, args, on_trained)) for method, seed in tasks)
+    runs: dict[str, dict[int, dict]] = {method: {} for method in args.methods}
+    for (method, seed), result in done:
+        result["curve"].insert(0, (0, start_scores["greedy"]))
+        runs[method][seed] = result
+    runs = {method: {seed: by_seed[seed] for seed in args.seeds} for method, by_seed in runs.items()}
     results = {
         "command": command,
         "world": world.name,
