@@ -150,3 +150,20 @@ def test_a_variant_overrides_config_fields_after_every_other_setting(tmp_path):
     assert plain.max_segment_tokens == world.method_settings["motab"]["max_segment_tokens"]
     assert (variant.max_segment_tokens, variant.lambda_int) == (5, 0.25)
     assert variant.step_delimiter == plain.step_delimiter == "\n" and variant.max_steps == 3
+
+
+def test_each_method_is_also_paired_with_its_own_baselines():
+    def run(greedy):
+        return {"final": {"greedy": greedy, "average_at_k": greedy, "mean_length": 10.0}, "seconds": 1.0}
+
+    methods = ["grpo", "rlsd", "egrsd", "opsd", "atesd", "motab", "motab:lambda_int=0.5"]
+    values = {"grpo": 0.1, "rlsd": 0.2, "egrsd": 0.5, "opsd": 0.3, "atesd": 0.25, "motab": 0.4}
+    values["motab:lambda_int=0.5"] = 0.7
+    results = {"methods": methods, "runs": {m: {0: run(v), 1: run(v + 0.1)} for m, v in values.items()}}
+    add_statistics(results)
+    # grpo is the first method (its table is the first one); the registry names rlsd and opsd; a variant's own
+    # baseline is its plain method (motab's baseline opd did not run here)
+    assert set(results["paired_to_own"]) == {"egrsd - rlsd", "atesd - opsd", "motab:lambda_int=0.5 - motab"}
+    assert results["paired_to_own"]["atesd - opsd"]["greedy"]["per_seed"] == pytest.approx({0: -0.05, 1: -0.05})
+    assert results["paired_to_own"]["egrsd - rlsd"]["greedy"]["mean"] == pytest.approx(0.3)
+    assert results["paired_to_own"]["motab:lambda_int=0.5 - motab"]["greedy"]["mean"] == pytest.approx(0.3)

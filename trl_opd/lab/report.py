@@ -14,24 +14,38 @@ from .stats import paired_differences, summarize
 METRICS = (("greedy", "held-out greedy"), ("average_at_k", "average@k"), ("mean_length", "mean length"))
 
 
+def own_baselines(method: str, methods: list[str]) -> list[str]:
+    """The methods in this run that `method` must beat, other than the first (its plain method for a variant
+    `name:field=value`, then the registry's `baselines`)."""
+    from ..launch.methods import METHODS
+
+    name = method.split(":")[0]
+    candidates = ([name] if name != method else []) + list(METHODS[name].baselines if name in METHODS else ())
+    return [b for b in candidates if b in methods and b != methods[0] and b != method]
+
+
+def _paired(runs: dict, method: str, base: str) -> dict:
+    return {
+        metric: paired_differences(
+            {s: runs[method][s]["final"][metric] for s in runs[method]},
+            {s: runs[base][s]["final"][metric] for s in runs[base]},
+        )
+        for metric, _ in METRICS
+    }
+
+
 def add_statistics(results: dict) -> dict:
-    """`summary[method][metric]` (values over seeds, mean, std) and `paired[method][metric]` (to the first method)."""
+    """`summary[method][metric]` (values over seeds, mean, std), `paired[method][metric]` (to the first method) and
+    `paired_to_own["method - baseline"][metric]` (to each of its own baselines that ran beside it)."""
     runs, methods = results["runs"], results["methods"]
     results["summary"] = {
         m: {metric: summarize([runs[m][s]["final"][metric] for s in runs[m]]) for metric, _ in METRICS}
         | {"seconds": summarize([runs[m][s]["seconds"] for s in runs[m]])}
         for m in methods
     }
-    base = methods[0]
-    results["paired"] = {
-        m: {
-            metric: paired_differences(
-                {s: runs[m][s]["final"][metric] for s in runs[m]},
-                {s: runs[base][s]["final"][metric] for s in runs[base]},
-            )
-            for metric, _ in METRICS
-        }
-        for m in methods[1:]
+    results["paired"] = {m: _paired(runs, m, methods[0]) for m in methods[1:]}
+    results["paired_to_own"] = {
+        f"{m} - {b}": _paired(runs, m, b) for m in methods[1:] for b in own_baselines(m, methods)
     }
     return results
 
@@ -66,26 +80,32 @@ def render_markdown(results: dict, plot_name: str) -> str:
             f"| {method} | {_pm(stat['greedy'])} | {_pm(stat['average_at_k'])} | {_pm(stat['mean_length'], 1)} | "
             f"{stat['seconds']['mean']:.0f} |"
         )
-    if results["paired"]:
-        lines += [
-            "",
-            f"Paired difference to `{base}` (same seed), held-out greedy / average@{k}:",
-            "",
-            "| method | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± std |",
-            "|---|" + "---|" * (len(seeds) + 1),
-        ]
-        for method, paired in results["paired"].items():
-            greedy, avg = paired["greedy"], paired["average_at_k"]
-            cells = [
-                f"{greedy['per_seed'][s]:+.3f} / {avg['per_seed'][s]:+.3f}" if s in greedy["per_seed"] else "–"
-                for s in seeds
-            ]
-            lines.append(
-                f"| {method} | " + " | ".join(cells) + f" | {greedy['mean']:+.3f} ± {greedy['std']:.3f} / "
-                f"{avg['mean']:+.3f} ± {avg['std']:.3f} |"
-            )
+    for title, paired in (
+        (f"Paired difference to `{base}` (same seed)", results["paired"]),
+        ("Paired difference of each method to its own baselines (same seed)", results.get("paired_to_own", {})),
+    ):
+        if paired:
+            lines += ["", f"{title}, held-out greedy / average@{k}:", ""] + _paired_table(paired, seeds)
     lines += ["", f"![held-out accuracy and mechanism metrics]({plot_name})", ""]
     return "\n".join(lines)
+
+
+def _paired_table(paired: dict, seeds: list) -> list[str]:
+    lines = [
+        "| method | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± std |",
+        "|---|" + "---|" * (len(seeds) + 1),
+    ]
+    for method, metrics in paired.items():
+        greedy, avg = metrics["greedy"], metrics["average_at_k"]
+        cells = [
+            f"{greedy['per_seed'][s]:+.3f} / {avg['per_seed'][s]:+.3f}" if s in greedy["per_seed"] else "–"
+            for s in seeds
+        ]
+        lines.append(
+            f"| {method} | " + " | ".join(cells) + f" | {greedy['mean']:+.3f} ± {greedy['std']:.3f} / "
+            f"{avg['mean']:+.3f} ± {avg['std']:.3f} |"
+        )
+    return lines
 
 
 def _band(series_by_seed: list[list[tuple[int, float]]]):

@@ -33,6 +33,7 @@ class MethodSpec:
         config_overrides: a preset's config values (defaults that the recipe and the command line override).
         description: one line for `trl-opd methods` and the model card.
         in_demo: part of `trl-opd demo`'s default table (the others are reachable with `--methods`).
+        baselines: the methods it must beat (the lab pairs it with each of them when they run beside it).
     """
 
     name: str
@@ -47,6 +48,7 @@ class MethodSpec:
     config_overrides: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     in_demo: bool = True
+    baselines: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.teacher not in TEACHER_KINDS:
@@ -123,6 +125,7 @@ METHODS: dict[str, MethodSpec] = {
             "external",
             ("prompt",),
             description="monitored rollouts that backtrack when the student strays",
+            baselines=("opd",),
         ),
         MethodSpec(
             "tropd",
@@ -134,6 +137,7 @@ METHODS: dict[str, MethodSpec] = {
             "external",
             ("prompt",),
             description="trust-region OPD with top-k outliers and teacher-prefix guidance",
+            baselines=("opd",),
         ),
         MethodSpec(
             "egrsd",
@@ -144,6 +148,7 @@ METHODS: dict[str, MethodSpec] = {
             "self",
             _EGRSD_COLUMNS,
             description="entropy-gated reinforced self-distillation",
+            baselines=("grpo", "rlsd"),
         ),
         MethodSpec(
             "cl-egrsd",
@@ -156,6 +161,7 @@ METHODS: dict[str, MethodSpec] = {
             {"entropy_lookahead": 32},
             description="EGRSD with a causal entropy lookahead",
             in_demo=False,
+            baselines=("grpo", "rlsd"),
         ),
         MethodSpec(
             "rlsd",
@@ -169,6 +175,7 @@ METHODS: dict[str, MethodSpec] = {
             {"g_min": 1.0},
             description="EGRSD with the entropy gate off, g_min = 1",
             in_demo=False,
+            baselines=("grpo",),
         ),
         MethodSpec(
             "atesd",
@@ -179,6 +186,7 @@ METHODS: dict[str, MethodSpec] = {
             "self",
             ("prompt", "solution"),
             description="self-distillation with a learned teacher-exposure controller",
+            baselines=("opsd",),
         ),
         MethodSpec(
             "opsd",
@@ -188,7 +196,7 @@ METHODS: dict[str, MethodSpec] = {
             *_ATESD_PAPER,
             "self",
             ("prompt", "solution"),
-            {"exposure_policy": "fixed", "alpha": 1.0},
+            {"exposure_policy": "fixed", "alpha": 1.0, "teacher_collapse_logp": None},
             description="on-policy self-distillation: ATESD at fixed full reference exposure",
         ),
     ]

@@ -29,6 +29,15 @@ class ATESDConfig(OPDConfig):
             "KL(p_T || p_S) of ATESD/OPSD, 1.0 the reverse KL."
         },
     )
+    teacher_collapse_logp: float | None = field(
+        default=-6.9,
+        metadata={
+            "help": "Guard against the privileged teacher's collapse (ATESD's default: -6.9, p_T < 1e-3): after the "
+            "first student token whose teacher log-prob is below this, the rest of the completion gets weight "
+            "`teacher_collapse_weight` (there the teacher has gone back to the reference's path). None: off; the "
+            "`opsd` preset turns it off (OPSD as published)."
+        },
+    )
     privileged_context: bool = field(
         default=True,
         metadata={"help": "The teacher sees (part of) the reference solution. Must stay true for ATESD/OPSD."},

@@ -70,7 +70,7 @@ class MOTABConfig(OPDConfig):
         metadata={"help": "λ_int: weight of the forward KL KL(p_T || p_S) on teacher-written (intervention) tokens."},
     )
     train_on_strayed: bool = field(
-        default=False,
+        default=True,
         metadata={
             "help": "Also apply D_β to the discarded segments, each under its own safe prefix (extra rows in the "
             "batch, only the discarded tokens in the loss)."
