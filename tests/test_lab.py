@@ -9,7 +9,7 @@ import pytest
 
 from trl_opd.cli import main as cli_main
 from trl_opd.lab import run as lab_run
-from trl_opd.lab.report import add_statistics
+from trl_opd.lab.report import SHARED_PANELS, _band, _panels, add_statistics, write_plot
 from trl_opd.lab.stats import mean, paired_differences, std
 from trl_opd.lab.tasks import STEP, make_rows, sum_problem
 from trl_opd.lab.worlds import WORLDS
@@ -89,6 +89,36 @@ def test_statistics_against_hand_computed_values():
     assert results["paired"]["sft"]["greedy"]["per_seed"] == pytest.approx({0: 0.1, 1: -0.1})
     assert results["paired"]["sft"]["average_at_k"]["mean"] == pytest.approx(0.0)
     assert "opd" not in results["paired"]
+
+
+def test_mechanism_plot_statistics_with_absent_and_nan_steps(tmp_path):
+    # a step one seed did not log (an empty group) or logged as NaN is left out of that step's band, not the plot
+    steps, means, stds = _band([[(1, 0.5), (2, math.nan), (3, 1.0)], [(1, 0.7), (3, 0.0)]])
+    assert steps == [1, 3] and means == pytest.approx([0.6, 0.5]) and stds == pytest.approx([0.02**0.5, 0.5**0.5])
+    assert _band([[(2, 1.0)], [(4, 0.0)]]) == ([2, 4], [1.0, 0.0], [0.0, 0.0])
+    (shared_title,) = SHARED_PANELS
+    names = ["motab/accuracy_backtracked", "motab/accuracy_not_backtracked", "motab/boundary"]
+    assert _panels(names) == [(shared_title, names[:2]), ("motab/boundary", ["motab/boundary"])]
+    assert _panels(names[1:2]) == [(shared_title, names[1:2])]
+
+    def run(mechanisms):
+        return {"curve": [(0, 0.1), (2, 0.3)], "mechanisms": mechanisms}
+
+    results = {
+        "world": "arith",
+        "methods": ["motab", "opd"],
+        "seeds": [0, 1],
+        "teacher_accuracy": 0.9,
+        "runs": {
+            "motab": {
+                "0": run({names[0]: [(1, 0.5)], names[1]: [(1, 0.2), (2, 0.4)], names[2]: [(1, math.inf)]}),
+                "1": run({names[1]: [(2, math.nan)], names[2]: [(1, 0.3), (2, 0.3)]}),
+            },
+            "opd": {"0": run({"k1_reverse_kl": [(1, 0.1)]}), "1": run({})},
+        },
+    }
+    write_plot(tmp_path / "plot.png", results)
+    assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 # Copyright 2026 The trl-opd developers. Licensed under the Apache License, Version 2.0.
 """MOTABTrainer: bad input, reduction to trl.DistillationTrainer, routed loss vs a dense reference, the vLLM path
-with a recording stand-in, discarded-segment rows, and resume of the boundary state."""
+with a recording stand-in, discarded-segment rows, resume of the boundary state, and the accuracy of rollouts that
+backtracked vs those that did not."""
 
 from __future__ import annotations
 
@@ -275,3 +276,60 @@ def test_resume_restores_boundary_and_losses(tmp_path, tiny_pair_dir, arithmetic
     state_a, state_b = full.boundary.state_dict(), resumed.boundary.state_dict()
     assert state_a["scores"] == pytest.approx(state_b["scores"], rel=1e-5)
     assert {k: v for k, v in state_a.items() if k != "scores"} == {k: v for k, v in state_b.items() if k != "scores"}
+
+
+def _boxing_rollouts(monkeypatch, trainer):
+    """Record every training rollout batch `(traces, answers)`; each batch's first rollout gets its row's correct
+    `\\boxed{answer}` appended and the second a wrong one (student-written), so the reward is not 0 everywhere."""
+    from trl_opd.trainers import motab_trainer
+
+    batches = []
+
+    class Boxing(motab_trainer.SegmentRollout):
+        def run(self, *args, **kwargs):
+            traces = super().run(*args, **kwargs)
+            answers = [row.get("answer") for row in trainer._batch_rows]
+            for trace, text in zip(traces, [f" \\boxed{{{answers[0]}}}", " \\boxed{x}"]):
+                extra = trainer._tokenizer.encode(text, add_special_tokens=False)
+                trace.tokens += extra
+                trace.teacher_mask += [0] * len(extra)
+            batches.append((traces, answers))
+            return traces
+
+    monkeypatch.setattr(motab_trainer, "SegmentRollout", Boxing)
+    return batches
+
+
+def test_accuracy_of_rollouts_that_backtracked_or_not(monkeypatch, tmp_path, tiny_pair_dir, arithmetic_dataset):
+    from trl_opd.rewards import score_completion
+
+    # τ = 0.15 sits inside the tiny pair's stray scores: some rollouts backtrack, some do not
+    motab = _trainer(tiny_pair_dir, arithmetic_dataset, tmp_path, fixed_boundary=0.15, max_segment_tokens=4)
+    batches = _boxing_rollouts(monkeypatch, motab)
+    motab.train()
+    logs = {h["step"]: h for h in motab.state.log_history if "loss" in h}
+    assert sorted(logs) == [1, 2] and len(batches) == 2  # logging_steps 1, one rollout batch per step
+    groups_seen = set()
+    for step, (traces, answers) in zip((1, 2), batches):
+        texts = [motab._tokenizer.decode(t.tokens, skip_special_tokens=True) for t in traces]
+        rewards = [score_completion(text, answer) for text, answer in zip(texts, answers)]
+        assert rewards[:2] == [1.0, 0.0]
+        for key, backtracked in (("motab/accuracy_backtracked", True), ("motab/accuracy_not_backtracked", False)):
+            group = [r for r, t in zip(rewards, traces) if (t.backtracks > 0) == backtracked]
+            if group:
+                groups_seen.add(key)
+                assert logs[step][key] == pytest.approx(sum(group) / len(group))
+            else:
+                assert key not in logs[step]
+        fraction = sum(t.backtracks > 0 for t in traces) / len(traces)
+        assert logs[step]["motab/backtracked_fraction"] == pytest.approx(fraction)
+    assert groups_seen == {"motab/accuracy_backtracked", "motab/accuracy_not_backtracked"}
+
+
+def test_no_answer_column_no_accuracy_metrics(tmp_path, tiny_pair_dir, arithmetic_dataset):
+    dataset = arithmetic_dataset.remove_columns("answer")
+    motab = _trainer(tiny_pair_dir, dataset, tmp_path, fixed_boundary=0.15, max_segment_tokens=4, max_steps=1)
+    motab.train()
+    (log,) = [h for h in motab.state.log_history if "loss" in h]
+    assert "motab/backtracks_per_rollout" in log and "motab/backtracked_fraction" in log
+    assert not [key for key in log if key.startswith("motab/accuracy")]

@@ -109,16 +109,42 @@ def _paired_table(paired: dict, seeds: list) -> list[str]:
 
 
 def _band(series_by_seed: list[list[tuple[int, float]]]):
-    """Mean and std over seeds at the steps all seeds logged."""
-    steps = sorted(set.intersection(*[{s for s, _ in series} for series in series_by_seed]))
+    """Mean and std over seeds at every step where some seed logged a finite value; a seed that did not log a step
+    (e.g. a metric skipped when its group was empty) or logged NaN there is left out of that step's band."""
     by_seed = [dict(series) for series in series_by_seed]
-    means, stds = [], []
-    for step in steps:
-        values = [d[step] for d in by_seed if not math.isnan(d[step])]
-        m = sum(values) / len(values) if values else float("nan")
+    steps, means, stds = [], [], []
+    for step in sorted({s for d in by_seed for s in d}):
+        values = [d[step] for d in by_seed if step in d and not math.isnan(d[step])]
+        if not values:
+            continue
+        m = sum(values) / len(values)
+        steps.append(step)
         means.append(m)
         stds.append(math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0)
     return steps, means, stds
+
+
+#: Mechanism metrics drawn together on one panel (line styles in this order), keyed by the panel's title.
+SHARED_PANELS = {
+    "motab/accuracy: backtracked (solid) vs not (dashed)": (
+        "motab/accuracy_backtracked",
+        "motab/accuracy_not_backtracked",
+    ),
+}
+LINE_STYLES = ("-", "--", ":", "-.")
+
+
+def _panels(metric_names: list[str]) -> list[tuple[str, list[str]]]:
+    """`(title, metrics)` per mechanism panel: one metric each, except the [`SHARED_PANELS`] groups, sorted by title."""
+    shared = [(title, [n for n in names if n in metric_names]) for title, names in SHARED_PANELS.items()]
+    grouped = {n for _, names in shared for n in names}
+    return sorted([(n, [n]) for n in metric_names if n not in grouped] + [p for p in shared if p[1]])
+
+
+def _draw_band(ax, steps, means, stds, color, label, **line) -> None:
+    ax.plot(steps, means, color=color, label=label, **line)
+    lower, upper = [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)]
+    ax.fill_between(steps, lower, upper, color=color, alpha=0.2)
 
 
 def write_plot(path: Path, results: dict) -> None:
@@ -129,8 +155,8 @@ def write_plot(path: Path, results: dict) -> None:
     import matplotlib.pyplot as plt
 
     runs = results["runs"]
-    metric_names = sorted({k for m in runs for s in runs[m] for k in runs[m][s]["mechanisms"]})
-    panels = 1 + len(metric_names)
+    panel_list = _panels(sorted({k for m in runs for s in runs[m] for k in runs[m][s]["mechanisms"]}))
+    panels = 1 + len(panel_list)
     cols = min(3, panels)
     rows = math.ceil(panels / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False)
@@ -138,38 +164,22 @@ def write_plot(path: Path, results: dict) -> None:
     ax = axes[0][0]
     for method in results["methods"]:
         steps, means, stds = _band([runs[method][s]["curve"] for s in runs[method]])
-        ax.plot(steps, means, marker="o", markersize=3, color=colors[method], label=method)
-        ax.fill_between(
-            steps,
-            [m - s for m, s in zip(means, stds)],
-            [m + s for m, s in zip(means, stds)],
-            color=colors[method],
-            alpha=0.2,
-        )
+        _draw_band(ax, steps, means, stds, colors[method], method, marker="o", markersize=3)
     ax.axhline(results["teacher_accuracy"], color="gray", linestyle="--", label="teacher")
     ax.set_title(f"{results['world']}: held-out greedy accuracy ({len(results['seeds'])} seeds)")
     ax.set_xlabel("optimizer step")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    for index, name in enumerate(metric_names, start=1):
+    for index, (title, names) in enumerate(panel_list, start=1):
         ax = axes[index // cols][index % cols]
         for method in results["methods"]:
-            series = [
-                runs[method][s]["mechanisms"][name] for s in runs[method] if name in runs[method][s]["mechanisms"]
-            ]
-            if not series:
-                continue
-            steps, means, stds = _band(series)
-            ax.plot(steps, means, color=colors[method], label=method)
-            ax.fill_between(
-                steps,
-                [m - s for m, s in zip(means, stds)],
-                [m + s for m, s in zip(means, stds)],
-                color=colors[method],
-                alpha=0.2,
-            )
-        ax.set_title(name, fontsize=9)
+            for name, style in zip(names, LINE_STYLES):
+                series = [r["mechanisms"][name] for r in runs[method].values() if name in r["mechanisms"]]
+                if series:
+                    label = method if len(names) == 1 else f"{method}: {name.rsplit('/', 1)[-1]}"
+                    _draw_band(ax, *_band(series), colors[method], label, linestyle=style, marker=".", markersize=4)
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

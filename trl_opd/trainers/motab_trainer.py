@@ -13,6 +13,7 @@ from trl.trainer.utils import pad
 
 from ..controllers.boundary import AdaptiveBoundary
 from ..ops.motab import route_token_losses, teacher_token_forward_kl
+from ..rewards import math_accuracy_reward
 from .motab_config import MOTABConfig, check_step_delimiter
 from .motab_rollout import HFStepBackend, RolloutTrace, SegmentRollout, SegmentStopper, VLLMStudentBackend
 from .opd_trainer import OPDTrainer
@@ -33,8 +34,12 @@ class MOTABTrainer(OPDTrainer):
       safe prefix.
     - The boundary ([`~trl_opd.controllers.boundary.AdaptiveBoundary`]) is updated with the segment scores of every
       process after each rollout, and is part of [`extra_state_dict`] (checkpointed, restored on resume).
-    - Logged: `motab/backtracks_per_rollout`, `motab/teacher_token_fraction`, `motab/boundary`, `motab/stray_score`,
-      `motab/discarded_tokens`, `motab/teacher_token_kl`.
+    - Logged: `motab/backtracks_per_rollout`, `motab/backtracked_fraction` (rollouts with at least one backtrack),
+      `motab/teacher_token_fraction`, `motab/boundary`, `motab/stray_score`, `motab/discarded_tokens`,
+      `motab/teacher_token_kl`; when the training data has an `answer` column, `motab/accuracy_backtracked` and
+      `motab/accuracy_not_backtracked`: the mean [`~trl_opd.rewards.math_accuracy_reward`] of the training rollouts
+      (final text, teacher-written segments included, as trained on) that backtracked at least once, and of those
+      that did not (a step whose group is empty logs no value for it).
     """
 
     _tag_names = ["trl", "trl-opd", "on-policy-distillation", "motab"]
@@ -94,6 +99,8 @@ class MOTABTrainer(OPDTrainer):
         output = super()._generate_and_score_completions(inputs)
         traces, self._traces = self._traces, None
         width = output["completion_ids"].size(1)
+        if traces is not None:
+            self._record_accuracy(inputs, traces)
         masks = [t.teacher_mask for t in traces] if traces is not None else [[] for _ in inputs]
         output["teacher_token_mask"] = _right_pad(masks, width, 0, output["completion_ids"].device)
         if traces is not None and self.args.train_on_strayed:
@@ -195,6 +202,7 @@ class MOTABTrainer(OPDTrainer):
         local = torch.tensor(
             [
                 sum(t.backtracks for t in traces),
+                sum(t.backtracks > 0 for t in traces),
                 len(traces),
                 sum(sum(t.teacher_mask) for t in traces),
                 sum(len(t.tokens) for t in traces),
@@ -203,15 +211,42 @@ class MOTABTrainer(OPDTrainer):
             dtype=torch.float64,
             device=self.accelerator.device,
         )
-        backtracks, rollouts, teacher_tokens, tokens, discarded = self.accelerator.gather(local[None]).sum(0).tolist()
+        gathered = self.accelerator.gather(local[None]).sum(0).tolist()
+        backtracks, backtracked, rollouts, teacher_tokens, tokens, discarded = gathered
         self.boundary.update(scores, int(backtracks))
         metrics = self._metrics["train"]
         metrics["motab/backtracks_per_rollout"].append(backtracks / max(rollouts, 1))
+        metrics["motab/backtracked_fraction"].append(backtracked / max(rollouts, 1))
         metrics["motab/teacher_token_fraction"].append(teacher_tokens / max(tokens, 1))
         metrics["motab/discarded_tokens"].append(discarded / max(rollouts, 1))
         metrics["motab/boundary"].append(tau)
         finite = [s for s in scores if s == s]
         metrics["motab/stray_score"].append(sum(finite) / len(finite) if finite else float("nan"))
+
+    def _record_accuracy(self, inputs: list[dict[str, Any]], traces: list[RolloutTrace]) -> None:
+        """Log the mean reward of the rollouts (all processes) that backtracked and of those that did not, scored with
+        the project's reward against the `answer` column; nothing without that column or for an empty group."""
+        if not all("answer" in x for x in inputs):
+            return
+        texts = self._tokenizer.batch_decode([t.tokens for t in traces], skip_special_tokens=True)
+        rewards = math_accuracy_reward(texts, [x["answer"] for x in inputs])
+        backtracked = [t.backtracks > 0 for t in traces]
+        local = torch.tensor(
+            [
+                sum(r for r, b in zip(rewards, backtracked, strict=True) if b),
+                sum(backtracked),
+                sum(r for r, b in zip(rewards, backtracked, strict=True) if not b),
+                len(traces) - sum(backtracked),
+            ],
+            dtype=torch.float64,
+            device=self.accelerator.device,
+        )
+        right_bt, n_bt, right_plain, n_plain = self.accelerator.gather(local[None]).sum(0).tolist()
+        metrics = self._metrics["train"]
+        if n_bt:
+            metrics["motab/accuracy_backtracked"].append(right_bt / n_bt)
+        if n_plain:
+            metrics["motab/accuracy_not_backtracked"].append(right_plain / n_plain)
 
     def _with_strayed_rows(self, output: dict[str, Any], traces: list[RolloutTrace]) -> dict[str, Any]:
         """Append one row per discarded segment: its safe prefix (no loss) then the discarded tokens (loss, D_β)."""
