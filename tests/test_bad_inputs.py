@@ -165,6 +165,18 @@ CASES = [
         [],
         "self_teacher",
     ),
+    (
+        "self_teacher_check",
+        {"teacher_model_name_or_path": None, "method": "opsd", "self_teacher_check": "maybe"},
+        [],
+        "self_teacher_check must be one of",
+    ),
+    (
+        "self_teacher_useless",  # the random tiny student cannot use the reference
+        {"teacher_model_name_or_path": None, "method": "atesd", "self_teacher_check": "error"},
+        [],
+        "the reference does not help the self-teacher",
+    ),
     ("ema_decay", {"teacher_ema_decay": 1.5}, [], "teacher_ema_decay must be in [0, 1)"),
     ("motab_quantile", {"method": "motab", "boundary_quantile": 2}, [], "boundary_quantile must be in (0, 1)"),
     ("resume_missing", {"resume_from_checkpoint": "/nonexistent/checkpoint-3"}, [], "no such checkpoint directory"),

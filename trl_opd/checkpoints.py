@@ -34,7 +34,8 @@ STATE_FILE = "trl_opd_state.pt"
 TRAINER_STATE_FILE = "trainer_state.json"  # transformers writes it last: its presence marks a finished checkpoint
 STATE_FORMAT = 1
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-#: Config fields of our config classes that do not change the method's trajectory (paths, loading, resume policy).
+#: Config fields of our config classes that do not change the method's trajectory (paths, loading, resume policy,
+#: start-of-training checks).
 NEUTRAL_FIELDS = frozenset(
     {
         "resume_ignore_method_state",
@@ -43,6 +44,8 @@ NEUTRAL_FIELDS = frozenset(
         "teacher_model_init_kwargs",
         "teacher_quantization",
         "model_init_kwargs",
+        "self_teacher_check",
+        "self_teacher_check_rows",
     }
 )
 IGNORE_HINT = "set `resume_ignore_method_state: true` to resume with a fresh method state"

@@ -9,6 +9,12 @@ from ..controllers.exposure import EXPOSURE_POLICIES
 from .opd_config import OPDConfig
 
 
+SELF_TEACHER_CHECKS = ("warn", "error", "off")
+#: The self-teacher check passes when the full reference raises the teacher's mean log-prob per reference-answer token
+#: by more than this many nats over no reference. [design]
+SELF_TEACHER_MARGIN = 0.1
+
+
 @dataclass
 class ATESDConfig(OPDConfig):
     r"""
@@ -20,6 +26,9 @@ class ATESDConfig(OPDConfig):
 
     `exposure_policy: fixed` with `alpha: 1.0` is OPSD (the teacher sees the full reference); `random` is the
     paper's random-exposure ablation. Numeric controller defaults are **[design]** (the paper's were not available).
+
+    Before the first optimizer step the self-teacher is checked (`self_teacher_check`): if the full reference does
+    not raise the log-prob it gives the reference answers, self-distillation would train on noise.
     """
 
     beta: float = field(
@@ -106,6 +115,21 @@ class ATESDConfig(OPDConfig):
     controller_ema_decay: float = field(
         default=0.9, metadata={"help": "Decay of the controller's state EMAs (α, loss, mismatch, probe NLL). [design]"}
     )
+    self_teacher_check: str = field(
+        default="warn",
+        metadata={
+            "help": "At the start of training, score the reference answers of the first `self_teacher_check_rows` "
+            "training rows under the teacher with no, half (α=0.5) and the full reference in its prompt (logged as "
+            "`atesd/self_teacher_logp_none|partial|full`). If the full reference does not raise the mean log-prob "
+            f"per answer token by more than {SELF_TEACHER_MARGIN} nats, the reference does not help the teacher "
+            "and self-distillation trains on noise: `warn` (default) logs one warning line, `error` stops before "
+            "any optimizer step, `off` skips the check (no extra forward pass).",
+            "choices": list(SELF_TEACHER_CHECKS),
+        },
+    )
+    self_teacher_check_rows: int = field(
+        default=8, metadata={"help": "Training rows the self-teacher check scores (>= 1; the first ones)."}
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -143,3 +167,9 @@ class ATESDConfig(OPDConfig):
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.controller_lr <= 0.0:
             raise ValueError(f"controller_lr must be > 0, got {self.controller_lr}")
+        if self.self_teacher_check not in SELF_TEACHER_CHECKS:
+            raise ValueError(
+                f"self_teacher_check must be one of {SELF_TEACHER_CHECKS}, got {self.self_teacher_check!r}"
+            )
+        if self.self_teacher_check_rows < 1:
+            raise ValueError(f"self_teacher_check_rows must be >= 1, got {self.self_teacher_check_rows}")

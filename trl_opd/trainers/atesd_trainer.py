@@ -18,11 +18,12 @@ from ..data import (
     privileged_prompt,
     truncate_reference,
 )
+from ..errors import UserError
 from ..heads import logit_head
 from ..ops import masked_sum, token_logprobs_and_entropy
 from ..rewards import extract_boxed
 from ..teacher import last_hidden_states
-from .atesd_config import ATESDConfig
+from .atesd_config import SELF_TEACHER_MARGIN, ATESDConfig
 from .opd_trainer import OPDTrainer
 
 
@@ -30,6 +31,13 @@ logger = logging.getLogger("trl_opd")
 
 #: The probe's target: the student, given the problem, scores `ANSWER}` after this prefix.
 PROBE_PREFIX = "The final answer is \\boxed{"
+#: The self-teacher check's exposures: the problem alone (the student's prompt), half and all of the reference.
+SELF_TEACHER_EXPOSURES = {"none": None, "partial": 0.5, "full": 1.0}
+
+
+class SelfTeacherCheckError(UserError):
+    """The reference does not help the self-teacher (`self_teacher_check: error`): self-distillation would train on
+    noise."""
 
 
 def exposed_reference(solution: str, alpha: float, delimiter: str = BLANK_LINE) -> str | None:
@@ -78,8 +86,10 @@ class ATESDTrainer(OPDTrainer):
       rank takes the same decisions.
     - Rows whose reference has no boxed answer are skipped at init (one warning with the count).
     - The controller is part of [`ATESDTrainer.extra_state_dict`]: a resumed run continues the same `α` trajectory.
+    - Before the first optimizer step, [`ATESDTrainer.check_self_teacher`] checks that the reference helps the
+      teacher (`self_teacher_check`).
     - Logged under `atesd/`: `alpha`, `beta_mean`, `beta_concentration`, `reward`, `controller_loss`, `mismatch`,
-      `probe_nll`, `teacher_grounding`.
+      `probe_nll`, `teacher_grounding`, and once `self_teacher_logp_none`, `_partial`, `_full`.
     """
 
     _tag_names = ["trl", "trl-opd", "on-policy-distillation", "self-distillation", "atesd"]
@@ -150,9 +160,11 @@ class ATESDTrainer(OPDTrainer):
         self._probe_batch: dict[str, torch.Tensor] | None = None
 
     # ----------------------------------------------------------------- teacher context
-    def teacher_prompt(self, example: dict[str, Any]) -> Any:
-        """Problem, the reference exposed at the current `α`, the transition sentence, the boxed-answer instruction."""
-        reference = exposed_reference(example["solution"], self.alpha, self.args.reference_delimiter)
+    def teacher_prompt(self, example: dict[str, Any], alpha: float | None = None) -> Any:
+        """Problem, the reference exposed at `alpha` (default: the current `α`), the transition sentence, the
+        boxed-answer instruction."""
+        alpha = self.alpha if alpha is None else alpha
+        reference = exposed_reference(example["solution"], alpha, self.args.reference_delimiter)
         return privileged_prompt(example["prompt"], reference)
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -216,27 +228,30 @@ class ATESDTrainer(OPDTrainer):
 
     # ----------------------------------------------------------------- probe set
     def _probe_inputs(self) -> dict[str, torch.Tensor]:
+        """[`ATESDTrainer._answer_inputs`] of the probe set, built once."""
+        if self._probe_batch is None:
+            self._probe_batch = self._answer_inputs(self.probe_rows)
+        return self._probe_batch
+
+    def _answer_inputs(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         """Student-prompt ids (left-padded) and `PROBE_PREFIX + answer + "}"` (right-padded); `score_mask` marks the
-        answer tokens. Built once."""
-        if self._probe_batch is not None:
-            return self._probe_batch
+        answer tokens."""
         device, tok = self.accelerator.device, self._tokenizer
-        prompt_ids, _, _ = self._tokenize_prompts([row["prompt"] for row in self.probe_rows])
+        prompt_ids, _, _ = self._tokenize_prompts([row["prompt"] for row in rows])
         prefix = tok(PROBE_PREFIX, add_special_tokens=False)["input_ids"]
         completions, scored = [], []
-        for row in self.probe_rows:
+        for row in rows:
             answer = tok(extract_boxed(row["solution"]) + "}", add_special_tokens=False)["input_ids"]
             completions.append(torch.tensor(prefix + answer, device=device))
             scored.append(torch.tensor([0] * len(prefix) + [1] * len(answer), device=device))
         prompts = [torch.tensor(p, device=device) for p in prompt_ids]
-        self._probe_batch = {
+        return {
             "prompt_ids": pad(prompts, padding_value=tok.pad_token_id, padding_side="left"),
             "prompt_mask": pad([torch.ones_like(p) for p in prompts], padding_value=0, padding_side="left"),
             "completion_ids": pad(completions, padding_value=tok.pad_token_id, padding_side="right"),
             "completion_mask": pad([torch.ones_like(c) for c in completions], padding_value=0, padding_side="right"),
             "score_mask": pad(scored, padding_value=0, padding_side="right"),
         }
-        return self._probe_batch
 
     def _answer_nll_sums(self, unwrapped_student, inputs: dict[str, torch.Tensor], teacher: bool) -> torch.Tensor:
         """`[Σ −log p(answer tokens), #answer tokens]` under the student, or under the teacher (exposed prompt)."""
@@ -274,6 +289,60 @@ class ATESDTrainer(OPDTrainer):
         inputs = dict(self._probe_inputs())
         inputs.update(self._tokenize_teacher_prompts([self.teacher_prompt(row) for row in self.probe_rows]))
         return -self._probe_score(inputs, teacher=True)
+
+    # ----------------------------------------------------------------- self-teacher check
+    def self_teacher_scores(self) -> dict[str, float]:
+        """Mean log-prob per token the teacher gives the reference answers of the first `self_teacher_check_rows`
+        training rows, with no reference (the student's prompt), half (`α = 0.5`) and the full reference in its
+        prompt: `{"none": ., "partial": ., "full": .}`.
+
+        The target is the probe's: `The final answer is \\boxed{` then `ANSWER}` straight after each prompt (built
+        by [`ATESDTrainer.teacher_prompt`], tokenized by the teacher path), teacher-forced, only the answer scored.
+        With no reasoning before it, only the reference can supply the answer, and every exposure shows it: a
+        teacher that reads its prompt scores it well above the no-reference baseline; one that does not cannot pass
+        the reference on to the student, and its privileged signal is noise. (Scoring the whole reference would
+        reward copying; scoring the answer after the teacher-forced reasoning would let the reasoning supply it.)
+        It does not show that the reference improves the teacher's reasoning tokens. Every process scores the same
+        rows (through the student's wrapper, as the probe: sharded weights are gathered).
+        """
+        rows = [self.train_dataset[i] for i in range(self._self_teacher_check_size())]
+        answers = self._answer_inputs(rows)
+        scores = {}
+        for name, alpha in SELF_TEACHER_EXPOSURES.items():
+            prompts = [row["prompt"] if alpha is None else self.teacher_prompt(row, alpha) for row in rows]
+            scores[name] = -self._probe_score({**answers, **self._tokenize_teacher_prompts(prompts)}, teacher=True)
+        return scores
+
+    def _prepare_for_training(self, max_steps, train_dataloader, resume_from_checkpoint):
+        """transformers' preparation (models wrapped, a checkpoint loaded), then the self-teacher check: before the
+        progress bar and any optimizer step, with sharded weights already in their wrappers."""
+        prepared = super()._prepare_for_training(max_steps, train_dataloader, resume_from_checkpoint)
+        if self.args.self_teacher_check != "off":
+            self.check_self_teacher()
+        return prepared
+
+    def _self_teacher_check_size(self) -> int:
+        return min(self.args.self_teacher_check_rows, len(self.train_dataset))
+
+    def check_self_teacher(self) -> None:
+        """Log [`ATESDTrainer.self_teacher_scores`] (`atesd/self_teacher_logp_*`); unless the full reference beats no
+        reference by `SELF_TEACHER_MARGIN`, warn in one line (`self_teacher_check: warn`) or raise
+        [`SelfTeacherCheckError`] (`error`)."""
+        scores = self.self_teacher_scores()
+        for name, value in scores.items():
+            self._metrics["train"][f"atesd/self_teacher_logp_{name}"].append(value)
+        if scores["full"] > scores["none"] + SELF_TEACHER_MARGIN:
+            return
+        message = (
+            "Self-teacher check: the reference does not help the self-teacher, so self-distillation trains on noise "
+            f"(mean log-prob per reference-answer token on {self._self_teacher_check_size()} training rows: "
+            f"{scores['none']:.3f} with no reference, {scores['partial']:.3f} with half, {scores['full']:.3f} with "
+            f"the full reference; full must exceed none by {SELF_TEACHER_MARGIN})."
+        )
+        if self.args.self_teacher_check == "error":
+            raise SelfTeacherCheckError(f"{message} Set self_teacher_check: warn to train anyway.")
+        if self.accelerator.is_main_process:
+            logger.warning("%s Set self_teacher_check: error to stop instead.", message)
 
     # ----------------------------------------------------------------- checkpointed state
     def extra_state_dict(self) -> dict[str, Any]:
