@@ -5,6 +5,10 @@ The teacher is trained by supervised learning on the reference solutions until i
 world's target. The student is warmed up at a constant learning rate and stops when its validation accuracy first
 enters the world's band (checked every few steps): tiny models learn these tasks in a sharp phase transition whose
 timing moves by hundreds of steps, so a fixed step count would give starts anywhere from 0 % to 90 %.
+
+In a world with a privileged warm-up, the student first learns to read a reference in its prompt (privileged rows
+only, until it answers `READER_TARGET` of the validation problems given the full reference), as an LLM does
+unprompted; the warm-up into the band then keeps privileged rows in its mix so that the skill is not forgotten.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from transformers import AutoModelForCausalLM
 from ..errors import UserError
 from ..testing import build_tiny_model, build_tiny_tokenizer
 from .training import encode_example, heldout_accuracy, supervised_warmup
-from .worlds import World, with_privileged_context
+from .worlds import World, reference_prompts, with_privileged_context
 
 
 BUILD_VERSION = "1"  # bump when the build recipe changes (invalidates every cache)
@@ -34,6 +38,8 @@ STUDENT_SHAPE = {"hidden_size": 128, "num_hidden_layers": 3, "intermediate_size"
 STUDENT_LR = 2e-3
 TEACHER_LR = 3e-3
 MAX_STUDENT_STEPS = 4000
+MAX_READER_STEPS = 1000  # the privileged worlds' first stage: reading a reference (about 150 steps at full scale)
+READER_TARGET = 0.9  # its validation accuracy with the full reference in the prompt
 
 
 class LabError(UserError):
@@ -58,13 +64,16 @@ class Lab:
 
 def sizes(world: World, scale: float = 1.0) -> dict:
     """The world's sizes, scaled down (tests) with `scale` < 1."""
-    return {
+    out = {
         "n_train": max(64, int(world.n_train * scale)),  # >= 2 batches of 32
         "n_heldout": max(8, int(world.n_heldout * scale)),
         "n_val": max(8, int(world.n_val * scale)),
         "teacher_steps": max(4, int(world.teacher_steps * scale)),
         "student_steps": max(4, int(MAX_STUDENT_STEPS * scale)),
     }
+    if world.privileged_warmup:  # only there, so that the other worlds' cache keys stay as they were
+        out["reader_steps"] = max(4, int(MAX_READER_STEPS * scale))
+    return out
 
 
 def _describe(fn) -> str | None:
@@ -77,22 +86,22 @@ def _describe(fn) -> str | None:
 
 def cache_dir(world: World, scale: float, root: str | None) -> Path:
     base = Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "trl-opd" / "lab"
-    key = json.dumps(
-        [
-            BUILD_VERSION,
-            world.version,
-            world.name,
-            _describe(world.generator),
-            _describe(world.student_generator),
-            world.privileged_warmup,
-            sizes(world, scale),
-            world.band,
-            world.teacher_target,
-            STUDENT_SHAPE,
-            STUDENT_LR,
-        ],
-        sort_keys=True,
-    )
+    parts = [
+        BUILD_VERSION,
+        world.version,
+        world.name,
+        _describe(world.generator),
+        _describe(world.student_generator),
+        world.privileged_warmup,
+        sizes(world, scale),
+        world.band,
+        world.teacher_target,
+        STUDENT_SHAPE,
+        STUDENT_LR,
+    ]
+    if world.privileged_warmup:  # appended, so that the other worlds' cache keys stay as they were
+        parts.append(READER_TARGET)
+    key = json.dumps(parts, sort_keys=True)
     return base / f"{world.name}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
 
 
@@ -147,34 +156,86 @@ def train_teacher(world: World, tokenizer, train: Dataset, val: Dataset, steps: 
     return model
 
 
-def warm_up_student(world: World, tokenizer, train: Dataset, val: Dataset, max_steps: int):
-    """Warm the student up at a constant rate until its validation accuracy first enters `world.band`."""
+def teach_reading(world: World, tokenizer, model, train: Dataset, val: Dataset, max_steps: int) -> dict:
+    """Train `model` on privileged rows only (none, half or all of the reference's steps) until its validation
+    accuracy with the full reference in the prompt reaches `READER_TARGET` (checked every 25 steps and at the end)."""
+    full = reference_prompts(val, 1.0)
+    every = max(1, min(25, max_steps))
+    state = {"acc": 0.0, "step": 0}
+
+    def on_step(step, model):
+        if step % every and step != max_steps:
+            return False
+        acc = heldout_accuracy(model, tokenizer, val, world.max_new_tokens, prompts=full)
+        state["acc"], state["step"] = acc, step
+        return acc >= READER_TARGET
+
+    supervised_warmup(
+        model,
+        tokenizer,
+        with_privileged_context(train, BUILD_SEED),
+        steps=max_steps,
+        lr=STUDENT_LR,
+        seed=BUILD_SEED,
+        decay=False,
+        desc=f"{world.name}: student learns to read a reference",
+        on_step=on_step,
+    )
+    return {"reader_steps": state["step"], "reader_val_accuracy_full_reference": state["acc"]}
+
+
+def warm_up_student(world: World, tokenizer, train: Dataset, val: Dataset, size: dict):
+    """Warm the student up at a constant rate until its validation accuracy first enters `world.band` (after it has
+    learned to read a reference, in a world with a privileged warm-up)."""
     model = build_tiny_model(tokenizer, "student", seed=BUILD_SEED, **STUDENT_SHAPE)
+    info = {}
     if world.privileged_warmup:
+        info = teach_reading(world, tokenizer, model, train, val, size["reader_steps"])
         train = concatenate_datasets([train, with_privileged_context(train, BUILD_SEED)]).shuffle(seed=BUILD_SEED)
     low, high = world.band
-    state = {"acc": 0.0, "step": 0, "checks": []}
+    state = {"acc": 0.0, "step": 0}
 
     def on_step(step, model):
         every = 20 if state["acc"] < low / 2 else 4  # check often near the transition
         if step % every:
             return False
         state["acc"], state["step"] = heldout_accuracy(model, tokenizer, val, world.max_new_tokens), step
-        state["checks"].append((step, state["acc"]))
         return state["acc"] >= low
 
     supervised_warmup(
         model,
         tokenizer,
         train,
-        steps=max_steps,
+        steps=size["student_steps"],
         lr=STUDENT_LR,
         seed=BUILD_SEED,
         decay=False,
         desc=f"{world.name}: student warm-up into the band",
         on_step=on_step,
     )
-    return model, {"warmup_steps": state["step"], "val_accuracy": state["acc"], "in_band": low <= state["acc"] <= high}
+    info.update(warmup_steps=state["step"], val_accuracy=state["acc"], in_band=low <= state["acc"] <= high)
+    if world.privileged_warmup:  # the skill must survive the warm-up
+        full = reference_prompts(val, 1.0)
+        info["val_accuracy_full_reference"] = heldout_accuracy(
+            model, tokenizer, val, world.max_new_tokens, prompts=full
+        )
+    return model, info
+
+
+def _warn(world: World, info: dict) -> None:
+    if not info["in_band"]:
+        print(
+            f"warning: {world.name}: the student's validation accuracy {info['val_accuracy']:.3f} after "
+            f"{info['warmup_steps']} steps is outside the band {world.band}",
+            flush=True,
+        )
+    if info.get("val_accuracy_full_reference", 1.0) < READER_TARGET:
+        print(
+            f"warning: {world.name}: the student's validation accuracy with the full reference is "
+            f"{info['val_accuracy_full_reference']:.3f}, under {READER_TARGET} (after {info['reader_steps']} "
+            "steps of learning to read it and the warm-up)",
+            flush=True,
+        )
 
 
 def build_lab(world: World, scale: float = 1.0, cache_root: str | None = None, load: bool = True) -> Lab:
@@ -193,15 +254,10 @@ def build_lab(world: World, scale: float = 1.0, cache_root: str | None = None, l
         teacher = train_teacher(world, tokenizer, train, val, size["teacher_steps"])
         _save_atomic(teacher, tokenizer, teacher_path)
     if not (student_path / "lab_build.json").is_file():
-        student, info = warm_up_student(world, tokenizer, student_train, val, size["student_steps"])
+        student, info = warm_up_student(world, tokenizer, student_train, val, size)
         info["build_seconds"] = time.perf_counter() - started
         _save_atomic(student, tokenizer, student_path, info)
-        if not info["in_band"]:
-            print(
-                f"warning: {world.name}: the student's validation accuracy {info['val_accuracy']:.3f} after "
-                f"{info['warmup_steps']} steps is outside the band {world.band}",
-                flush=True,
-            )
+        _warn(world, info)
     info = json.loads((student_path / "lab_build.json").read_text())
     lab = Lab(world, tokenizer, train, heldout, heldout_meta, teacher_path, student_path, info)
     if load:

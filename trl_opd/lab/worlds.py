@@ -46,7 +46,8 @@ class World:
 
 def with_privileged_context(dataset, seed: int):
     """The same rows with the teacher's privileged prompt (none, half or all of the reference's steps, then its
-    answer). A tiny model has to see the format once to read a reference in its context, as an LLM does unprompted."""
+    answer). A tiny model has to be taught to read a reference in its context, as an LLM does unprompted (build.py
+    `teach_reading`)."""
     rng = random.Random(seed)
 
     def expose(row):
@@ -55,6 +56,14 @@ def with_privileged_context(dataset, seed: int):
         return {"prompt": privileged_prompt(row["prompt"], reference)}
 
     return dataset.map(expose)
+
+
+def reference_prompts(rows, alpha: float) -> list:
+    """Each row's prompt with exposure `alpha` of its reference in the privileged context (1: the reference verbatim)."""
+    return [
+        privileged_prompt(r["prompt"], r["solution"] if alpha == 1 else truncate_reference(r["solution"], alpha)[0])
+        for r in rows
+    ]
 
 
 # --------------------------------------------------------------------------------------------------- diagnostics
@@ -183,15 +192,7 @@ def diagnose_privileged(world, lab) -> dict:
     rows = lab.heldout.select(range(min(128, len(lab.heldout))))
     result = {}
     for name, alpha in (("none", None), ("partial", 0.5), ("full", 1.0)):
-        if alpha is None:
-            prompts = rows["prompt"]
-        else:
-            prompts = [
-                privileged_prompt(
-                    r["prompt"], r["solution"] if alpha == 1 else truncate_reference(r["solution"], alpha)[0]
-                )
-                for r in rows
-            ]
+        prompts = rows["prompt"] if alpha is None else reference_prompts(rows, alpha)
         result[f"self_teacher_acc_{name}"] = heldout_accuracy(
             lab.student, lab.tokenizer, rows, lab.world.max_new_tokens, prompts=prompts
         )
@@ -241,11 +242,12 @@ WORLDS: dict[str, World] = {
         ),
         World(
             "privileged",
-            "three-step arithmetic (numbers up to 9); the student's warm-up also had a reference in the prompt (self-distillation)",
+            "three-step arithmetic (numbers up to 9); the student first learned to read a reference in its prompt, then warmed up on rows with and without one (self-distillation)",
             partial(chain_problem, n_ops=3, max_value=9),
             diagnose_privileged,
             privileged_warmup=True,
             max_new_tokens=48,
+            version="2",  # 2: the student first learns to read a reference (build.py `teach_reading`)
         ),
     ]
 }
