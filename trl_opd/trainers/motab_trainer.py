@@ -249,10 +249,20 @@ class MOTABTrainer(OPDTrainer):
             metrics["motab/accuracy_not_backtracked"].append(right_plain / n_plain)
 
     def _with_strayed_rows(self, output: dict[str, Any], traces: list[RolloutTrace]) -> dict[str, Any]:
-        """Append one row per discarded segment: its safe prefix (no loss) then the discarded tokens (loss, D_β)."""
+        """Append one row per discarded segment: its safe prefix (no loss) then the discarded tokens (loss, D_β).
+
+        `num_items_in_batch` is then re-counted over all processes, on every process (a process without discarded
+        segments joins the collective too, or the others wait for it forever)."""
         extra = [(i, cut, toks) for i, t in enumerate(traces) for cut, toks in t.discarded]
-        if not extra:
-            return output
+        if extra:
+            output = self._append_strayed_rows(output, traces, extra)
+        loss_tokens = output.get("loss_token_mask", output["completion_mask"])
+        if output.get("tool_mask") is not None and "loss_token_mask" not in output:
+            loss_tokens = loss_tokens * output["tool_mask"]  # the parent's count, as it made it
+        output["num_items_in_batch"] = self.accelerator.gather(loss_tokens.sum()).sum()
+        return output
+
+    def _append_strayed_rows(self, output: dict[str, Any], traces: list[RolloutTrace], extra: list) -> dict[str, Any]:
         steps = self.args.gradient_accumulation_steps
         n_rows = len(traces)
         fill = (-(n_rows + len(extra))) % steps  # keep the batch divisible into accumulation chunks
@@ -272,7 +282,6 @@ class MOTABTrainer(OPDTrainer):
         output["completion_mask"] = _right_pad([[1] * len(c) for c in completions], width, 0, device)
         output["teacher_token_mask"] = _right_pad(teacher_rows, width, 0, device)
         output["loss_token_mask"] = _right_pad(loss_rows, width, 0, device)
-        output["num_items_in_batch"] = self.accelerator.gather(output["loss_token_mask"].sum()).sum()
         return output
 
     # ----------------------------------------------------------------- loss routed by provenance
