@@ -30,7 +30,6 @@ VARIANTS = {
     "": {},
     "nogather": {"ds3_gather_for_generation": False},
     "ema": {"self_teacher": "ema", "teacher_ema_decay": 0.5},  # the student's own EMA as teacher, no external one
-    "keepstrayed": {"train_on_strayed": False},
 }
 GROUP = 2  # EGRSD generations per prompt; the fixed batch is 2 prompts x GROUP completions
 
