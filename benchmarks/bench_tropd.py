@@ -57,6 +57,10 @@ class PeakTensorMemory(TorchDispatchMode):
         return out
 
 
+#: The performance target: the default TrOPD (guidance off, δ=1) loss step within 10% of opd's, time and memory.
+TARGET = 1.1
+
+
 def save_pair(root: Path, vocab: int) -> tuple[str, str]:
     tokenizer = build_tiny_tokenizer()
     paths = []
@@ -132,6 +136,9 @@ def bench_pair(label: str, student: str, teacher: str, out: str, reps: int) -> N
             f"{name:<26}{cpu[name] * 1e3:>9.1f}{cpu[name] / base_time:>8.3f}{wall[name] * 1e3:>9.1f}"
             f"{wall[name] / wall[names[0]]:>8.3f}{peaks[name] / 2**20:>10.2f}{peaks[name] / base_peak:>8.3f}"
         )
+    time_ratio, peak_ratio = cpu[names[1]] / base_time, peaks[names[1]] / base_peak
+    verdict = "holds" if time_ratio <= TARGET and peak_ratio <= TARGET else "MISSED"
+    print(f"target (default TrOPD ≤ {TARGET}x opd in cpu time and peak memory): {verdict}")
 
 
 def main() -> None:

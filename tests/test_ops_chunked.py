@@ -35,6 +35,7 @@ def dense(student_hidden, student_weight, teacher_hidden, teacher_weight, target
     pick = targets.unsqueeze(-1)
     return {
         "student_log_z": (student_hidden @ student_weight.T / temperature).logsumexp(-1),
+        "teacher_log_z": (teacher_hidden @ teacher_weight.T / temperature).logsumexp(-1),
         "divergence": generalized_jsd(t, s, beta),
         "student_logp": s.gather(-1, pick).squeeze(-1),
         "teacher_logp": t.gather(-1, pick).squeeze(-1),
@@ -132,6 +133,7 @@ def test_fused_stats_with_bias_scale_softcap_equal_dense(inputs, beta, student_p
     t = (apply_logit_head(h_t @ w_t.T + t_bias, teacher_head) / temperature).log_softmax(-1)
     want = {
         "student_log_z": (apply_logit_head(h_s @ w_s.T + s_bias, student_head) / temperature).logsumexp(-1),
+        "teacher_log_z": (apply_logit_head(h_t @ w_t.T + t_bias, teacher_head) / temperature).logsumexp(-1),
         "divergence": generalized_jsd(t, s, beta),
         "student_logp": s.gather(-1, targets.unsqueeze(-1)).squeeze(-1),
         "teacher_logp": t.gather(-1, targets.unsqueeze(-1)).squeeze(-1),

@@ -1,16 +1,13 @@
 # Copyright 2026 The trl-opd developers. Licensed under the Apache License, Version 2.0.
 """Pure tensor math: tensors in, tensors out. No trainer state, configs or logging; never imports a trainer.
 
-Shared math, re-exported here: `divergences`, `chunked` (fused chunked statistics), `reductions`, `policy_gradient`.
+Shared math, re-exported here: `divergences`, `chunked` (fused chunked statistics), `chunked_topk` (the top-k forward
+KL from hidden states), `reductions`, `policy_gradient`.
 Per-method math, imported from its module (named by method): `motab`, `tropd`, `egrsd`, `atesd`.
 """
 
-from .chunked import (
-    FusedDistillationFunction,
-    chunked_topk_forward_kl,
-    fused_distillation_stats,
-    token_logprobs_and_entropy,
-)
+from .chunked import FusedDistillationFunction, fused_distillation_stats, token_logprobs_and_entropy
+from .chunked_topk import chunked_topk_forward_kl
 from .divergences import (
     forward_kl,
     generalized_jsd,

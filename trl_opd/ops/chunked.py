@@ -12,12 +12,9 @@ import math
 from typing import NamedTuple
 
 import torch
-from torch.utils.checkpoint import checkpoint
 from trl.kernels.chunked_divergence import TOKEN_CHUNK_SIZE, VOCAB_CHUNK_SIZE, _jsd_tile, _project
 from trl.kernels.chunked_logprob import ChunkedLogProbFunction
 from trl.trainer.utils import maybe_gather_lm_head_ctx
-
-from .divergences import forward_kl, log1mexp
 
 
 def _divergence_mode(beta: float) -> int:
@@ -106,8 +103,8 @@ class _Online:
 class FusedDistillationFunction(torch.autograd.Function):
     """Per-token generalized JSD_β, both models' sampled-token log-probs and both entropies, in one tiled pass.
 
-    `(N, H_s), (V, H_s), (V,)?, (N, H_t), (V, H_t), (V,)?, (N,) -> 6 x (N,)`: divergence, `log p_S(y)`, `log p_T(y)`,
-    `H(p_S)`, `H(p_T)` and the student's log-normaliser `log Z_S`, all at softmax temperature `temperature`, on logits
+    `(N, H_s), (V, H_s), (V,)?, (N, H_t), (V, H_t), (V,)?, (N,) -> 7 x (N,)`: divergence, `log p_S(y)`, `log p_T(y)`,
+    `H(p_S)`, `H(p_T)` and both log-normalisers `log Z_S`, `log Z_T`, all at softmax temperature `temperature`, on logits
     post-processed as each model's [`LogitHead`] says (bias, scale, softcap). Gradients flow to the student's hidden
     states, `lm_head` weight and bias through the divergence, `log p_S(y)` and `log Z_S` (`∂ log Z_S / ∂z = p_S`);
     the teacher outputs and the entropies are constants.
@@ -131,12 +128,12 @@ class FusedDistillationFunction(torch.autograd.Function):
         divergence, s_logp, t_logp, s_entropy, t_entropy, s_log_z, t_log_z, aux = outputs.unbind(0)
         ctx.save_for_backward(s_hidden, s_weight, s_bias, t_hidden, t_weight, t_bias, targets, s_log_z, t_log_z, aux)
         ctx.beta, ctx.mode, ctx.inv_t, ctx.posts = beta, mode, inv_t, (s_post, t_post)
-        ctx.mark_non_differentiable(t_logp, s_entropy, t_entropy)
-        outs = (divergence, s_logp, t_logp, s_entropy, t_entropy, s_log_z)
+        ctx.mark_non_differentiable(t_logp, s_entropy, t_entropy, t_log_z)
+        outs = (divergence, s_logp, t_logp, s_entropy, t_entropy, s_log_z, t_log_z)
         return tuple(o.clone() for o in outs)
 
     @staticmethod
-    def backward(ctx, g_div, g_logp, _t_logp, _s_entropy, _t_entropy, g_log_z):  # noqa: D102
+    def backward(ctx, g_div, g_logp, _t_logp, _s_entropy, _t_entropy, g_log_z, _t_log_z):  # noqa: D102
         s_hidden, s_weight, s_bias, t_hidden, t_weight, t_bias, targets, s_log_z, t_log_z, aux = ctx.saved_tensors
         none = (None,) * 11
         if g_div is None and g_logp is None and g_log_z is None:
@@ -254,29 +251,39 @@ def _tiles(s_buf, t_buf, h_s, s_weight, h_t, t_weight, v0, v1, inv_t, heads):
 
 def _logit_grad(ctx, zs, zt, s_log_z, t_log_z, aux, local_targets, g_div, g_logp, g_log_z=None):
     """Gradient of `g_div·D + g_logp·log p_S(y) + g_log_z·log Z_S` with respect to the raw student logits of one
-    tile. `(n, v)`."""
+    tile. `(n, v)`. The terms that are `p_S` times a per-row coefficient ([`_ps_coefficient`]) cost one pass."""
     log_ps = zs - s_log_z.unsqueeze(-1)
-    log_pt = zt - t_log_z.unsqueeze(-1)
-    ps = log_ps.exp()
-    grad = torch.zeros_like(zs)
+    keep_log_ps = g_div is not None and ctx.mode != 0  # the reverse KL and the mixture need log p_S again
+    ps = log_ps.exp() if keep_log_ps else log_ps.exp_()
+    coef = _ps_coefficient(ctx.mode, g_div, g_logp, g_log_z)
+    if coef is None:
+        grad = torch.zeros_like(zs)
+    else:
+        grad = ps * coef.unsqueeze(-1) if keep_log_ps else ps.mul_(coef.unsqueeze(-1))
     if g_div is not None:
-        if ctx.mode == 0:
-            d = ps - log_pt.exp()
+        g = g_div.float().unsqueeze(-1)
+        log_pt = zt - t_log_z.unsqueeze(-1)
+        if ctx.mode == 0:  # ∂D/∂z = p_S − p_T; the p_S part is in `coef`
+            grad.addcmul_(log_pt.exp_(), g, value=-1.0)
         elif ctx.mode == 1:
-            d = ps * (log_ps - log_pt - aux.unsqueeze(-1))
+            grad += ps * (log_ps - log_pt - aux.unsqueeze(-1)) * g
         else:
             log_m = torch.logaddexp(log_ps + math.log(1 - ctx.beta), log_pt + math.log(ctx.beta))
-            d = (1 - ctx.beta) * ps * (log_ps - log_m - aux.unsqueeze(-1))
-        grad += d * g_div.float().unsqueeze(-1)
+            grad += (1 - ctx.beta) * ps * (log_ps - log_m - aux.unsqueeze(-1)) * g
     if g_logp is not None:
-        g = g_logp.float().unsqueeze(-1)
-        grad -= ps * g
         inside = (local_targets >= 0) & (local_targets < zs.size(-1))
         rows = inside.nonzero().squeeze(-1)
-        grad[rows, local_targets[rows]] += g.squeeze(-1)[rows]
-    if g_log_z is not None:
-        grad += ps * g_log_z.float().unsqueeze(-1)
-    return grad * ctx.inv_t
+        grad[rows, local_targets[rows]] += g_logp.float()[rows]
+    return grad.mul_(ctx.inv_t) if ctx.inv_t != 1.0 else grad
+
+
+def _ps_coefficient(mode, g_div, g_logp, g_log_z) -> torch.Tensor | None:
+    """`(n,)`: the coefficient of `p_S` in [`_logit_grad`], `g_log_z − g_logp` (`+ g_div` for the forward KL, whose
+    gradient is `p_S − p_T`); None when no term has one."""
+    terms = [g.float() for g in (g_log_z, g_div if mode == 0 else None) if g is not None]
+    if g_logp is not None:
+        terms.append(-g_logp.float())
+    return sum(terms[1:], terms[0]) if terms else None
 
 
 def fused_distillation_stats(
@@ -294,9 +301,10 @@ def fused_distillation_stats(
 
     `(B, T, H_s), (V, H_s), (B, T, H_t), (V, H_t), (B, T) -> dict of (B, T)` with keys `divergence` (JSD_β, `β=0`
     forward KL, `β=1` reverse KL), `student_logp` and `teacher_logp` (of `targets`), `student_entropy`,
-    `teacher_entropy` and `student_log_z` (differentiable: `log Σ_v exp(z_S[v]/T)`). Logits are `z = softcap(scale·(h·Wᵀ + b))/T` per model ([`LogitHead`]). The student's hidden
-    states, head and head bias receive gradients through `divergence` and `student_logp`. The teacher inputs should
-    be detached.
+    `teacher_entropy`, `student_log_z` (differentiable: `log Σ_v exp(z_S[v])`) and `teacher_log_z` (a constant).
+    Logits are `z = softcap(scale·(h·Wᵀ + b))/T` per model ([`LogitHead`]). The student's hidden states, head and head
+    bias receive gradients through `divergence`, `student_logp` and `student_log_z`. The teacher inputs should be
+    detached.
     """
     shape = targets.shape
     out = FusedDistillationFunction.apply(
@@ -312,7 +320,15 @@ def fused_distillation_stats(
         (float(student_head.scale), student_head.softcap),
         (float(teacher_head.scale), teacher_head.softcap),
     )
-    names = ("divergence", "student_logp", "teacher_logp", "student_entropy", "teacher_entropy", "student_log_z")
+    names = (
+        "divergence",
+        "student_logp",
+        "teacher_logp",
+        "student_entropy",
+        "teacher_entropy",
+        "student_log_z",
+        "teacher_log_z",
+    )
     return {name: value.view(shape) for name, value in zip(names, out)}
 
 
@@ -341,116 +357,3 @@ def token_logprobs_and_entropy(
         ("entropy",),
     )
     return logp.view(shape), entropy.view(shape)
-
-
-def chunked_topk_forward_kl(
-    student_hidden: torch.Tensor,
-    student_weight: torch.Tensor,
-    teacher_hidden: torch.Tensor,
-    teacher_weight: torch.Tensor,
-    k: int,
-    temperature: float = 1.0,
-    token_chunk_size: int = 256,
-    student_head: LogitHead = PLAIN_HEAD,
-    teacher_head: LogitHead = PLAIN_HEAD,
-    tail_bucket: bool = False,
-    student_log_z: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Forward KL over the teacher's top-k, renormalised: `KL(p̄_T || p̄_S)`, `p̄(v) = p(v)/Σ_{u∈K} p(u)` (see
-    [`~trl_opd.ops.topk_forward_kl`]), without full logits. `(..., H_s), (V, H_s), (..., H_t), (V, H_t) -> (...)`.
-
-    With `tail_bucket`, nothing is renormalised and the mass outside `K` is one more bucket:
-    `Σ_{v∈K} p_T(v) log(p_T(v)/p_S(v)) + p_T(¬K) log(p_T(¬K)/p_S(¬K))`, so a student that puts its mass outside the
-    teacher's top-k (e.g. on a token the teacher rejects) is pushed back. The student's log-normaliser `(...)` is
-    `student_log_z` when given (differentiable, e.g. from [`fused_distillation_stats`]: no extra projection), else it
-    comes from TRL's `ChunkedLogProbFunction` (`log Z = z_y − log p(y)` at the teacher's top-1 id `y`); either way no
-    student `(n, V)` tile is kept for the backward.
-
-    Per chunk of `n` positions: the teacher's `(n, V)` logits are projected once, under no-grad and in the head's dtype, only to pick
-    the top-k ids (their logits are then recomputed in fp32 from the gathered `(n, k, H_t)` head rows); the student's
-    logits exist only on those ids, `z_S[v] = h_S · W_S[v]`. The backward recomputes the student's gather per chunk
-    (never a teacher projection, never a student `(n, V)` tile); the head's gradient arrives as one dense `(V, H_s)`
-    tensor per chunk, like an embedding's.
-    """
-    shape = student_hidden.shape[:-1]
-    student_hidden = student_hidden.reshape(-1, student_hidden.size(-1))
-    teacher_hidden = teacher_hidden.reshape(-1, teacher_hidden.size(-1))
-    with maybe_gather_lm_head_ctx(student_weight, teacher_weight, student_head.bias, teacher_head.bias):  # ZeRO-3
-        if k < 1 or k > teacher_weight.size(0):
-            raise ValueError(f"k must be in [1, {teacher_weight.size(0)}], got {k}")
-        log_z = None if student_log_z is None else student_log_z.reshape(-1)
-        parts = [
-            _topk_chunk(
-                student_hidden[a : a + token_chunk_size],
-                student_weight,
-                teacher_hidden[a : a + token_chunk_size],
-                teacher_weight,
-                k,
-                temperature,
-                (student_head, teacher_head),
-                tail_bucket,
-                None if log_z is None else log_z[a : a + token_chunk_size],
-            )
-            for a in range(0, student_hidden.size(0), token_chunk_size)
-        ]
-    return (torch.cat(parts) if parts else student_hidden.new_zeros(0)).view(shape)
-
-
-def _topk_chunk(hs, student_weight, ht, teacher_weight, k, temperature, heads, tail_bucket, log_z) -> torch.Tensor:
-    """One chunk of [`chunked_topk_forward_kl`]. `(n, H_s), (V, H_s), (n, H_t), (V, H_t) -> (n,)`."""
-    student_head, teacher_head = heads
-    with torch.no_grad():  # pick the ids in the head's dtype, then take their logits in fp32
-        z = ht.to(teacher_weight.dtype) @ teacher_weight.t()
-        if teacher_head.bias is not None:
-            z = z + teacher_head.bias.to(z.dtype)
-        z = apply_logit_head(z, teacher_head)
-        idx = z.topk(k, dim=-1).indices
-        teacher_top = _gathered_logits(ht, teacher_weight, idx, teacher_head) / temperature
-        if tail_bucket:
-            teacher_log_z = (z.float() / temperature).logsumexp(-1)
-        del z
-    if tail_bucket:
-        teacher_in = teacher_top - teacher_log_z.unsqueeze(-1)
-        return _tail_bucket_kl(hs, student_weight, teacher_in, idx, temperature, student_head, log_z)
-    teacher_logp = teacher_top.log_softmax(-1)
-    if torch.is_grad_enabled() and (hs.requires_grad or student_weight.requires_grad):
-        return checkpoint(
-            _gathered_chunk_kl, hs, student_weight, teacher_logp, idx, temperature, student_head, use_reentrant=False
-        )
-    return _gathered_chunk_kl(hs, student_weight, teacher_logp, idx, temperature, student_head)
-
-
-def _tail_bucket_kl(hs, student_weight, teacher_in, idx, temperature, student_head, log_z=None) -> torch.Tensor:
-    """`(n, H), (V, H), (n, k), (n, k), (n,)? -> (n,)`: the top-k forward KL with the mass outside `K` as one bucket;
-    `teacher_in` holds the teacher's full-vocabulary log-probs of the ids `idx`, `log_z` the student's normaliser."""
-    student_top = _gathered_logits(hs, student_weight, idx, student_head) / temperature  # (n, k)
-    if log_z is None:
-        top1_logp, *_ = ChunkedLogProbFunction.apply(
-            hs,
-            student_weight,
-            student_head.bias,
-            idx[:, 0],
-            temperature,
-            VOCAB_CHUNK_SIZE,
-            student_head.softcap,
-            float(student_head.scale),
-            (),
-        )
-        log_z = student_top[:, 0] - top1_logp
-    student_in = student_top - log_z.unsqueeze(-1)  # log p_S(v), v ∈ K
-    teacher_tail, student_tail = log1mexp(teacher_in.logsumexp(-1)), log1mexp(student_in.logsumexp(-1))
-    tail = torch.nan_to_num(teacher_tail.exp() * (teacher_tail - student_tail), nan=0.0)
-    return forward_kl(teacher_in, student_in) + tail
-
-
-def _gathered_chunk_kl(hs, student_weight, teacher_logp, idx, temperature, student_head):
-    """`(n, H), (V, H), (n, k), (n, k) -> (n,)`: student logits on the teacher's top-k ids, then the KL."""
-    top_s = _gathered_logits(hs, student_weight, idx, student_head) / temperature
-    return forward_kl(teacher_logp, top_s.log_softmax(-1))
-
-
-def _gathered_logits(hidden: torch.Tensor, weight: torch.Tensor, idx: torch.Tensor, head: LogitHead) -> torch.Tensor:
-    """fp32 logits of the `k` given ids only: `z[n, j] = head(h_n · W[idx[n, j]] + b[idx[n, j]])`.
-    `(n, H), (V, H), (n, k) -> (n, k)`."""
-    z = torch.einsum("nh,nkh->nk", hidden.float(), weight[idx].float())
-    return apply_logit_head(z + head.bias[idx].float() if head.bias is not None else z, head)

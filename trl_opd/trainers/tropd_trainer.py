@@ -205,7 +205,7 @@ class TrOPDTrainer(OPDTrainer):
         prefix_div = stats["divergence"] if prefix.any() else torch.zeros_like(student_logp)
         parts = tropd_token_losses(
             self.k1_losses(stats, inputs),
-            self._outlier_kl(stats["hidden"], outliers, stats["student_log_z"]),
+            self._outlier_kl(stats, outliers),
             prefix_div,
             trusted,
             prefix,
@@ -215,14 +215,15 @@ class TrOPDTrainer(OPDTrainer):
         self._log_trust(parts, ratio, trusted, on_policy, mask)
         return parts["total"]
 
-    def _outlier_kl(self, hidden, outliers: torch.Tensor, student_log_z: torch.Tensor) -> torch.Tensor:
+    def _outlier_kl(self, stats: dict[str, Any], outliers: torch.Tensor) -> torch.Tensor:
         """Top-k forward KL (with the tail bucket, or renormalised) on the outlier positions only (zeros elsewhere);
-        the student's log-normaliser comes from the fused pass. `(B, K) bool, (B, K) -> (B, K)`."""
+        both log-normalisers come from the fused pass (`stats`). `(B, K) bool -> (B, K)`."""
         kl = torch.zeros(outliers.shape, device=outliers.device)
         positions = self.every_rank_runs(outliers)  # ZeRO-3: every process runs the pass
         if self.args.lambda_out == 0.0 or not positions.any():
             return kl
         rows = positions.nonzero(as_tuple=True)
+        hidden = stats["hidden"]
         device = hidden.student_weight.device
         values = chunked_topk_forward_kl(
             hidden.student[rows],
@@ -234,7 +235,8 @@ class TrOPDTrainer(OPDTrainer):
             student_head=hidden.student_head,
             teacher_head=hidden.teacher_head,
             tail_bucket=self.args.outlier_tail_bucket,
-            student_log_z=student_log_z[rows],
+            student_log_z=stats["student_log_z"][rows],
+            teacher_log_z=stats["teacher_log_z"][rows],
         )
         return kl.index_put(rows, values.float() * outliers[rows])  # a dummy position counts 0
 
