@@ -154,3 +154,25 @@ def test_normalized_gate_reweights_without_changing_the_mean_and_varies_with_ent
     torch.testing.assert_close(out["raw_gate"], raw["gate"])
     ones = egrsd_token_advantages(advantages, zeros, zeros, entropy, mask, g_min=1.0, epsilon_w=0.0)
     torch.testing.assert_close(normalize_gate(ones, 1.0)["advantages"], ones["advantages"])  # RLSD/GRPO unchanged
+
+
+def test_centred_magnitude_ignores_a_teacher_that_is_uniformly_less_sure():
+    torch.manual_seed(0)
+    advantages = torch.tensor([1.0, -1.0, 0.5])
+    student = torch.randn(3, 5) * 0.3 - 1.0
+    teacher = student + torch.randn(3, 5) * 0.1
+    mask = torch.ones(3, 5)
+
+    def centred(teacher_logp):
+        delta = teacher_logp - student
+        return likelihood_ratio_magnitude(advantages, teacher_logp, student, 0.2, delta[mask.bool()].mean())
+
+    # a self-teacher 2.3 nats less sure of every token (the lab's `ambiguous` world): uncentred, every rewarded token
+    # is shrunk to 1 - ε_w and every penalised one grown to 1 + ε_w; centred, nothing changes
+    shifted = teacher - 2.3
+    plain = likelihood_ratio_magnitude(advantages, shifted, student, 0.2)
+    assert torch.equal(plain[0], torch.full((5,), 0.8)) and torch.equal(plain[1], torch.full((5,), 1.2))
+    torch.testing.assert_close(centred(shifted), centred(teacher))
+    offset = (teacher - student).mean()
+    expected = torch.exp(torch.sign(advantages)[:, None] * (teacher - student - offset)).clamp(0.8, 1.2)
+    torch.testing.assert_close(centred(teacher), expected)

@@ -105,7 +105,9 @@ def test_reduces_to_grpo_exactly(tmp_path, tiny_tokenizer, arithmetic_dataset, r
         torch.testing.assert_close(grads[name], grad, rtol=0, atol=0, msg=name)
 
 
-def _dense_reference(model, tokenizer, rows, out, g_min, epsilon_w, lookahead, base_advantages, normalization="mean"):
+def _dense_reference(
+    model, tokenizer, rows, out, g_min, epsilon_w, lookahead, base_advantages, normalization="mean", centering="none"
+):
     """Token advantages from the full logits of the (initial) model, one unpadded row at a time."""
     t_logp, t_ent, s_logp = [], [], []
     with torch.no_grad():
@@ -136,17 +138,35 @@ def _dense_reference(model, tokenizer, rows, out, g_min, epsilon_w, lookahead, b
     if normalization == "mean":  # mean 1 over the loss tokens
         gate = gate / gate[mask].mean()
     sign = torch.sign(base_advantages.double())[:, None]
-    magnitude = torch.exp(sign * (t_logp - s_logp)).clamp(1 - epsilon_w, 1 + epsilon_w)
+    delta = t_logp - s_logp
+    if centering == "mean":  # minus the mean of Δ over the loss tokens
+        delta = delta - delta[mask].mean()
+    magnitude = torch.exp(sign * delta).clamp(1 - epsilon_w, 1 + epsilon_w)
     return torch.where(mask, base_advantages.double()[:, None] * magnitude * gate, 0.0).float()
 
 
 @pytest.mark.parametrize(
-    ("g_min", "epsilon_w", "lookahead", "normalization"),
-    [(0.2, 0.2, 0, "mean"), (0.2, 0.2, 3, "mean"), (1.0, 0.2, 0, "mean"), (0.2, 0.2, 0, "none")],
-    ids=["egrsd", "cl-egrsd", "rlsd", "egrsd-raw-gate"],
+    ("g_min", "epsilon_w", "lookahead", "normalization", "centering"),
+    [
+        (0.2, 0.2, 0, "mean", "none"),
+        (0.2, 0.2, 3, "mean", "none"),
+        (1.0, 0.2, 0, "mean", "none"),
+        (0.2, 0.2, 0, "none", "none"),
+        (0.2, 0.6, 0, "mean", "mean"),
+    ],
+    ids=["egrsd", "cl-egrsd", "rlsd", "egrsd-raw-gate", "egrsd-centred-delta"],
 )
 def test_token_advantages_match_dense_reference(
-    tmp_path, tiny_tokenizer, arithmetic_dataset, rows, fixed_completions, g_min, epsilon_w, lookahead, normalization
+    tmp_path,
+    tiny_tokenizer,
+    arithmetic_dataset,
+    rows,
+    fixed_completions,
+    g_min,
+    epsilon_w,
+    lookahead,
+    normalization,
+    centering,
 ):
     trainer = _egrsd(
         tmp_path,
@@ -157,6 +177,7 @@ def test_token_advantages_match_dense_reference(
         epsilon_w=epsilon_w,
         entropy_lookahead=lookahead,
         gate_normalization=normalization,
+        delta_centering=centering,
     )
     base = {}
     original = GRPOTrainer._generate_and_score_completions
@@ -173,7 +194,7 @@ def test_token_advantages_match_dense_reference(
         GRPOTrainer._generate_and_score_completions = original
     initial = build_tiny_model(tiny_tokenizer, "student", seed=0).eval()
     expected = _dense_reference(
-        initial, tiny_tokenizer, rows, out, g_min, epsilon_w, lookahead, base["advantages"], normalization
+        initial, tiny_tokenizer, rows, out, g_min, epsilon_w, lookahead, base["advantages"], normalization, centering
     )
     torch.testing.assert_close(out["advantages"], expected, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(out["advantages"], base["advantages"][:, None] * out["completion_mask"])
@@ -247,6 +268,7 @@ def test_peft_teacher_is_the_adapter_off_student(
         ({"g_min": -0.1}, "g_min"),
         ({"entropy_lookahead": -1}, "entropy_lookahead"),
         ({"epsilon_w": 1.5}, "epsilon_w"),
+        ({"delta_centering": "median"}, "delta_centering"),
         ({"self_teacher": "ema"}, "self_teacher"),
     ],
 )

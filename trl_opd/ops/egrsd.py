@@ -57,20 +57,26 @@ def entropy_gate(entropy: torch.Tensor, tau: torch.Tensor | float, g_min: float)
 
 
 def likelihood_ratio_magnitude(
-    advantages: torch.Tensor, teacher_logp: torch.Tensor, student_logp: torch.Tensor, epsilon_w: float
+    advantages: torch.Tensor,
+    teacher_logp: torch.Tensor,
+    student_logp: torch.Tensor,
+    epsilon_w: float,
+    delta_offset: torch.Tensor | float = 0.0,
 ) -> torch.Tensor:
     r"""Reward-directed teacher/student likelihood-ratio magnitude (RLSD).
 
-    $$m_t = \mathrm{clip}\big(\exp(\mathrm{sign}(A_i)\,\Delta_t),\; 1 - \epsilon_w,\; 1 + \epsilon_w\big),\qquad
+    $$m_t = \mathrm{clip}\big(\exp(\mathrm{sign}(A_i)\,(\Delta_t - c)),\; 1 - \epsilon_w,\; 1 + \epsilon_w\big),\qquad
     \Delta_t = \mathrm{sg}(\log p_T(y_t) - \log p_S(y_t))$$
 
     A rewarded rollout (`A > 0`) is pushed harder where the teacher likes the token more than the student, a
     penalised one (`A < 0`) where the teacher likes it less; `A = 0` gives `m = 1`. `ε_w = 0` gives `m = 1`.
-    `(B,), (B, T), (B, T) -> (B, T)`.
+    `c = delta_offset` (0 in RLSD; a trainer may pass the batch mean of `Δ`, so that a teacher that is uniformly
+    less sure than the student does not shrink every rewarded token and grow every penalised one).
+    `(B,), (B, T), (B, T), () -> (B, T)`.
     """
     if not 0.0 <= epsilon_w <= 1.0:
         raise ValueError(f"epsilon_w must be in [0, 1], got {epsilon_w}")
-    delta = (teacher_logp - student_logp).detach()
+    delta = (teacher_logp - student_logp).detach() - torch.as_tensor(delta_offset).detach()
     signed = torch.sign(advantages).unsqueeze(-1).to(delta.dtype) * delta
     return torch.exp(signed).clamp(1.0 - epsilon_w, 1.0 + epsilon_w)
 
@@ -96,13 +102,15 @@ def egrsd_token_advantages(
     epsilon_w: float = 0.2,
     lookahead: int = 0,
     tau: torch.Tensor | float | None = None,
+    delta_offset: torch.Tensor | float = 0.0,
 ) -> dict[str, torch.Tensor]:
     r"""The whole EGRSD / CL-EGRSD token weighting from the group advantages and the teacher statistics.
 
     $$\hat{A}_t = A_i\, m_t\, g_t,\quad g_t = g_{\min} + (1 - g_{\min})\exp(-\tilde{H}_t/\tau_H)$$
 
     with `H̃ = H` (EGRSD) or its causal lookahead minimum over `L` tokens (CL-EGRSD), and `τ_H` the median of `H`
-    over the loss tokens unless given (a trainer passes the median over the global batch).
+    over the loss tokens unless given (a trainer passes the median over the global batch); `delta_offset` is the
+    magnitude's `c` ([`likelihood_ratio_magnitude`]).
     `(B,), (B, T), (B, T), (B, T), (B, T) -> dict of (B, T)`: `advantages`, `magnitude`, `gate`,
     `lookahead_changed` (1 where the lookahead lowered the entropy the gate reads), and `tau` `()`.
     """
@@ -110,7 +118,7 @@ def egrsd_token_advantages(
     tau = masked_median(teacher_entropy, mask) if tau is None else torch.as_tensor(tau).detach()
     gated_entropy = lookahead_min(teacher_entropy, mask, lookahead)
     gate = entropy_gate(gated_entropy, tau, g_min)
-    magnitude = likelihood_ratio_magnitude(advantages, teacher_logp, student_logp, epsilon_w)
+    magnitude = likelihood_ratio_magnitude(advantages, teacher_logp, student_logp, epsilon_w, delta_offset)
     return {
         "advantages": token_advantages(advantages, magnitude, gate, mask),
         "magnitude": magnitude,

@@ -45,6 +45,16 @@ class EGRSDConfig(CPUSafeConfigMixin, PromptLimitConfigMixin, GRPOConfig):
             "0 switches the magnitude off (with `g_min: 1`, plain GRPO)."
         },
     )
+    delta_centering: str = field(
+        default="none",
+        metadata={
+            "help": "`none`: the magnitude reads `Δ = log p_T − log p_S` as is (RLSD). `mean`: minus its mean over the "
+            "loss tokens of the global batch, so a teacher that is uniformly less sure than the student (e.g. a "
+            "self-teacher that cannot use the reference) does not shrink every rewarded token to `1 − ε_w` and grow "
+            "every penalised one to `1 + ε_w`.",
+            "choices": ["none", "mean"],
+        },
+    )
     entropy_lookahead: int = field(
         default=0,
         metadata={
@@ -76,6 +86,8 @@ class EGRSDConfig(CPUSafeConfigMixin, PromptLimitConfigMixin, GRPOConfig):
             raise ValueError(f"g_min must be in [0, 1], got {self.g_min}")
         if not 0.0 <= self.epsilon_w <= 1.0:
             raise ValueError(f"epsilon_w must be in [0, 1], got {self.epsilon_w}")
+        if self.delta_centering not in ("none", "mean"):
+            raise ValueError(f"delta_centering must be 'none' or 'mean', got {self.delta_centering!r}")
         if self.entropy_lookahead < 0:
             raise ValueError(f"entropy_lookahead must be >= 0 tokens, got {self.entropy_lookahead}")
         if self.gate_normalization not in GATE_NORMALIZATIONS:

@@ -243,6 +243,7 @@ class EGRSDTrainer(PromptLimitMixin, GRPOTrainer):
             epsilon_w=self.args.epsilon_w,
             lookahead=self.args.entropy_lookahead,
             tau=self._global_median(teacher_entropy, mask),
+            delta_offset=self._delta_offset(teacher_logp - student_logp, mask),
         )
         raw_gate = weights["gate"]
         if self.args.gate_normalization == "mean":
@@ -250,6 +251,12 @@ class EGRSDTrainer(PromptLimitMixin, GRPOTrainer):
         output["advantages"] = weights["advantages"].to(output["advantages"].dtype)
         self._log_weights(weights, raw_gate, teacher_entropy, teacher_logp - student_logp, mask)
         return output
+
+    def _delta_offset(self, delta: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | float:
+        """The magnitude's offset `c`: the global mean of `Δ` with `delta_centering: mean`, else 0."""
+        if self.args.delta_centering == "mean" and self.args.epsilon_w > 0.0:
+            return self._global_masked_mean(delta, mask)
+        return 0.0
 
     def _global_masked_mean(self, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean of `values` over the loss tokens of every process's generation batch."""
