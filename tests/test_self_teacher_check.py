@@ -20,7 +20,7 @@ from trl_opd.errors import UserError
 from trl_opd.launch.methods import METHODS
 from trl_opd.testing import build_tiny_model, tiny_training_kwargs
 from trl_opd.trainers.atesd_config import SELF_TEACHER_MARGIN, ATESDConfig
-from trl_opd.trainers.atesd_trainer import PROBE_PREFIX, ATESDTrainer, SelfTeacherCheckError, exposed_reference
+from trl_opd.trainers.atesd_trainer import ATESDTrainer, SelfTeacherCheckError, exposed_reference
 
 
 SCORES = ("none", "partial", "full")
@@ -35,17 +35,14 @@ def _trainer(tmp_path, tokenizer, model=None, **overrides) -> ATESDTrainer:
     )
 
 
-def _dense_answer_logp(model, tok, prompts, answers) -> float:
-    """Token-weighted mean log-prob of `answer}` after `PROBE_PREFIX`, one unpadded forward per rendered prompt."""
+def _dense_solution_logp(model, tok, prompts, solutions) -> float:
+    """Token-weighted mean log-prob of the reference solution after each rendered prompt, one unpadded forward each."""
     total, count = 0.0, 0
     with torch.no_grad():
-        for prompt, answer in zip(prompts, answers, strict=True):
+        for prompt, solution in zip(prompts, solutions, strict=True):
             text = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-            context = (
-                tok(text, add_special_tokens=False)["input_ids"]
-                + tok(PROBE_PREFIX, add_special_tokens=False)["input_ids"]
-            )
-            target = tok(answer + "}", add_special_tokens=False)["input_ids"]
+            context = tok(text, add_special_tokens=False)["input_ids"]
+            target = tok(solution, add_special_tokens=False)["input_ids"]
             logits = model(torch.tensor([context + target])).logits[0, len(context) - 1 : -1]
             total += logits.log_softmax(-1).gather(-1, torch.tensor(target)[:, None]).sum().item()
             count += len(target)
@@ -65,7 +62,7 @@ def test_scores_equal_a_plain_forward_of_the_rendered_texts(tmp_path, tiny_token
             p.add_(0.05 * torch.randn_like(p))
     scores = trainer.self_teacher_scores()
     rows = [trainer.train_dataset[i] for i in range(3)]
-    tok, answers = trainer.processing_class, [row["answer"] for row in rows]
+    tok, solutions = trainer.processing_class, [row["solution"] for row in rows]
     prompts = {
         "none": [row["prompt"] for row in rows],
         "partial": [privileged_prompt(row["prompt"], exposed_reference(row["solution"], 0.5)) for row in rows],
@@ -73,7 +70,7 @@ def test_scores_equal_a_plain_forward_of_the_rendered_texts(tmp_path, tiny_token
     }
     assert prompts["partial"] != prompts["full"]
     for name in SCORES:
-        assert scores[name] == pytest.approx(_dense_answer_logp(initial, tok, prompts[name], answers), rel=1e-5)
+        assert scores[name] == pytest.approx(_dense_solution_logp(initial, tok, prompts[name], solutions), rel=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -233,15 +233,16 @@ class ATESDTrainer(OPDTrainer):
             self._probe_batch = self._answer_inputs(self.probe_rows)
         return self._probe_batch
 
-    def _answer_inputs(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def _answer_inputs(self, rows: list[dict[str, Any]], whole_solution: bool = False) -> dict[str, torch.Tensor]:
         """Student-prompt ids (left-padded) and `PROBE_PREFIX + answer + "}"` (right-padded); `score_mask` marks the
-        answer tokens."""
+        answer tokens. With `whole_solution`, the target is the row's reference solution, every token scored."""
         device, tok = self.accelerator.device, self._tokenizer
         prompt_ids, _, _ = self._tokenize_prompts([row["prompt"] for row in rows])
-        prefix = tok(PROBE_PREFIX, add_special_tokens=False)["input_ids"]
+        prefix = [] if whole_solution else tok(PROBE_PREFIX, add_special_tokens=False)["input_ids"]
         completions, scored = [], []
         for row in rows:
-            answer = tok(extract_boxed(row["solution"]) + "}", add_special_tokens=False)["input_ids"]
+            text = row["solution"] if whole_solution else extract_boxed(row["solution"]) + "}"
+            answer = tok(text, add_special_tokens=False)["input_ids"]
             completions.append(torch.tensor(prefix + answer, device=device))
             scored.append(torch.tensor([0] * len(prefix) + [1] * len(answer), device=device))
         prompts = [torch.tensor(p, device=device) for p in prompt_ids]
@@ -292,21 +293,22 @@ class ATESDTrainer(OPDTrainer):
 
     # ----------------------------------------------------------------- self-teacher check
     def self_teacher_scores(self) -> dict[str, float]:
-        """Mean log-prob per token the teacher gives the reference answers of the first `self_teacher_check_rows`
-        training rows, with no reference (the student's prompt), half (`α = 0.5`) and the full reference in its
-        prompt: `{"none": ., "partial": ., "full": .}`.
+        """Mean log-prob per token the teacher gives the reference solutions of the first `self_teacher_check_rows`
+        training rows, teacher-forced after its prompt with no reference (the student's prompt), half (`α = 0.5`) and
+        the full reference: `{"none": ., "partial": ., "full": .}`.
 
-        The target is the probe's: `The final answer is \\boxed{` then `ANSWER}` straight after each prompt (built
-        by [`ATESDTrainer.teacher_prompt`], tokenized by the teacher path), teacher-forced, only the answer scored.
-        With no reasoning before it, only the reference can supply the answer, and every exposure shows it: a
-        teacher that reads its prompt scores it well above the no-reference baseline; one that does not cannot pass
-        the reference on to the student, and its privileged signal is noise. (Scoring the whole reference would
-        reward copying; scoring the answer after the teacher-forced reasoning would let the reasoning supply it.)
-        It does not show that the reference improves the teacher's reasoning tokens. Every process scores the same
-        rows (through the student's wrapper, as the probe: sharded weights are gathered).
+        A teacher that reads its prompt predicts a correct solution better when the reference is there (with the
+        whole reference, by copying it: that is the privileged signal self-distillation passes on); one that does
+        not scores all three alike, and its privileged signal is noise. The target is the dataset's own solution
+        text, so the check does not depend on how a model phrases its answer. (The first version scored only the
+        boxed answer after a fixed `The final answer is` phrase, the probe's target; on the lab's `privileged`
+        world, whose self-teacher solves 0.97 of the problems with the reference and 0.13 without, that phrase is
+        foreign to the model and the check warned: −5.47 / −5.94 / −6.83.) Prompts are built by
+        [`ATESDTrainer.teacher_prompt`] and tokenized by the teacher path; every process scores the same rows
+        (through the student's wrapper, as the probe: sharded weights are gathered).
         """
         rows = [self.train_dataset[i] for i in range(self._self_teacher_check_size())]
-        answers = self._answer_inputs(rows)
+        answers = self._answer_inputs(rows, whole_solution=True)
         scores = {}
         for name, alpha in SELF_TEACHER_EXPOSURES.items():
             prompts = [row["prompt"] if alpha is None else self.teacher_prompt(row, alpha) for row in rows]
@@ -335,7 +337,7 @@ class ATESDTrainer(OPDTrainer):
             return
         message = (
             "Self-teacher check: the reference does not help the self-teacher, so self-distillation trains on noise "
-            f"(mean log-prob per reference-answer token on {self._self_teacher_check_size()} training rows: "
+            f"(mean log-prob per reference-solution token on {self._self_teacher_check_size()} training rows: "
             f"{scores['none']:.3f} with no reference, {scores['partial']:.3f} with half, {scores['full']:.3f} with "
             f"the full reference; full must exceed none by {SELF_TEACHER_MARGIN})."
         )
