@@ -21,6 +21,7 @@ DIAGNOSTIC_KEYS = {
     "long-chains": "next_step_acc_after_correct",
     "mismatch": "low_teacher_prob_share",
     "ambiguous": "teacher_entropy_ambiguous",
+    "ambiguous-reader": "self_teacher_acc_full",
     "privileged": "self_teacher_acc_full",
 }
 

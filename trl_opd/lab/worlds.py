@@ -186,16 +186,33 @@ def diagnose_ambiguous(world, lab, n: int = 96) -> dict:
     }
 
 
-def diagnose_privileged(world, lab) -> dict:
-    """The self-teacher (the student shown a reference) with no, partial and full reference; and its next step after
-    a correct vs a wrong student step, with the full reference in its prompt."""
-    rows = lab.heldout.select(range(min(128, len(lab.heldout))))
+def self_teacher_accuracies(lab, n: int = 128) -> dict:
+    """Greedy held-out accuracy of the self-teacher (the student with no, half or the full reference in its prompt)."""
+    rows = lab.heldout.select(range(min(n, len(lab.heldout))))
     result = {}
     for name, alpha in (("none", None), ("partial", 0.5), ("full", 1.0)):
         prompts = rows["prompt"] if alpha is None else reference_prompts(rows, alpha)
         result[f"self_teacher_acc_{name}"] = heldout_accuracy(
             lab.student, lab.tokenizer, rows, lab.world.max_new_tokens, prompts=prompts
         )
+    return result
+
+
+def diagnose_ambiguous_reader(world, lab) -> dict:
+    """`ambiguous`'s entropy diagnostic, and the self-teacher's accuracy with no, half and the full reference."""
+    result = diagnose_ambiguous(world, lab)
+    result.update(self_teacher_accuracies(lab))
+    result["summary"] += (
+        f"; self-teacher greedy accuracy with no reference {result['self_teacher_acc_none']:.3f}, partial "
+        f"{result['self_teacher_acc_partial']:.3f}, full {result['self_teacher_acc_full']:.3f}"
+    )
+    return result
+
+
+def diagnose_privileged(world, lab) -> dict:
+    """The self-teacher (the student shown a reference) with no, partial and full reference; and its next step after
+    a correct vs a wrong student step, with the full reference in its prompt."""
+    result = self_teacher_accuracies(lab)
     steps = next_step_accuracy(lab, lab.student, lambda row: privileged_prompt(row["prompt"], row["solution"]))
     summary = steps.pop("summary").replace("teacher", "privileged self-teacher")
     result.update(steps)
@@ -238,6 +255,15 @@ WORLDS: dict[str, World] = {
             "add four numbers in any order: which number comes next is free, each running sum is determined",
             sum_problem,
             diagnose_ambiguous,
+            max_new_tokens=48,
+        ),
+        World(
+            "ambiguous-reader",
+            "`ambiguous` for self-distillation: the student first learned to read a reference in its prompt (EGRSD's "
+            "and RLSD's self-teacher can use it)",
+            sum_problem,
+            diagnose_ambiguous_reader,
+            privileged_warmup=True,
             max_new_tokens=48,
         ),
         World(

@@ -17,6 +17,11 @@ from trl.kernels.chunked_logprob import ChunkedLogProbFunction
 from trl.trainer.utils import maybe_gather_lm_head_ctx
 
 
+def vocab_chunk_size() -> int:
+    """This module's `VOCAB_CHUNK_SIZE`, read at call time (tests shrink it to exercise several vocabulary tiles)."""
+    return VOCAB_CHUNK_SIZE
+
+
 def _divergence_mode(beta: float) -> int:
     return 0 if beta == 0.0 else 1 if beta == 1.0 else 2
 

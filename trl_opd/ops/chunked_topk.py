@@ -13,8 +13,7 @@ from trl.kernels.chunked_divergence import _project
 from trl.kernels.chunked_logprob import ChunkedLogProbFunction
 from trl.trainer.utils import maybe_gather_lm_head_ctx
 
-from . import chunked
-from .chunked import PLAIN_HEAD, LogitHead, _transform_tile_, apply_logit_head
+from .chunked import PLAIN_HEAD, LogitHead, _transform_tile_, apply_logit_head, vocab_chunk_size
 from .divergences import forward_kl, log1mexp
 
 
@@ -94,9 +93,7 @@ def teacher_topk(
     values = torch.empty((n_tok, k), device=hidden.device)
     ids = torch.empty((n_tok, k), dtype=torch.long, device=hidden.device)
     log_z = torch.empty(n_tok, device=hidden.device) if with_log_z else None
-    buf = torch.empty(
-        (max(1, min(n_tok, token_chunk_size)), min(vocab, chunked.VOCAB_CHUNK_SIZE)), device=hidden.device
-    )
+    buf = torch.empty((max(1, min(n_tok, token_chunk_size)), min(vocab, vocab_chunk_size())), device=hidden.device)
     for a in range(0, n_tok, token_chunk_size):
         sl = slice(a, min(a + token_chunk_size, n_tok))
         values[sl], ids[sl], chunk_log_z = _topk_rows(hidden[sl], weight, k, 1.0 / temperature, head, buf, with_log_z)
@@ -109,8 +106,8 @@ def _topk_rows(hidden, weight, k, inv_t, head, buf, with_log_z):
     """One token chunk of [`teacher_topk`]: `(n, H), (V, H) -> (n, k), (n, k), (n,)?`."""
     n, vocab = hidden.size(0), weight.size(0)
     best, best_ids, log_z = None, None, None
-    for v0 in range(0, vocab, chunked.VOCAB_CHUNK_SIZE):
-        v1 = min(v0 + chunked.VOCAB_CHUNK_SIZE, vocab)
+    for v0 in range(0, vocab, vocab_chunk_size()):
+        v1 = min(v0 + vocab_chunk_size(), vocab)
         tile = buf[:n, : v1 - v0]
         _project(tile, hidden, weight, head.bias, v0, v1, hidden.dtype)
         _transform_tile_(tile, head, inv_t)
@@ -218,7 +215,7 @@ def _log_z_at(hidden, weight, ids, logits, temperature, head) -> torch.Tensor:
         head.bias,
         ids.squeeze(-1),
         temperature,
-        chunked.VOCAB_CHUNK_SIZE,
+        vocab_chunk_size(),
         head.softcap,
         float(head.scale),
         (),
