@@ -99,8 +99,6 @@ class MOTABTrainer(OPDTrainer):
         output = super()._generate_and_score_completions(inputs)
         traces, self._traces = self._traces, None
         width = output["completion_ids"].size(1)
-        if traces is not None:
-            self._record_accuracy(inputs, traces)
         masks = [t.teacher_mask for t in traces] if traces is not None else [[] for _ in inputs]
         output["teacher_token_mask"] = _right_pad(masks, width, 0, output["completion_ids"].device)
         if traces is not None and self.args.train_on_strayed:
@@ -197,7 +195,8 @@ class MOTABTrainer(OPDTrainer):
         return bool(self.accelerator.reduce(flag, reduction="sum") > 0)
 
     def _record_rollouts(self, traces: list[RolloutTrace], tau: float) -> None:
-        """Fold the segment scores of every process into the boundary and log the rollout statistics."""
+        """Fold the segment scores of every process into the boundary and log the rollout statistics (one gather of
+        the counts of every process, the accuracy counts of [`MOTABTrainer._accuracy_counts`] included)."""
         scores = gather_object([s for t in traces for s in t.scores])
         local = torch.tensor(
             [
@@ -207,12 +206,13 @@ class MOTABTrainer(OPDTrainer):
                 sum(sum(t.teacher_mask) for t in traces),
                 sum(len(t.tokens) for t in traces),
                 sum(len(d) for t in traces for _, d in t.discarded),
+                *self._accuracy_counts(self._batch_rows, traces),
             ],
             dtype=torch.float64,
             device=self.accelerator.device,
         )
         gathered = self.accelerator.gather(local[None]).sum(0).tolist()
-        backtracks, backtracked, rollouts, teacher_tokens, tokens, discarded = gathered
+        backtracks, backtracked, rollouts, teacher_tokens, tokens, discarded, *accuracy = gathered
         self.boundary.update(scores, int(backtracks))
         metrics = self._metrics["train"]
         metrics["motab/backtracks_per_rollout"].append(backtracks / max(rollouts, 1))
@@ -222,31 +222,24 @@ class MOTABTrainer(OPDTrainer):
         metrics["motab/boundary"].append(tau)
         finite = [s for s in scores if s == s]
         metrics["motab/stray_score"].append(sum(finite) / len(finite) if finite else float("nan"))
-
-    def _record_accuracy(self, inputs: list[dict[str, Any]], traces: list[RolloutTrace]) -> None:
-        """Log the mean reward of the rollouts (all processes) that backtracked and of those that did not, scored with
-        the project's reward against the `answer` column; nothing without that column or for an empty group."""
-        if not all("answer" in x for x in inputs):
-            return
-        texts = self._tokenizer.batch_decode([t.tokens for t in traces], skip_special_tokens=True)
-        rewards = math_accuracy_reward(texts, [x["answer"] for x in inputs])
-        backtracked = [t.backtracks > 0 for t in traces]
-        local = torch.tensor(
-            [
-                sum(r for r, b in zip(rewards, backtracked, strict=True) if b),
-                sum(backtracked),
-                sum(r for r, b in zip(rewards, backtracked, strict=True) if not b),
-                len(traces) - sum(backtracked),
-            ],
-            dtype=torch.float64,
-            device=self.accelerator.device,
-        )
-        right_bt, n_bt, right_plain, n_plain = self.accelerator.gather(local[None]).sum(0).tolist()
-        metrics = self._metrics["train"]
-        if n_bt:
+        right_bt, n_bt, right_plain, n_plain, scored = accuracy
+        if scored and n_bt:
             metrics["motab/accuracy_backtracked"].append(right_bt / n_bt)
-        if n_plain:
+        if scored and n_plain:
             metrics["motab/accuracy_not_backtracked"].append(right_plain / n_plain)
+
+    def _accuracy_counts(self, rows: list[dict[str, Any]] | None, traces: list[RolloutTrace]) -> list[float]:
+        """`[right & backtracked, backtracked, right & not, not, scored]` of this process's rollouts, scored with the
+        project's reward against the `answer` column (teacher segments included, as trained on); all zeros (and
+        `scored` 0: nothing logged) without that column. Every process takes part in the one gather either way."""
+        if not rows or not all("answer" in x for x in rows):
+            return [0.0] * 5
+        texts = self._tokenizer.batch_decode([t.tokens for t in traces], skip_special_tokens=True)
+        rewards = math_accuracy_reward(texts, [x["answer"] for x in rows])
+        backtracked = [t.backtracks > 0 for t in traces]
+        right_bt = sum(r for r, b in zip(rewards, backtracked, strict=True) if b)
+        right_plain = sum(r for r, b in zip(rewards, backtracked, strict=True) if not b)
+        return [right_bt, sum(backtracked), right_plain, len(traces) - sum(backtracked), 1.0]
 
     def _with_strayed_rows(self, output: dict[str, Any], traces: list[RolloutTrace]) -> dict[str, Any]:
         """Append one row per discarded segment: its safe prefix (no loss) then the discarded tokens (loss, D_β).
