@@ -27,7 +27,7 @@ demo: bootstrap
 	$(VENV)/bin/trl-opd demo --output-dir demo_output
 
 # The sweeps whose results are committed under benchmarks/results (each file is headed by its exact command).
-# About 1 h 40 min of CPU time on 2 cores in all (`--jobs 2` runs two (method, seed) pairs at once).
+# About 2 h on 2 CPU cores in all (`--jobs 2` runs two (method, seed) pairs at once).
 LAB_SEEDS ?= 0,1,2
 LAB_STEPS ?= 200
 LAB := $(VENV)/bin/trl-opd lab --seeds $(LAB_SEEDS) --steps $(LAB_STEPS) --output-dir benchmarks/results
@@ -38,6 +38,8 @@ lab: bootstrap
 	$(LAB) --world mismatch --methods opd,gkd,sft,tropd
 	$(LAB) --world ambiguous --methods grpo,rlsd,egrsd,cl-egrsd,sft
 	$(LAB) --world privileged --methods opsd,atesd,atesd:teacher_collapse_logp=null,grpo,egrsd,sft
+	$(LAB) --world ambiguous-reader --methods grpo,rlsd,egrsd,sft --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations --world ambiguous --methods grpo,rlsd:delta_centering=mean,egrsd:delta_centering=mean
 
 test: bootstrap
 	$(VENV)/bin/ruff check trl_opd tests benchmarks
