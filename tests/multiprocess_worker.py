@@ -35,7 +35,21 @@ GROUP = 2  # EGRSD generations per prompt; the fixed batch is 2 prompts x GROUP 
 
 
 # ----------------------------------------------------------------- launch helper (used by the tests)
+# A rank that dies with this line (SIGABRT) died in a thread's teardown, not in the code under test: seen about once in
+# six launches on a loaded 2-core machine, at this session's first commit as on its last. One relaunch, then it counts.
+TEARDOWN_ABORT = "terminate called without an active exception"
+
+
 def launch_two_processes(args: list[str], config_file: str | None = None, timeout: float = 240):
+    """[`_launch_two_processes`], relaunched once when a rank aborted in a thread's teardown ([`TEARDOWN_ABORT`])."""
+    result = _launch_two_processes(args, config_file, timeout)
+    if result.returncode != 0 and TEARDOWN_ABORT in result.stderr:
+        print(f"two-process launch: a rank aborted ({TEARDOWN_ABORT!r}); relaunching once", file=sys.stderr)
+        result = _launch_two_processes(args, config_file, timeout)
+    return result
+
+
+def _launch_two_processes(args: list[str], config_file: str | None, timeout: float):
     """`accelerate launch` of `args` on two CPU processes (gloo): `--multi_gpu` is the torchrun launcher, and without a
     GPU the processes use gloo on the CPU (the CPU-safe configs set `use_cpu`). With `config_file` (an accelerate
     config: FSDP), that config instead. A run past `timeout` seconds is killed with all its processes and is a
