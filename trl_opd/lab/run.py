@@ -274,10 +274,15 @@ def _run_and_report(lab: Lab, method: str, seed: int, args, on_trained: Callable
 _WORKER: dict = {}
 
 
-def _init_worker(args) -> None:
-    torch.set_num_threads(args.threads)
-    logging.getLogger("trl_opd").setLevel(logging.ERROR)
+def _quiet_process(threads: int) -> None:
+    """Pin torch's threads and keep the libraries' per-run log lines out of the lab's output."""
+    torch.set_num_threads(threads)
+    logging.getLogger("trl_opd").setLevel(logging.ERROR)  # the CPU-safety line once per run is noise here
     hf_logging.set_verbosity_error()
+
+
+def _init_worker(args) -> None:
+    _quiet_process(args.threads)
     _WORKER["lab"] = build_lab(WORLDS[args.world], scale=args.scale, cache_root=args.cache_dir)
     _WORKER["args"] = args
 
@@ -302,9 +307,7 @@ def run_lab(
     args: argparse.Namespace, command: str, stem: str | None = None, on_trained: Callable | None = None
 ) -> dict:
     """Build the world, run every method for every seed, write the outputs. `args` as `validate` returns them."""
-    torch.set_num_threads(args.threads)
-    logging.getLogger("trl_opd").setLevel(logging.ERROR)  # the CPU-safety line once per run is noise here
-    hf_logging.set_verbosity_error()
+    _quiet_process(args.threads)
     world = WORLDS[args.world]
     started = time.perf_counter()
     lab = build_lab(world, scale=args.scale, cache_root=args.cache_dir)

@@ -300,10 +300,8 @@ class ATESDTrainer(OPDTrainer):
         A teacher that reads its prompt predicts a correct solution better when the reference is there (with the
         whole reference, by copying it: that is the privileged signal self-distillation passes on); one that does
         not scores all three alike, and its privileged signal is noise. The target is the dataset's own solution
-        text, so the check does not depend on how a model phrases its answer. (The first version scored only the
-        boxed answer after a fixed `The final answer is` phrase, the probe's target; on the lab's `privileged`
-        world, whose self-teacher solves 0.97 of the problems with the reference and 0.13 without, that phrase is
-        foreign to the model and the check warned: −5.47 / −5.94 / −6.83.) Prompts are built by
+        text, so the check does not depend on how a model phrases its answer (docs/methods.md: why not the
+        probe's boxed-answer phrase). Prompts are built by
         [`ATESDTrainer.teacher_prompt`] and tokenized by the teacher path; every process scores the same rows
         (through the student's wrapper, as the probe: sharded weights are gathered).
         """

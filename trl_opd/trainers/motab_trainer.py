@@ -249,9 +249,11 @@ class MOTABTrainer(OPDTrainer):
         extra = [(i, cut, toks) for i, t in enumerate(traces) for cut, toks in t.discarded]
         if extra:
             output = self._append_strayed_rows(output, traces, extra)
-        loss_tokens = output.get("loss_token_mask", output["completion_mask"])
-        if output.get("tool_mask") is not None and "loss_token_mask" not in output:
-            loss_tokens = loss_tokens * output["tool_mask"]  # the parent's count, as it made it
+        if "loss_token_mask" in output:
+            loss_tokens = output["loss_token_mask"]
+        else:  # the parent's count, as it made it
+            tool_mask = output.get("tool_mask")
+            loss_tokens = output["completion_mask"] if tool_mask is None else output["completion_mask"] * tool_mask
         output["num_items_in_batch"] = self.accelerator.gather(loss_tokens.sum()).sum()
         return output
 

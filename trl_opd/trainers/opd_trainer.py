@@ -225,8 +225,9 @@ class OPDTrainer(PromptLimitMixin, DistillationTrainer):
         """Per-token loss `(B, K)` from the fused statistics; masked and normalised by the caller.
 
         `stats` holds `divergence` (JSD_β), `student_logp` (differentiable), `teacher_logp`, `student_entropy`,
-        `teacher_entropy`, `student_log_z` (differentiable) and `teacher_log_z`, each `(B, K)`, and `hidden` ([`HiddenStates`]) for losses that need another chunked pass
-        (MOTAB's teacher-token KL, TrOPD's top-k outlier KL). Default: the divergence, or the K1 policy-gradient loss.
+        `teacher_entropy`, `student_log_z` (differentiable) and `teacher_log_z`, each `(B, K)`, and `hidden`
+        ([`HiddenStates`]) for losses that need another chunked pass (MOTAB's teacher-token KL, TrOPD's top-k outlier
+        KL). Default: the divergence, or the K1 policy-gradient loss.
         """
         if self.args.divergence == "k1":
             return self.k1_losses(stats, inputs)
