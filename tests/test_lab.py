@@ -198,3 +198,20 @@ def test_each_method_is_also_paired_with_its_own_baselines():
     assert results["paired_to_own"]["atesd - opsd"]["greedy"]["per_seed"] == pytest.approx({0: -0.05, 1: -0.05})
     assert results["paired_to_own"]["egrsd - rlsd"]["greedy"]["mean"] == pytest.approx(0.3)
     assert results["paired_to_own"]["motab:lambda_int=0.5 - motab"]["greedy"]["mean"] == pytest.approx(0.3)
+
+
+def test_parallel_build_trains_the_same_teacher_and_student_as_a_serial_one(tmp_path):
+    import hashlib
+
+    from trl_opd.lab.build import build_lab
+
+    world = WORLDS["privileged"]  # the longest build: the student also learns to read a reference first
+    labs = [build_lab(world, 0.005, str(tmp_path / name), load=False, parallel=p) for name, p in [("a", 0), ("b", 1)]]
+
+    def digest(path):
+        return hashlib.sha1((path / "model.safetensors").read_bytes()).hexdigest()
+
+    serial, parallel = labs
+    assert serial.teacher_path != parallel.teacher_path
+    assert digest(serial.teacher_path) == digest(parallel.teacher_path)
+    assert digest(serial.student_path) == digest(parallel.student_path)

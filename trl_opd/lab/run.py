@@ -310,7 +310,7 @@ def run_lab(
     _quiet_process(args.threads)
     world = WORLDS[args.world]
     started = time.perf_counter()
-    lab = build_lab(world, scale=args.scale, cache_root=args.cache_dir)
+    lab = build_lab(world, scale=args.scale, cache_root=args.cache_dir, parallel=(os.cpu_count() or 1) > 1)
     build_seconds = time.perf_counter() - started
     teacher_acc = heldout_accuracy(lab.teacher, lab.tokenizer, lab.heldout, world.max_new_tokens)
     start_scores = score_model(lab.student, lab.tokenizer, lab.heldout, world.max_new_tokens, K_SAMPLES, 0)
