@@ -170,6 +170,11 @@ def test_two_identical_short_runs_give_identical_metrics_serial_or_in_parallel(c
 
 
 def test_a_variant_overrides_config_fields_after_every_other_setting(tmp_path):
+    # YAML 1.1 reads `3e-4` as a string; a float field takes it as the number a user means
+    assert lab_run.parse_variant("opd:learning_rate=3e-4:teacher_collapse_logp=-1e0") == (
+        "opd",
+        {"learning_rate": 3e-4, "teacher_collapse_logp": -1.0},
+    )
     assert lab_run.parse_variant("motab:train_on_strayed=true:fixed_boundary=.inf") == (
         "motab",
         {"train_on_strayed": True, "fixed_boundary": math.inf},

@@ -101,7 +101,7 @@ def parse_variant(method: str) -> tuple[str, dict]:
     name, *assignments = method.split(":")
     get_spec(name)  # UnknownMethodError (a ValueError) lists the registry's names
     config_class, _ = load_method(name)
-    fields = {f.name for f in dataclasses.fields(config_class)}
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
     overrides = {}
     for assignment in assignments:
         key, sep, value = assignment.partition("=")
@@ -109,8 +109,19 @@ def parse_variant(method: str) -> tuple[str, dict]:
             raise LabError(
                 f"variant {method!r}: {assignment!r} is not `field=value` for a field of {config_class.__name__}."
             )
-        overrides[key] = yaml.safe_load(value)
+        overrides[key] = _variant_value(value, str(fields[key].type))
     return name, overrides
+
+
+def _variant_value(text: str, annotation: str):
+    """`text` read as YAML; a float field also takes what YAML 1.1 leaves a string (`3e-4`, `1e5`)."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str) and "float" in annotation:
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def validate(args: argparse.Namespace) -> argparse.Namespace:
