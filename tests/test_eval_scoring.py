@@ -107,3 +107,16 @@ def test_local_data_checks_and_staging(tmp_path):
     staged = stage_local_dataset(tmp_path / "aime24.jsonl", cache_dir=tmp_path / "cache")
     assert json.loads((staged / "train.jsonl").read_text()) == {"id": "0", "problem": "1+1?", "answer": "2"}
     assert stage_local_dataset(tmp_path / "aime24.jsonl", cache_dir=tmp_path / "cache") == staged
+
+
+def test_integer_answers_compare_as_math_verify_does_without_parsing():
+    from math_verify import parse, verify
+
+    from trl_opd.rewards import answers_match
+
+    pairs = [("12", "12"), ("12", "13"), ("025", "25"), ("-3", "3"), ("+7", "7"), ("0", "-0"), (" 4 ", "4")]
+    pairs += [(str(a), str(b)) for a in range(-12, 13, 5) for b in range(-12, 13, 4)]
+    for predicted, reference in pairs:
+        expected = verify(parse("\\boxed{" + reference + "}"), parse("\\boxed{" + predicted + "}"))
+        assert answers_match(predicted, reference) == expected, (predicted, reference)
+    assert answers_match("12.0", "12") and not answers_match("12.5", "12")  # not integers: math-verify decides

@@ -8,6 +8,7 @@ completion's final answer (the text after `</think>`; a completion cut off insid
 
 from __future__ import annotations
 
+import re
 import threading
 from typing import Any
 
@@ -15,6 +16,7 @@ from math_verify import parse, verify
 
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+INTEGER = re.compile(r"[+-]?\d+")
 
 
 def final_answer_text(completion: str) -> str | None:
@@ -58,8 +60,11 @@ def answers_match(predicted: str | None, reference: str) -> bool:
     """Whether a predicted answer string equals the reference with math-verify (`025` = `25`, `26!·2^{25}` = …)."""
     if predicted is None or reference is None or str(reference).strip() == "":
         return False
-    if predicted.strip() == str(reference).strip():
+    predicted, reference = predicted.strip(), str(reference).strip()
+    if predicted == reference:
         return True
+    if INTEGER.fullmatch(predicted) and INTEGER.fullmatch(reference):  # exact, and ~1000x faster than parsing
+        return int(predicted) == int(reference)
     # math-verify's time-outs use SIGALRM, which only the main thread may set
     timeout = 3 if threading.current_thread() is threading.main_thread() else None
     try:
