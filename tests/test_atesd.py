@@ -83,6 +83,7 @@ def test_reference_delimiter_splits_one_step_a_line():
         ({"privileged_context": False}, "privileged_context"),
         ({"controller_batch": 1}, "controller_batch"),
         ({"discount": 0.0}, "discount"),
+        ({"probe_target": "answers"}, "probe_target"),
     ],
 )
 def test_bad_config(tmp_path, overrides, message):
@@ -181,15 +182,14 @@ def test_fixed_full_exposure_is_the_opsd_loss(opsd):
     trainer.model.zero_grad()
 
 
-def _dense_answer_nll(model, tok, prompts, answers):
-    """Token-weighted mean NLL of `answer}` after `PROBE_PREFIX`, full logits, row by row."""
+def _dense_probe_nll(model, tok, prompts, targets, prefix=""):
+    """Token-weighted mean NLL of each `target` after its chat-rendered prompt (and `prefix`), full logits, row by
+    row."""
     total, count = 0.0, 0
-    for prompt, answer in zip(prompts, answers):
+    for prompt, target_text in zip(prompts, targets):
         text = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-        context = (
-            tok(text, add_special_tokens=False)["input_ids"] + tok(PROBE_PREFIX, add_special_tokens=False)["input_ids"]
-        )
-        target = tok(answer + "}", add_special_tokens=False)["input_ids"]
+        context = tok(text, add_special_tokens=False)["input_ids"] + tok(prefix, add_special_tokens=False)["input_ids"]
+        target = tok(target_text, add_special_tokens=False)["input_ids"]
         logits = model(torch.tensor([context + target])).logits[0, len(context) - 1 : -1]
         total += -logits.log_softmax(-1).gather(-1, torch.tensor(target).unsqueeze(-1)).sum().item()
         count += len(target)
@@ -197,17 +197,23 @@ def _dense_answer_nll(model, tok, prompts, answers):
 
 
 @torch.no_grad()
-def test_probe_nll_and_teacher_grounding_against_dense(opsd):
+@pytest.mark.parametrize("probe_target", ["solution", "answer"])
+def test_probe_nll_and_teacher_grounding_against_dense(opsd, probe_target):
     trainer, initial, _, _ = opsd
+    trainer.args.probe_target, trainer._probe_batch = probe_target, None
     tok, rows = trainer.processing_class, trainer.probe_rows
     assert len(rows) == trainer.args.probe_size
-    answers = [row["answer"] for row in rows]
-    expected = _dense_answer_nll(trainer.model, tok, [row["prompt"] for row in rows], answers)
+    if probe_target == "solution":  # the whole reference solution after the problem
+        targets, prefix = [row["solution"] for row in rows], ""
+    else:  # `answer}` after the probe's answer phrase
+        targets, prefix = [row["answer"] + "}" for row in rows], PROBE_PREFIX
+    expected = _dense_probe_nll(trainer.model, tok, [row["prompt"] for row in rows], targets, prefix)
     assert trainer._probe_nll() == pytest.approx(expected, rel=1e-5)
     teacher_prompts = [privileged_prompt(row["prompt"], row["solution"]) for row in rows]
     assert trainer._teacher_grounding() == pytest.approx(
-        -_dense_answer_nll(initial, tok, teacher_prompts, answers), rel=1e-5
+        -_dense_probe_nll(initial, tok, teacher_prompts, targets, prefix), rel=1e-5
     )
+    trainer.args.probe_target, trainer._probe_batch = "answer", None
 
 
 # ---------------------------------------------------------------------------------------------- resume

@@ -102,6 +102,18 @@ class ATESDConfig(OPDConfig):
             "the controller's learning-progress reward. [design]"
         },
     )
+    probe_target: str = field(
+        default="answer",
+        metadata={
+            "help": "What the probe scores: `answer` (default; the NLL of the boxed answer after `The final answer is "
+            "\\boxed{`, with no reasoning before it) or `solution` (the NLL per token of each probe row's whole "
+            "reference solution after the problem: how well the student models correct reasoning). On the lab's "
+            "`privileged` world the answer probe sat near 7.7 nats whatever the student learned; the solution probe "
+            "tracked training and led the controller to high exposure, yet ended lower (3 seeds): see "
+            "docs/methods.md.",
+            "choices": ["answer", "solution"],
+        },
+    )
     controller_lr: float = field(
         default=0.05,
         metadata={
@@ -138,6 +150,8 @@ class ATESDConfig(OPDConfig):
     def check_exposure(self) -> None:
         """Raise one clear `ValueError` for an invalid exposure/controller setting. Also run by the trainer, since a
         config can be changed after it was built."""
+        if self.probe_target not in ("solution", "answer"):
+            raise ValueError(f"probe_target must be 'solution' or 'answer', got {self.probe_target!r}")
         if self.exposure_policy not in EXPOSURE_POLICIES:
             raise ValueError(f"exposure_policy must be one of {EXPOSURE_POLICIES}, got {self.exposure_policy!r}")
         for name in ("alpha", "alpha_min", "alpha_max"):

@@ -228,9 +228,9 @@ class ATESDTrainer(OPDTrainer):
 
     # ----------------------------------------------------------------- probe set
     def _probe_inputs(self) -> dict[str, torch.Tensor]:
-        """[`ATESDTrainer._answer_inputs`] of the probe set, built once."""
+        """[`ATESDTrainer._answer_inputs`] of the probe set (`probe_target`: whole solutions or answers), built once."""
         if self._probe_batch is None:
-            self._probe_batch = self._answer_inputs(self.probe_rows)
+            self._probe_batch = self._answer_inputs(self.probe_rows, self.args.probe_target == "solution")
         return self._probe_batch
 
     def _answer_inputs(self, rows: list[dict[str, Any]], whole_solution: bool = False) -> dict[str, torch.Tensor]:
@@ -282,11 +282,13 @@ class ATESDTrainer(OPDTrainer):
         return self._global_mean(sums).item()
 
     def _probe_nll(self) -> float:
-        """`ℓ`: mean NLL of the probe set's reference answers under the student (problem-only prompt)."""
+        """`ℓ`: mean NLL per token of the probe set's reference solutions (or answers) under the student
+        (problem-only prompt)."""
         return self._probe_score(self._probe_inputs(), teacher=False)
 
     def _teacher_grounding(self) -> float:
-        """`g`: mean log-prob the teacher, exposed at the current `α`, gives the probe set's reference answers."""
+        """`g`: mean log-prob per token the teacher, exposed at the current `α`, gives the probe set's reference
+        solutions (or answers)."""
         inputs = dict(self._probe_inputs())
         inputs.update(self._tokenize_teacher_prompts([self.teacher_prompt(row) for row in self.probe_rows]))
         return -self._probe_score(inputs, teacher=True)
