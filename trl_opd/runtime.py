@@ -36,7 +36,7 @@ class CPUSafeConfigMixin:
             if getattr(self, "bf16", False) is None:  # TRL's default: bf16 unless fp16
                 changed.insert(0, "bf16")
             if changed:
-                logger.warning("No GPU found: training on CPU with %s switched off.", ", ".join(changed))
+                logger.warning("No GPU found: training on CPU; switched off: %s.", ", ".join(changed))
             self.bf16, self.fp16, self.gradient_checkpointing = False, False, False
             self.use_cpu = True  # also makes several processes (torchrun) use gloo on the CPU
         super().__post_init__()
