@@ -23,7 +23,7 @@ from ..ops.egrsd import egrsd_token_advantages, masked_median, normalize_gate
 from ..teacher import (
     TeacherHandle,
     check_privileged_prompts,
-    last_hidden_states,
+    completion_hidden_states,
     scoring_teacher,
     self_teacher_copy,
     tokenize_teacher_prompts,
@@ -113,6 +113,8 @@ class EGRSDTrainer(PromptLimitMixin, GRPOTrainer):
         )
         self.teacher_model = self._prepare_teacher(teacher) if teacher is not None else None
         self._forward_redirection = _ForwardRedirection()
+        self._teacher_prompt_ids: dict[str, torch.Tensor] = {}  # teacher prompt -> its token ids
+        self._unwrapped: dict[int, tuple[nn.Module, nn.Module]] = {}  # id(wrapper) -> (wrapper, module)
         if self._needs_teacher(args) and train_dataset is not None:
             check_privileged_prompts(self, self.train_dataset)
         self.check_prompt_lengths(self.train_dataset)
@@ -153,27 +155,38 @@ class EGRSDTrainer(PromptLimitMixin, GRPOTrainer):
 
     def tokenize_teacher_prompts(self, inputs: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded teacher prompt ids and mask `(B, P_T)`, through the parent's own prompt tokenization (each
-        distinct prompt once: the G rollouts of a prompt share it; [`~trl_opd.teacher.tokenize_teacher_prompts`])."""
-        return tokenize_teacher_prompts(self, [self.teacher_prompt(x) for x in inputs])
+        distinct prompt once: the G rollouts of a prompt share it, and kept across steps;
+        [`~trl_opd.teacher.tokenize_teacher_prompts`])."""
+        prompts = [self.teacher_prompt(x) for x in inputs]
+        return tokenize_teacher_prompts(self, prompts, cache=self._teacher_prompt_ids)
+
+    def _unwrap(self, model: nn.Module) -> nn.Module:
+        """`accelerator.unwrap_model(model)`, once per wrapper (it reads package metadata on every call)."""
+        if self._unwrapped.get(id(model), (None,))[0] is not model:
+            self._unwrapped[id(model)] = (model, self.accelerator.unwrap_model(model))
+        return self._unwrapped[id(model)][1]
 
     @contextlib.contextmanager
     def _teacher_module(self) -> Iterator[TeacherHandle]:
         """The teacher without gradients ([`~trl_opd.teacher.scoring_teacher`]): the frozen copy, or the student
         (adapter off when `self_teacher` is `frozen`, gradient checkpointing off for the scoring forward)."""
-        student = self.accelerator.unwrap_model(self.model)
         adapter_off = self.args.self_teacher == "frozen"
-        checkpointing = (
-            disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs)
-            if self.teacher_model is None
-            else contextlib.nullcontext()
-        )
-        with checkpointing, scoring_teacher(self.teacher_model, self.accelerator, student, adapter_off) as handle:
+        if self.teacher_model is None:
+            student = self._unwrap(self.model)
+            checkpointing = disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs)
+        else:
+            student, checkpointing = None, contextlib.nullcontext()
+        teacher = self.teacher_model
+        with checkpointing, scoring_teacher(teacher, self.accelerator, student, adapter_off, self._unwrap) as handle:
             yield handle
 
     @staticmethod
-    def _score(teacher, input_ids, attention_mask, completion_ids, temperature):
-        """Teacher log-probs of `completion_ids` and teacher entropy `(B, K)`: backbone, then one chunked projection."""
-        hidden = last_hidden_states(teacher, input_ids, attention_mask, completion_ids.size(1))
+    def _score(teacher, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature, share_prompts):
+        """Teacher log-probs of `completion_ids` and teacher entropy `(B, K)`: backbone (each distinct prompt once
+        when `share_prompts`; [`~trl_opd.teacher.completion_hidden_states`]), then one chunked projection."""
+        hidden = completion_hidden_states(
+            teacher, prompt_ids, prompt_mask, completion_ids, completion_mask, share_prompts
+        )
         weight, head = teacher.get_output_embeddings().weight, logit_head(teacher)
         with maybe_gather_lm_head_ctx(weight, head.bias):
             return token_logprobs_and_entropy(hidden.to(weight.device), weight, completion_ids, temperature, head)
@@ -182,23 +195,25 @@ class EGRSDTrainer(PromptLimitMixin, GRPOTrainer):
         self, inputs: list[dict[str, Any]], output: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher log-probs of the sampled tokens and teacher entropy, `(B, T)` each, in micro-batches of
-        `per_device_train_batch_size` rows; no full logits are held."""
+        `per_device_train_batch_size` rows; no full logits are held. The rollouts of one prompt in a micro-batch share
+        its forward, except with sharded weights (ZeRO-3, FSDP: every process must make the same calls)."""
         prompt_ids, prompt_mask = self.tokenize_teacher_prompts(inputs)
         completion_ids, completion_mask = output["completion_ids"], output["completion_mask"]
-        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
-        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+        share = not (self.is_deepspeed_enabled or self.is_fsdp_enabled)
         step = self.args.per_device_train_batch_size
         logps, entropies = [], []
         with self._teacher_module() as teacher:
-            for a in range(0, input_ids.size(0), step):
+            for a in range(0, prompt_ids.size(0), step):
                 rows = slice(a, a + step)
                 logp, entropy = teacher.run(
                     self._forward_redirection,
                     self._score,
-                    input_ids[rows],
-                    attention_mask[rows],
+                    prompt_ids[rows],
+                    prompt_mask[rows],
                     completion_ids[rows],
+                    completion_mask[rows],
                     self.temperature,
+                    share,
                 )
                 logps.append(logp.float())
                 entropies.append(entropy.float())
