@@ -196,8 +196,35 @@ def test_token_advantages_match_dense_reference(
     expected = _dense_reference(
         initial, tiny_tokenizer, rows, out, g_min, epsilon_w, lookahead, base["advantages"], normalization, centering
     )
-    torch.testing.assert_close(out["advantages"], expected, rtol=1e-4, atol=1e-5)
-    assert not torch.allclose(out["advantages"], base["advantages"][:, None] * out["completion_mask"])
+    advantages = trainer.token_advantages(out)  # the magnitude, when the loss applies it, from a no-grad forward
+    torch.testing.assert_close(advantages, expected, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(advantages, base["advantages"][:, None] * out["completion_mask"])
+
+
+def test_magnitude_from_the_loss_forward_equals_the_extra_forward(
+    tmp_path, tiny_tokenizer, arithmetic_dataset, rows, fixed_completions
+):
+    """Aligned steps (no old log-probs): the loss's own forward gives `Δ`; advantages, loss, gradients and the logged
+    magnitude equal those of the separate no-grad student forward, and that forward is not run."""
+    eager = _egrsd(tmp_path / "eager", tiny_tokenizer, arithmetic_dataset, fixed_completions)
+    eager._defers_magnitude = lambda output: False
+    deferred = _egrsd(tmp_path / "deferred", tiny_tokenizer, arithmetic_dataset, fixed_completions)
+    ref = eager._generate_and_score_completions(copy.deepcopy(rows))
+    skipped = deferred.student_token_logps
+    deferred.student_token_logps = lambda output: pytest.fail("the no-grad student forward ran")
+    out = deferred._generate_and_score_completions(copy.deepcopy(rows))
+    assert "egrsd_teacher_logps" in out and "egrsd_teacher_logps" not in ref
+    ref_loss, ref_grads = _loss_and_grads(eager, ref)
+    for _ in range(2):  # twice: a buffered batch is reused with num_iterations > 1
+        loss, grads = _loss_and_grads(deferred, out)
+        torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-7)
+        for name, grad in ref_grads.items():
+            torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-7, msg=name)
+    deferred.student_token_logps = skipped
+    torch.testing.assert_close(deferred.token_advantages(out), ref["advantages"], rtol=1e-5, atol=1e-7)
+    for name in ("egrsd/magnitude_mean", "egrsd/delta_mean", "egrsd/gate_mean"):
+        logged, want = deferred._metrics["train"][name], eager._metrics["train"][name]
+        assert logged and logged[-1] == pytest.approx(want[-1], rel=1e-5), name
 
 
 # ----------------------------------------------------------------- teacher

@@ -98,14 +98,16 @@ def test_step_backend_logits_equal_the_models_forward(family, tiny_tokenizer):
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_egrsd_teacher_scores_equal_the_models_forward(family, tiny_tokenizer):
-    """EGRSD's teacher scorer (backbone, then a chunked projection) gives the log-probs of the model's own logits."""
+    """EGRSD's teacher scorer (backbone, then a chunked projection) gives the log-probs of the model's own logits;
+    rows 0 and 2 share their prompt (run once where the model allows it)."""
     from trl_opd.trainers.egrsd_trainer import EGRSDTrainer
 
     model = build(family, tiny_tokenizer, 0).eval()
-    ids = torch.randint(10, len(tiny_tokenizer), (2, 9))
+    ids = torch.randint(10, len(tiny_tokenizer), (3, 9))
+    ids[2, :5] = ids[0, :5]
     mask, completion = torch.ones_like(ids), ids[:, -4:]
     with torch.no_grad():
-        logp, entropy = EGRSDTrainer._score(model, ids, mask, completion, 0.7)
+        logp, entropy = EGRSDTrainer._score(model, ids[:, :5], mask[:, :5], completion, mask[:, 5:], 0.7, True)
         dense = (model(input_ids=ids).logits[:, -5:-1].float() / 0.7).log_softmax(-1)
     torch.testing.assert_close(logp, dense.gather(-1, completion.unsqueeze(-1)).squeeze(-1), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(entropy, -(dense.exp() * dense).sum(-1), atol=1e-5, rtol=1e-5)

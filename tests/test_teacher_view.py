@@ -17,6 +17,7 @@ import torch
 
 from trl_opd.data import REFERENCE_HEADER, TRANSITION
 from trl_opd.demo.task import make_dataset
+from trl_opd.teacher import completion_hidden_states
 from trl_opd.testing import build_tiny_model, tiny_training_kwargs
 from trl_opd.trainers.atesd_config import ATESDConfig
 from trl_opd.trainers.atesd_trainer import ATESDTrainer
@@ -95,7 +96,10 @@ def test_atesd_and_opsd_teacher_logprobs_equal_a_plain_forward(alpha, tmp_path, 
     _assert_rowwise_equal(seen["teacher_logp"], inputs["completion_mask"], want)
 
 
-def test_egrsd_teacher_logprobs_equal_a_plain_forward(tmp_path, tiny_tokenizer, uneven_rows):
+@pytest.mark.parametrize("order", [(0, 1, 2, 3), (1, 0, 1, 2)], ids=["distinct", "repeated"])
+def test_egrsd_teacher_logprobs_equal_a_plain_forward(order, tmp_path, tiny_tokenizer, uneven_rows):
+    """`repeated`: two rows share a prompt, apart (their prompt runs once, its KV cache continued by each)."""
+    uneven_rows = [uneven_rows[i] for i in order]
     model = build_tiny_model(tiny_tokenizer, "student", seed=0)
     initial = copy.deepcopy(model).eval()
     kwargs = tiny_training_kwargs(tmp_path, per_device_train_batch_size=4, num_generations=2)
@@ -124,3 +128,25 @@ def test_egrsd_teacher_logprobs_equal_a_plain_forward(tmp_path, tiny_tokenizer, 
     trainer._generate_and_score_completions([dict(r) for r in uneven_rows])
     want = _reference_logps(initial, tiny_tokenizer, [trainer.teacher_prompt(r) for r in uneven_rows], completions)
     _assert_rowwise_equal(seen["logp"], seen["mask"], want)
+
+
+def test_shared_prompts_run_once_and_match_one_forward_per_row(tiny_tokenizer):
+    model = build_tiny_model(tiny_tokenizer, "student", seed=0).eval()
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(10, 100, (n,), generator=g) for n in (5, 9, 3)]
+    order = [1, 0, 1, 2, 1, 0]  # rows sharing prompts, apart, left-padded to 9
+    prompt_ids = torch.stack([torch.nn.functional.pad(prompts[i], (9 - len(prompts[i]), 0)) for i in order])
+    prompt_mask = torch.stack([torch.arange(9) >= 9 - len(prompts[i]) for i in order]).long()
+    completion_ids = torch.randint(10, 100, (len(order), 6), generator=g)
+    completion_mask = torch.ones_like(completion_ids)
+    completion_mask[2, 4:] = 0
+    batch_sizes = []
+    hook = model.model.register_forward_pre_hook(
+        lambda m, a, kw: batch_sizes.append(kw["input_ids"].size(0)), with_kwargs=True
+    )
+    with torch.no_grad():
+        shared = completion_hidden_states(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
+        assert batch_sizes == [3, 6]  # the three distinct prompts, then the six completions
+        dense = completion_hidden_states(model, prompt_ids, prompt_mask, completion_ids, completion_mask, False)
+    hook.remove()
+    torch.testing.assert_close(shared, dense, atol=1e-5, rtol=1e-5)

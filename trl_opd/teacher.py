@@ -23,6 +23,7 @@ from .errors import UserError
 
 SELF_TEACHER_KINDS = ("frozen", "live", "ema")
 QUANTIZATION_CHOICES = (None, "4bit", "8bit")
+TEACHER_PROMPT_CACHE_SIZE = 4096  # prompts whose token ids a trainer keeps ([`tokenize_teacher_prompts`])
 
 
 class TeacherMismatchError(UserError):
@@ -189,32 +190,38 @@ def _is_peft(model: nn.Module) -> bool:
 
 
 def tokenize_teacher_prompts(
-    trainer, prompts: list, chat_template_kwargs: dict | None = None
+    trainer, prompts: list, chat_template_kwargs: dict | None = None, cache: dict | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded teacher prompt ids and mask `(B, P_T)` through the TRL trainer's own `_tokenize_prompts`.
 
     `chat_template_kwargs` (when given) replace the trainer's for this call only, so the teacher can use its own (e.g.
-    thinking on). Each distinct prompt is tokenized once: the rollouts of one prompt share it.
+    thinking on). Each distinct prompt is tokenized once: the rollouts of one prompt share it. `cache` (a dict the
+    caller owns, for one `chat_template_kwargs`) keeps each prompt's ids across calls, the oldest dropped past
+    `TEACHER_PROMPT_CACHE_SIZE` prompts.
     """
     keys = [repr(p) for p in prompts]
-    first = {key: i for i, key in reversed(list(enumerate(keys)))}
-    student_kwargs = trainer.chat_template_kwargs
-    if chat_template_kwargs is not None:
-        trainer.chat_template_kwargs = chat_template_kwargs
-    try:
-        tokenize = getattr(trainer, "_tokenize_full_prompts", trainer._tokenize_prompts)  # teacher prompts are not cut
-        unique_ids, _, _ = tokenize([prompts[i] for i in first.values()])
-    finally:
-        trainer.chat_template_kwargs = student_kwargs
-    by_key = dict(zip(first, unique_ids, strict=True))
-    device = trainer.accelerator.device
-    ids = [torch.tensor(by_key[key], device=device) for key in keys]
-    masks = [torch.ones_like(p) for p in ids]
+    cache = {} if cache is None else cache
+    missing = {key: prompt for key, prompt in zip(keys, prompts, strict=True) if key not in cache}
+    if missing:
+        student_kwargs = trainer.chat_template_kwargs
+        if chat_template_kwargs is not None:
+            trainer.chat_template_kwargs = chat_template_kwargs
+        try:
+            tokenize = getattr(trainer, "_tokenize_full_prompts", trainer._tokenize_prompts)  # not cut
+            unique_ids, _, _ = tokenize(list(missing.values()))
+        finally:
+            trainer.chat_template_kwargs = student_kwargs
+        device = trainer.accelerator.device
+        for key, ids in zip(missing, unique_ids, strict=True):
+            cache[key] = torch.tensor(ids, device=device)
+    ids = [cache[key] for key in keys]
+    for key in list(cache)[: max(len(cache) - TEACHER_PROMPT_CACHE_SIZE, 0)]:
+        del cache[key]
     from trl.trainer.utils import pad
 
     return (
         pad(ids, padding_value=trainer._tokenizer.pad_token_id, padding_side="left"),
-        pad(masks, padding_value=0, padding_side="left"),
+        pad([torch.ones_like(p) for p in ids], padding_value=0, padding_side="left"),
     )
 
 
@@ -233,26 +240,74 @@ class TeacherHandle(NamedTuple):
 
 
 @contextlib.contextmanager
-def scoring_teacher(teacher_model: nn.Module | None, accelerator, student: nn.Module, adapter_off: bool):
+def scoring_teacher(
+    teacher_model: nn.Module | None, accelerator, student: nn.Module | None, adapter_off: bool, unwrap=None
+):
     """Yield a [`TeacherHandle`] under `torch.no_grad()`: the separate teacher (`teacher_model`, put in eval mode), or
-    without one the unwrapped `student` scoring as its own teacher (its PEFT adapter off when `adapter_off`)."""
+    without one the unwrapped `student` scoring as its own teacher (its PEFT adapter off when `adapter_off`).
+    `unwrap` replaces `accelerator.unwrap_model` (e.g. a cached one)."""
     if teacher_model is not None:
         teacher_model.eval()
         with torch.no_grad():
-            yield TeacherHandle(teacher_model, accelerator.unwrap_model(teacher_model))
+            yield TeacherHandle(teacher_model, (unwrap or accelerator.unwrap_model)(teacher_model))
         return
     with student_as_teacher(student, adapter_off=adapter_off) as module:
         yield TeacherHandle(None, module)
+
+
+def _backbone(model: nn.Module) -> nn.Module:
+    """The decoder of a text-only causal LM (below its PEFT wrapper, if any; the adapter stays active)."""
+    if _is_peft(model):
+        model = model.base_model.model
+    return model.base_model
 
 
 def last_hidden_states(model: nn.Module, input_ids, attention_mask, logits_to_keep: int) -> torch.Tensor:
     """Last hidden states predicting the final `logits_to_keep` tokens `(B, K, H)` of a text-only causal LM (its PEFT
     adapter, if any, active): one backbone forward, no logits. TRL's `_get_last_hidden_state` without its per-call
     checks (accelerate's `is_peft_model` reads package metadata on every call)."""
-    if _is_peft(model):
-        model = model.base_model.model
-    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    hidden = _backbone(model)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     return hidden[:, :-1][:, -logits_to_keep:]
+
+
+def full_attention_only(model: nn.Module) -> bool:
+    """Whether every layer attends to the whole past (no sliding window, no linear attention): a prompt's KV cache
+    then continues exactly like one forward over prompt and completion."""
+    config = model.config.get_text_config()
+    types = getattr(config, "layer_types", None)
+    if types is not None:
+        return all(kind == "full_attention" for kind in types)
+    return not getattr(config, "sliding_window", None)
+
+
+def completion_hidden_states(
+    model: nn.Module, prompt_ids, prompt_mask, completion_ids, completion_mask, share_prompts: bool = True
+) -> torch.Tensor:
+    """[`last_hidden_states`] of `prompt ⧺ completion` for the `K` completion tokens, `(B, K, H)`.
+
+    With `share_prompts` (and a full-attention model), rows with the same left-padded prompt (the G rollouts of one
+    GRPO group) run their prompt once: one forward of the distinct prompts fills a KV cache, which is expanded to the
+    rows and continued by the completions. The positions and the masks are those of the single forward, so the hidden
+    states are the same up to float rounding, for `(U·P + B·K)` instead of `B·(P + K)` token positions. Leave it off
+    for sharded models (ZeRO-3, FSDP): every process must then make the same forward calls.
+    """
+    k = completion_ids.size(1)
+    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+    if share_prompts and k > 0 and prompt_ids.size(1) > 0 and full_attention_only(model):
+        rows = torch.cat([prompt_ids, prompt_mask.to(prompt_ids.dtype)], dim=1)
+        unique, inverse = torch.unique(rows, dim=0, return_inverse=True)
+        if unique.size(0) < rows.size(0):
+            first = torch.full((unique.size(0),), rows.size(0), dtype=torch.long, device=rows.device)
+            first.scatter_reduce_(0, inverse, torch.arange(rows.size(0), device=rows.device), reduce="amin")
+            backbone = _backbone(model)
+            out = backbone(input_ids=prompt_ids[first], attention_mask=prompt_mask[first], use_cache=True)
+            cache = out.past_key_values
+            if cache is not None and hasattr(cache, "reorder_cache"):
+                cache.reorder_cache(inverse)
+                rest = backbone(input_ids=completion_ids, attention_mask=attention_mask, past_key_values=cache)
+                return torch.cat([out.last_hidden_state[inverse, -1:], rest.last_hidden_state[:, :-1]], dim=1)
+    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+    return last_hidden_states(model, input_ids, attention_mask, k)
 
 
 def check_privileged_prompts(trainer, dataset, chat_template_kwargs: dict | None = None, rows: int = 16) -> None:

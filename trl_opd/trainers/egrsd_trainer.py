@@ -19,11 +19,11 @@ from trl.trainer.utils import maybe_gather_lm_head_ctx
 from ..data import ColumnMap, prepare_dataset, privileged_prompt
 from ..heads import logit_head
 from ..ops import token_logprobs_and_entropy
-from ..ops.egrsd import egrsd_token_advantages, masked_median, normalize_gate
+from ..ops.egrsd import egrsd_token_advantages, likelihood_ratio_magnitude, masked_median, normalize_gate
 from ..teacher import (
     TeacherHandle,
     check_privileged_prompts,
-    last_hidden_states,
+    completion_hidden_states,
     scoring_teacher,
     self_teacher_copy,
     tokenize_teacher_prompts,
@@ -46,7 +46,9 @@ class EGRSDTrainer(PromptLimitMixin, GRPOTrainer):
     `Δ_t = sg(log p_T(y_t) − log p_S(y_t))`, `H̃` the teacher entropy (or, for CL-EGRSD, its minimum over the next
     `entropy_lookahead` tokens), `τ_H` its median over the loss tokens of the global generation batch. The parent's
     clipped surrogate and loss aggregation (`loss_type`) are used unchanged. With `g_min=1` this is RLSD; with
-    `g_min=1, epsilon_w=0` it is the parent exactly (the teacher is then not run).
+    `g_min=1, epsilon_w=0` it is the parent exactly (the teacher is then not run). When the parent has no old
+    log-probs (no vLLM, aligned steps), `log p_S` is the loss forward's own: the magnitude is applied there
+    ([`EGRSDTrainer.token_advantages`]) instead of after a second, no-grad student forward.
 
     The teacher is a frozen copy of the student (prepared like GRPO's reference model: ZeRO-3 / FSDP / device), or,
     with PEFT, the student with its adapter switched off (no copy); `self_teacher: live` scores with the current
@@ -113,6 +115,9 @@ class EGRSDTrainer(PromptLimitMixin, GRPOTrainer):
         )
         self.teacher_model = self._prepare_teacher(teacher) if teacher is not None else None
         self._forward_redirection = _ForwardRedirection()
+        self._teacher_prompt_ids: dict[str, torch.Tensor] = {}  # teacher prompt -> its token ids
+        self._unwrapped: dict[int, tuple[nn.Module, nn.Module]] = {}  # id(wrapper) -> (wrapper, module)
+        self._loss_inputs: dict[str, Any] | None = None  # a loss micro-batch waiting for its forward's log-probs
         if self._needs_teacher(args) and train_dataset is not None:
             check_privileged_prompts(self, self.train_dataset)
         self.check_prompt_lengths(self.train_dataset)
@@ -153,27 +158,38 @@ class EGRSDTrainer(PromptLimitMixin, GRPOTrainer):
 
     def tokenize_teacher_prompts(self, inputs: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded teacher prompt ids and mask `(B, P_T)`, through the parent's own prompt tokenization (each
-        distinct prompt once: the G rollouts of a prompt share it; [`~trl_opd.teacher.tokenize_teacher_prompts`])."""
-        return tokenize_teacher_prompts(self, [self.teacher_prompt(x) for x in inputs])
+        distinct prompt once: the G rollouts of a prompt share it, and kept across steps;
+        [`~trl_opd.teacher.tokenize_teacher_prompts`])."""
+        prompts = [self.teacher_prompt(x) for x in inputs]
+        return tokenize_teacher_prompts(self, prompts, cache=self._teacher_prompt_ids)
+
+    def _unwrap(self, model: nn.Module) -> nn.Module:
+        """`accelerator.unwrap_model(model)`, once per wrapper (it reads package metadata on every call)."""
+        if self._unwrapped.get(id(model), (None,))[0] is not model:
+            self._unwrapped[id(model)] = (model, self.accelerator.unwrap_model(model))
+        return self._unwrapped[id(model)][1]
 
     @contextlib.contextmanager
     def _teacher_module(self) -> Iterator[TeacherHandle]:
         """The teacher without gradients ([`~trl_opd.teacher.scoring_teacher`]): the frozen copy, or the student
         (adapter off when `self_teacher` is `frozen`, gradient checkpointing off for the scoring forward)."""
-        student = self.accelerator.unwrap_model(self.model)
         adapter_off = self.args.self_teacher == "frozen"
-        checkpointing = (
-            disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs)
-            if self.teacher_model is None
-            else contextlib.nullcontext()
-        )
-        with checkpointing, scoring_teacher(self.teacher_model, self.accelerator, student, adapter_off) as handle:
+        if self.teacher_model is None:
+            student = self._unwrap(self.model)
+            checkpointing = disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs)
+        else:
+            student, checkpointing = None, contextlib.nullcontext()
+        teacher = self.teacher_model
+        with checkpointing, scoring_teacher(teacher, self.accelerator, student, adapter_off, self._unwrap) as handle:
             yield handle
 
     @staticmethod
-    def _score(teacher, input_ids, attention_mask, completion_ids, temperature):
-        """Teacher log-probs of `completion_ids` and teacher entropy `(B, K)`: backbone, then one chunked projection."""
-        hidden = last_hidden_states(teacher, input_ids, attention_mask, completion_ids.size(1))
+    def _score(teacher, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature, share_prompts):
+        """Teacher log-probs of `completion_ids` and teacher entropy `(B, K)`: backbone (each distinct prompt once
+        when `share_prompts`; [`~trl_opd.teacher.completion_hidden_states`]), then one chunked projection."""
+        hidden = completion_hidden_states(
+            teacher, prompt_ids, prompt_mask, completion_ids, completion_mask, share_prompts
+        )
         weight, head = teacher.get_output_embeddings().weight, logit_head(teacher)
         with maybe_gather_lm_head_ctx(weight, head.bias):
             return token_logprobs_and_entropy(hidden.to(weight.device), weight, completion_ids, temperature, head)
@@ -182,23 +198,25 @@ class EGRSDTrainer(PromptLimitMixin, GRPOTrainer):
         self, inputs: list[dict[str, Any]], output: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher log-probs of the sampled tokens and teacher entropy, `(B, T)` each, in micro-batches of
-        `per_device_train_batch_size` rows; no full logits are held."""
+        `per_device_train_batch_size` rows; no full logits are held. The rollouts of one prompt in a micro-batch share
+        its forward, except with sharded weights (ZeRO-3, FSDP: every process must make the same calls)."""
         prompt_ids, prompt_mask = self.tokenize_teacher_prompts(inputs)
         completion_ids, completion_mask = output["completion_ids"], output["completion_mask"]
-        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
-        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+        share = not (self.is_deepspeed_enabled or self.is_fsdp_enabled)
         step = self.args.per_device_train_batch_size
         logps, entropies = [], []
         with self._teacher_module() as teacher:
-            for a in range(0, input_ids.size(0), step):
+            for a in range(0, prompt_ids.size(0), step):
                 rows = slice(a, a + step)
                 logp, entropy = teacher.run(
                     self._forward_redirection,
                     self._score,
-                    input_ids[rows],
-                    attention_mask[rows],
+                    prompt_ids[rows],
+                    prompt_mask[rows],
                     completion_ids[rows],
+                    completion_mask[rows],
                     self.temperature,
+                    share,
                 )
                 logps.append(logp.float())
                 entropies.append(entropy.float())
@@ -223,6 +241,14 @@ class EGRSDTrainer(PromptLimitMixin, GRPOTrainer):
         return logps.float()
 
     # ----------------------------------------------------------------- advantages
+    def _defers_magnitude(self, output: dict[str, Any]) -> bool:
+        """Whether the magnitude waits for the loss: with `ε_w > 0`, no offset to gather (`delta_centering: none`) and
+        no old log-probs (no vLLM, aligned steps: the parent then scores the loss at the sampling weights), the
+        student log-probs `Δ` needs are the loss forward's own, and the no-grad forward is skipped."""
+        return (
+            self.args.epsilon_w > 0.0 and self.args.delta_centering == "none" and "old_per_token_logps" not in output
+        )
+
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         output = super()._generate_and_score_completions(inputs)
         mask = output["completion_mask"]
@@ -231,7 +257,8 @@ class EGRSDTrainer(PromptLimitMixin, GRPOTrainer):
         teacher_logp, teacher_entropy, student_logp = zeros, zeros, zeros  # at g_min=1, ε_w=0: every weight is 1
         if self._needs_teacher(self.args):
             teacher_logp, teacher_entropy = self.teacher_token_stats(inputs, output)
-        if self.args.epsilon_w > 0.0:
+        deferred = self._defers_magnitude(output)
+        if self.args.epsilon_w > 0.0 and not deferred:
             student_logp = self.student_token_logps(output)
         weights = egrsd_token_advantages(
             output["advantages"].float(),
@@ -240,7 +267,7 @@ class EGRSDTrainer(PromptLimitMixin, GRPOTrainer):
             teacher_entropy,
             mask,
             g_min=self.args.g_min,
-            epsilon_w=self.args.epsilon_w,
+            epsilon_w=0.0 if deferred else self.args.epsilon_w,  # deferred: magnitude 1 here, applied in the loss
             lookahead=self.args.entropy_lookahead,
             tau=self._global_median(teacher_entropy, mask),
             delta_offset=self._delta_offset(teacher_logp - student_logp, mask),
@@ -248,9 +275,44 @@ class EGRSDTrainer(PromptLimitMixin, GRPOTrainer):
         raw_gate = weights["gate"]
         if self.args.gate_normalization == "mean":
             weights = normalize_gate(weights, self._global_masked_mean(raw_gate, mask))
+        if deferred:
+            output["egrsd_sign"] = torch.sign(output["advantages"].float())
+            output["egrsd_teacher_logps"] = teacher_logp
         output["advantages"] = weights["advantages"].to(output["advantages"].dtype)
-        self._log_weights(weights, raw_gate, teacher_entropy, teacher_logp - student_logp, mask)
+        delta = None if deferred else teacher_logp - student_logp
+        self._log_weights(weights, raw_gate, teacher_entropy, delta, mask)
         return output
+
+    def token_advantages(self, inputs: dict[str, Any], student_logp: torch.Tensor | None = None) -> torch.Tensor:
+        """The `(B, T)` advantages the loss uses: `inputs["advantages"]`, times the magnitude when it was deferred
+        ([`EGRSDTrainer._defers_magnitude`]), from `student_logp` (the loss forward's log-probs; a no-grad forward
+        when not given)."""
+        if "egrsd_teacher_logps" not in inputs:
+            return inputs["advantages"]
+        student_logp = self.student_token_logps(inputs) if student_logp is None else student_logp.detach().float()
+        teacher_logp, sign = inputs["egrsd_teacher_logps"], inputs["egrsd_sign"]
+        magnitude = likelihood_ratio_magnitude(sign, teacher_logp, student_logp, self.args.epsilon_w)
+        mask = inputs["completion_mask"] * inputs["tool_mask"] if "tool_mask" in inputs else inputs["completion_mask"]
+        advantages = torch.where(mask.bool(), inputs["advantages"] * magnitude, 0.0).to(inputs["advantages"].dtype)
+        if self._loss_inputs is not None:
+            self._log_magnitude(magnitude, teacher_logp - student_logp, mask)
+        return advantages
+
+    def _compute_loss(self, model, inputs):
+        if "egrsd_teacher_logps" not in inputs:
+            return super()._compute_loss(model, inputs)
+        self._loss_inputs = dict(inputs)  # a copy: the buffered batch may be reused (num_iterations > 1)
+        try:
+            return super()._compute_loss(model, self._loss_inputs)
+        finally:
+            self._loss_inputs = None
+
+    def _get_per_token_logps_and_entropies(self, *args, **kwargs):
+        result = super()._get_per_token_logps_and_entropies(*args, **kwargs)
+        if self._loss_inputs is not None:  # the loss's forward: its log-probs complete the advantages it reads next
+            self._loss_inputs["advantages"] = self.token_advantages(self._loss_inputs, result[0])
+            self._loss_inputs = None
+        return result
 
     def _delta_offset(self, delta: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | float:
         """The magnitude's offset `c`: the global mean of `Δ` with `delta_centering: mean`, else 0."""
@@ -274,16 +336,29 @@ class EGRSDTrainer(PromptLimitMixin, GRPOTrainer):
 
     def _log_weights(self, weights, raw_gate, teacher_entropy, delta, mask) -> None:
         """Global means over the loss tokens: the raw gate (its mean, spread and share below 0.5), the share of
-        tokens whose gate the lookahead changed, the magnitude, the teacher entropy and `Δ`; and `τ_H`."""
-        mode = "train" if self.model.training else "eval"
-        keep = mask.bool()
-        names = ("gate_mean", "gate_sq", "gate_below_half", "lookahead_changed", "magnitude_mean", "teacher_entropy")
-        values = (raw_gate, raw_gate.square(), (raw_gate < 0.5).float(), weights["lookahead_changed"])
-        values += (weights["magnitude"], teacher_entropy)
-        sums = torch.stack([v[keep].float().sum() for v in (*values, delta)] + [keep.sum().float()])
-        *totals, count = self.accelerator.gather(sums.unsqueeze(0)).sum(0).tolist()
-        means = dict(zip((*names, "delta_mean"), (t / max(count, 1.0) for t in totals), strict=True))
+        tokens whose gate the lookahead changed, the teacher entropy, and (unless deferred to the loss: `delta` None)
+        the magnitude and `Δ`; and `τ_H`."""
+        names = ("gate_mean", "gate_sq", "gate_below_half", "lookahead_changed", "teacher_entropy")
+        values = (raw_gate, raw_gate.square(), (raw_gate < 0.5).float(), weights["lookahead_changed"], teacher_entropy)
+        if delta is not None:
+            names, values = (*names, "magnitude_mean", "delta_mean"), (*values, weights["magnitude"], delta)
+        means = self._global_token_means(dict(zip(names, values, strict=True)), mask)
         means["gate_std"] = max(means.pop("gate_sq") - means["gate_mean"] ** 2, 0.0) ** 0.5
+        mode = "train" if self.model.training else "eval"
         for name, value in means.items():
             self._metrics[mode][f"egrsd/{name}"].append(value)
         self._metrics[mode]["egrsd/tau_H"].append(float(weights["tau"]))
+
+    def _log_magnitude(self, magnitude, delta, mask) -> None:
+        """`egrsd/magnitude_mean` and `egrsd/delta_mean` of a loss micro-batch (the magnitude deferred to the loss)."""
+        mode = "train" if self.model.training else "eval"
+        means = self._global_token_means({"magnitude_mean": magnitude, "delta_mean": delta}, mask)
+        for name, value in means.items():
+            self._metrics[mode][f"egrsd/{name}"].append(value)
+
+    def _global_token_means(self, values: dict[str, torch.Tensor], mask: torch.Tensor) -> dict[str, float]:
+        """Each tensor's mean over the loss tokens of every process's batch, in one gather."""
+        keep = mask.bool()
+        sums = torch.stack([v[keep].float().sum() for v in values.values()] + [keep.sum().float()])
+        *totals, count = self.accelerator.gather(sums.unsqueeze(0)).sum(0).tolist()
+        return {name: total / max(count, 1.0) for name, total in zip(values, totals, strict=True)}
