@@ -94,6 +94,7 @@ def build_trainer(method: str, output_dir: str, world: int, rank: int = 0, **ove
     if method == "motab":
         boundary = float("-inf") if rank == 0 else float("inf")
         kwargs.update(step_delimiter="\n", max_segment_tokens=2, max_backtracks=2, fixed_boundary=boundary)
+        kwargs.update(train_on_strayed=True)  # not the default: the ranks' different discarded segments (a past hang)
     if method in ("opd", "tropd", "motab"):
         kwargs.setdefault("beta", 0.5)
     kwargs.update(overrides)

@@ -70,10 +70,12 @@ class MOTABConfig(OPDConfig):
         metadata={"help": "λ_int: weight of the forward KL KL(p_T || p_S) on teacher-written (intervention) tokens."},
     )
     train_on_strayed: bool = field(
-        default=True,
+        default=False,
         metadata={
             "help": "Also apply D_β to the discarded segments, each under its own safe prefix (extra rows in the "
-            "batch, only the discarded tokens in the loss)."
+            "batch, only the discarded tokens in the loss). Off by default: on the lab's `long-chains` world it lost "
+            "to leaving them out at two code versions (6 seed pairs: greedy +0.055, average@4 +0.113 for off); see "
+            "docs/methods.md."
         },
     )
 
