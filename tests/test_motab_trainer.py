@@ -124,6 +124,7 @@ def test_routed_loss_and_grads_match_dense_reference(tmp_path, tiny_pair_dir, ar
         beta=0.5,
         lambda_int=0.7,
         temperature=0.9,
+        train_on_strayed=True,  # the strayed rows' routing too
     )
     inputs = _rollout(motab, arithmetic_dataset)
     mask, teacher_mask = inputs["completion_mask"], inputs["teacher_token_mask"]
@@ -144,7 +145,7 @@ def test_routed_loss_and_grads_match_dense_reference(tmp_path, tiny_pair_dir, ar
     jsd = 0.5 * kl(log_t, log_m) + 0.5 * kl(log_s, log_m)
     forward_kl = kl(log_t, log_s)
     per_token = torch.where(teacher_mask.bool(), 0.7 * forward_kl, jsd)
-    loss_mask = inputs.get("loss_token_mask", mask)  # strayed rows (the default): their safe prefix has no loss
+    loss_mask = inputs.get("loss_token_mask", mask)  # strayed rows: their safe prefix has no loss
     assert loss_mask.sum() < mask.sum()
     ref_loss = (per_token * loss_mask).sum() / loss_mask.sum()
     ref_loss.backward()
