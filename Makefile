@@ -33,13 +33,14 @@ LAB_STEPS ?= 200
 LAB := $(VENV)/bin/trl-opd lab --seeds $(LAB_SEEDS) --steps $(LAB_STEPS) --output-dir benchmarks/results
 
 lab: bootstrap
-	$(LAB) --world arith --methods opd,gkd,sft,motab,tropd,opd:divergence=k1,grpo,rlsd,egrsd,opsd,atesd --jobs 2
-	$(LAB) --world long-chains --methods opd,gkd,sft,motab,motab:train_on_strayed=false
-	$(LAB) --world mismatch --methods opd,gkd,sft,tropd
-	$(LAB) --world ambiguous --methods grpo,rlsd,egrsd,cl-egrsd,sft
-	$(LAB) --world privileged --methods opsd,atesd,atesd:teacher_collapse_logp=null,grpo,egrsd,sft
+	$(LAB) --world arith --methods opd,gkd,sft,motab,tropd,opd:divergence=k1,grpo,rlsd,egrsd,cl-egrsd,opsd,atesd --jobs 2
+	$(LAB) --world long-chains --methods opd,gkd,sft,motab,motab:train_on_strayed=true --jobs 2
+	$(LAB) --world mismatch --methods opd,gkd,sft,tropd --jobs 2
+	$(LAB) --world ambiguous --methods grpo,rlsd,egrsd,cl-egrsd,opsd,sft --jobs 2
+	$(LAB) --world privileged --methods opsd,atesd,atesd:teacher_collapse_logp=null,atesd:probe_target=solution,opsd:teacher_collapse_logp=-6.9,grpo,egrsd,sft --jobs 2
 	$(LAB) --world ambiguous-reader --methods grpo,rlsd,egrsd,sft --jobs 2
-	$(LAB) --output-dir benchmarks/results/ablations --world ambiguous --methods grpo,rlsd:delta_centering=mean,egrsd:delta_centering=mean
+	$(LAB) --output-dir benchmarks/results/ablations --world ambiguous --methods grpo,rlsd:delta_centering=mean,egrsd:delta_centering=mean --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations --world privileged --methods opsd:learning_rate=3e-4,opsd:teacher_collapse_logp=-6.9:learning_rate=3e-4,atesd:learning_rate=3e-4 --jobs 2
 
 test: bootstrap
 	$(VENV)/bin/ruff check trl_opd tests benchmarks

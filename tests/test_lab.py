@@ -3,6 +3,7 @@
 
 import json
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -220,3 +221,30 @@ def test_parallel_build_trains_the_same_teacher_and_student_as_a_serial_one(tmp_
     assert serial.teacher_path != parallel.teacher_path
     assert digest(serial.teacher_path) == digest(parallel.teacher_path)
     assert digest(serial.student_path) == digest(parallel.student_path)
+
+
+def _lab_run_key(command: str) -> tuple:
+    """What decides a lab result's numbers (not `--jobs`: a parallel run gives the same ones)."""
+    import shlex
+
+    args = lab_run.build_parser().parse_args(shlex.split(command))
+    return (args.world, args.methods, args.seeds, args.steps, str(Path(args.output_dir)), args.eval_every)
+
+
+def test_every_committed_lab_result_is_a_make_lab_line_and_each_line_has_its_result():
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    makefile = (root / "Makefile").read_text()
+    lab = re.search(r"^LAB := \$\(VENV\)/bin/trl-opd lab (.*)$", makefile, re.M).group(1)
+    lab = lab.replace("$(LAB_SEEDS)", "0,1,2").replace("$(LAB_STEPS)", "200")
+    recipe = makefile.split("\nlab:", 1)[1].split("\n\n", 1)[0]
+    made = {_lab_run_key(lab + " " + line.split("$(LAB)", 1)[1]) for line in recipe.splitlines() if "$(LAB)" in line}
+    committed = set()
+    for md in sorted((root / "benchmarks" / "results").rglob("*.md")):
+        header = md.read_text().splitlines()[0]
+        command = re.fullmatch(r"command: `trl-opd lab (.*)`", header).group(1)
+        key = _lab_run_key(command)
+        assert Path(key[4]) / f"{key[0]}.md" == md.relative_to(root), md  # written where its command writes
+        committed.add(key)
+    assert committed == made
