@@ -12,7 +12,7 @@
 4. Step cost at the default backtrack rate (issue 12): one full training step (`training_step`: rollout, teacher
    scoring, loss, backward; plus the optimizer step) of `MOTABTrainer` at its default `MOTABConfig` (adaptive
    boundary at quantile 0.9, segments of up to 256 tokens ending at `"\\n\\n"`, 4 backtracks per rollout,
-   `train_on_strayed`) against `OPDTrainer` (the `opd` method) at its defaults, same tiny student and teacher, same
+   strayed segments not trained) against `OPDTrainer` (the `opd` method) at its defaults, same tiny student and teacher, same
    prompts and sampling seed at every step. The steps are interleaved (alternating which trainer goes first) so that
    load on a shared machine hits both alike; the ratio is the median of the per-step ratios, in wall and in process
    CPU time (with one torch thread CPU time counts the work done, the headline number on a busy CPU). The one

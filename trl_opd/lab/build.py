@@ -248,20 +248,25 @@ def _splits(world: World, size: dict) -> tuple:
     return build_tiny_tokenizer(), train, student_train, val, heldout, heldout_meta
 
 
-def _build_teacher(world: World, scale: float, teacher_path: Path, threads: int) -> None:
-    """Train and save the teacher: in a spawned process beside the student's warm-up (the two are independent, so
-    each is the same model as in one process: both seed everything they use and run on `threads` threads)."""
+def _build_teacher(world: World, tokenizer, train: Dataset, val: Dataset, steps: int, teacher_path: Path) -> None:
+    """Train the teacher and save it (atomically) at `teacher_path`."""
+    _save_atomic(train_teacher(world, tokenizer, train, val, steps), tokenizer, teacher_path)
+
+
+def _teacher_process(world: World, scale: float, teacher_path: Path, threads: int) -> None:
+    """[`_build_teacher`] in a spawned process beside the student's warm-up (the two are independent, so each is the
+    same model as in one process: both seed everything they use and run on `threads` threads)."""
     torch.set_num_threads(threads)
     size = sizes(world, scale)
     tokenizer, train, _, val, _, _ = _splits(world, size)
-    _save_atomic(train_teacher(world, tokenizer, train, val, size["teacher_steps"]), tokenizer, teacher_path)
+    _build_teacher(world, tokenizer, train, val, size["teacher_steps"], teacher_path)
 
 
 def _start_teacher_process(world: World, scale: float, teacher_path: Path):
     import multiprocessing
 
     process = multiprocessing.get_context("spawn").Process(
-        target=_build_teacher, args=(world, scale, teacher_path, torch.get_num_threads()), daemon=True
+        target=_teacher_process, args=(world, scale, teacher_path, torch.get_num_threads()), daemon=True
     )
     process.start()
     return process
@@ -287,7 +292,7 @@ def build_lab(
     if need_teacher and need_student and parallel:
         teacher_process = _start_teacher_process(world, scale, teacher_path)
     elif need_teacher:
-        _build_teacher(world, scale, teacher_path, torch.get_num_threads())
+        _build_teacher(world, tokenizer, train, val, size["teacher_steps"], teacher_path)
     if need_student:
         try:
             student, info = warm_up_student(world, tokenizer, student_train, val, size)
