@@ -137,6 +137,22 @@ def test_self_teacher_kinds(tiny_tokenizer, arithmetic_dataset, tmp_path, kind):
     assert all(not p.requires_grad for p in teacher.values())
 
 
+def test_unwrap_is_accelerates_and_runs_once_per_wrapper(tiny_tokenizer, arithmetic_dataset, tmp_path, monkeypatch):
+    student = build_tiny_model(tiny_tokenizer, "student", seed=0)
+    config = OPDConfig(**tiny_training_kwargs(tmp_path, self_teacher="frozen", privileged_context=True))
+    trainer = OPDTrainer(model=student, args=config, train_dataset=arithmetic_dataset, processing_class=tiny_tokenizer)
+    calls = []
+    unwrap = trainer.accelerator.unwrap_model
+    monkeypatch.setattr(trainer.accelerator, "unwrap_model", lambda model: calls.append(model) or unwrap(model))
+    for _ in range(3):
+        assert trainer._unwrap(trainer.teacher_model) is unwrap(trainer.teacher_model)
+        assert trainer._unwrap(trainer.model) is unwrap(trainer.model)
+    assert calls == [trainer.teacher_model, trainer.model]
+    rewrapped = torch.nn.ModuleList([trainer.model])  # a new wrapper object is unwrapped afresh
+    trainer._unwrap(rewrapped)
+    assert calls[-1] is rewrapped
+
+
 def test_frozen_self_teacher_with_peft_switches_the_adapter_off(tiny_tokenizer, arithmetic_dataset, tmp_path):
     from peft import LoraConfig
 

@@ -1,5 +1,5 @@
 # Copyright 2026 The trl-opd developers. Licensed under the Apache License, Version 2.0.
-"""Facts about the machine the run is on, and CPU-safe training defaults.
+"""Facts about the machine the run is on, CPU-safe training defaults, and a cached `unwrap_model`.
 
 TRL's configs default to `bf16=True` and gradient checkpointing; without a GPU, transformers raises on `bf16`. Every
 trl-opd config (the baselines' included) applies [`CPUSafeConfigMixin`], so a recipe written for GPUs runs unchanged
@@ -40,3 +40,18 @@ class CPUSafeConfigMixin:
             self.bf16, self.fp16, self.gradient_checkpointing = False, False, False
             self.use_cpu = True  # also makes several processes (torchrun) use gloo on the CPU
         super().__post_init__()
+
+
+class UnwrapCacheMixin:
+    """`_unwrap(model)`: `accelerator.unwrap_model(model)`, computed once per wrapper object.
+
+    accelerate's `unwrap_model` reads package metadata (`is_deepspeed_available`) on every call, about 2 ms on a CPU:
+    a tenth of a tiny model's training step when a trainer unwraps several times per step. The wrapper is compared by
+    identity, so a re-wrapped model (after `accelerator.prepare`) is unwrapped afresh.
+    """
+
+    def _unwrap(self, model):
+        cache = self.__dict__.setdefault("_unwrapped", {})  # id(wrapper) -> (wrapper, module)
+        if cache.get(id(model), (None,))[0] is not model:
+            cache[id(model)] = (model, self.accelerator.unwrap_model(model))
+        return cache[id(model)][1]

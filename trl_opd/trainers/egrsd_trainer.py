@@ -20,6 +20,7 @@ from ..data import ColumnMap, prepare_dataset, privileged_prompt
 from ..heads import logit_head
 from ..ops import token_logprobs_and_entropy
 from ..ops.egrsd import egrsd_token_advantages, likelihood_ratio_magnitude, masked_median, normalize_gate
+from ..runtime import UnwrapCacheMixin
 from ..teacher import (
     TeacherHandle,
     check_privileged_prompts,
@@ -32,7 +33,7 @@ from .egrsd_config import EGRSDConfig
 from .prompts import PromptLimitMixin
 
 
-class EGRSDTrainer(PromptLimitMixin, GRPOTrainer):
+class EGRSDTrainer(UnwrapCacheMixin, PromptLimitMixin, GRPOTrainer):
     r"""
     Entropy-Guided Reinforced Self-Distillation (arXiv 2605.13255) on [`~trl.GRPOTrainer`].
 
@@ -116,7 +117,6 @@ class EGRSDTrainer(PromptLimitMixin, GRPOTrainer):
         self.teacher_model = self._prepare_teacher(teacher) if teacher is not None else None
         self._forward_redirection = _ForwardRedirection()
         self._teacher_prompt_ids: dict[str, torch.Tensor] = {}  # teacher prompt -> its token ids
-        self._unwrapped: dict[int, tuple[nn.Module, nn.Module]] = {}  # id(wrapper) -> (wrapper, module)
         self._loss_inputs: dict[str, Any] | None = None  # a loss micro-batch waiting for its forward's log-probs
         if self._needs_teacher(args) and train_dataset is not None:
             check_privileged_prompts(self, self.train_dataset)
@@ -162,12 +162,6 @@ class EGRSDTrainer(PromptLimitMixin, GRPOTrainer):
         [`~trl_opd.teacher.tokenize_teacher_prompts`])."""
         prompts = [self.teacher_prompt(x) for x in inputs]
         return tokenize_teacher_prompts(self, prompts, cache=self._teacher_prompt_ids)
-
-    def _unwrap(self, model: nn.Module) -> nn.Module:
-        """`accelerator.unwrap_model(model)`, once per wrapper (it reads package metadata on every call)."""
-        if self._unwrapped.get(id(model), (None,))[0] is not model:
-            self._unwrapped[id(model)] = (model, self.accelerator.unwrap_model(model))
-        return self._unwrapped[id(model)][1]
 
     @contextlib.contextmanager
     def _teacher_module(self) -> Iterator[TeacherHandle]:

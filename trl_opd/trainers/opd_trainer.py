@@ -21,6 +21,7 @@ from ..heads import logit_head
 from ..ops import fused_distillation_stats, k1_policy_gradient_loss, masked_global_mean, masked_mean, masked_sum
 from ..ops.chunked import PLAIN_HEAD, LogitHead
 from ..ops.reductions import after_collapse_weights
+from ..runtime import UnwrapCacheMixin
 from ..teacher import (
     align_teacher_vocab,
     check_privileged_prompts,
@@ -50,7 +51,7 @@ class HiddenStates(NamedTuple):
     teacher_head: LogitHead = PLAIN_HEAD
 
 
-class OPDTrainer(PromptLimitMixin, DistillationTrainer):
+class OPDTrainer(UnwrapCacheMixin, PromptLimitMixin, DistillationTrainer):
     r"""
     On-policy distillation: [`~trl.DistillationTrainer`] plus the shared teacher layer of trl-opd.
 
@@ -190,8 +191,10 @@ class OPDTrainer(PromptLimitMixin, DistillationTrainer):
 
     def _tokenize_teacher_prompts(self, prompts: list) -> dict[str, torch.Tensor]:
         """Left-padded `teacher_prompt_ids` / `teacher_prompt_mask`, tokenized by the parent's own prompt path with
-        the teacher's chat-template kwargs ([`~trl_opd.teacher.tokenize_teacher_prompts`])."""
-        ids, mask = tokenize_teacher_prompts(self, prompts, self.teacher_chat_template_kwargs)
+        the teacher's chat-template kwargs ([`~trl_opd.teacher.tokenize_teacher_prompts`]); each distinct prompt once,
+        kept across steps."""
+        cache = self.__dict__.setdefault("_teacher_prompt_ids", {})  # teacher prompt -> its token ids, across steps
+        ids, mask = tokenize_teacher_prompts(self, prompts, self.teacher_chat_template_kwargs, cache=cache)
         return {"teacher_prompt_ids": ids, "teacher_prompt_mask": mask}
 
     # ----------------------------------------------------------------- teacher scoring
@@ -206,7 +209,9 @@ class OPDTrainer(PromptLimitMixin, DistillationTrainer):
         input_ids = torch.cat([prompt_ids, inputs["completion_ids"]], dim=1)
         attention_mask = torch.cat([prompt_mask, inputs["completion_mask"]], dim=1)
         adapter_off = self._self_teacher_kind == "frozen"
-        with scoring_teacher(self.teacher_model, self.accelerator, unwrapped_student, adapter_off) as handle:
+        with scoring_teacher(
+            self.teacher_model, self.accelerator, unwrapped_student, adapter_off, unwrap=self._unwrap
+        ) as handle:
             teacher = handle.module
             hidden = handle.run(
                 self._forward_redirection, self._get_last_hidden_state, input_ids, attention_mask, logits_to_keep
@@ -218,7 +223,7 @@ class OPDTrainer(PromptLimitMixin, DistillationTrainer):
         """The teacher's logit post-processing (bias, scale, softcap): the external teacher's, else the student's."""
         if self.teacher_model is None:
             return logit_head(unwrapped_student)
-        return logit_head(self.accelerator.unwrap_model(self.teacher_model))
+        return logit_head(self._unwrap(self.teacher_model))
 
     # ----------------------------------------------------------------- loss
     def token_losses(self, stats: dict[str, torch.Tensor], inputs: dict[str, Any]) -> torch.Tensor:

@@ -143,7 +143,7 @@ class TrOPDTrainer(OPDTrainer):
         """A second [`~trl.generation.vllm_generation.VLLMGeneration`] holding the teacher (colocated engine, or a
         `trl vllm-serve --model <teacher>` server), with the student's sampling settings."""
         return VLLMGeneration(
-            model=self.accelerator.unwrap_model(self.teacher_model),
+            model=self._unwrap(self.teacher_model),
             accelerator=self.accelerator,
             processing_class=self.processing_class,
             mode=args.teacher_vllm_mode or args.vllm_mode,
