@@ -341,20 +341,37 @@ class HFStepBackend:
                 self._idle_forward()
                 continue
             log_probs = torch.log_softmax(self.next_logits, dim=-1)
-            probs = torch.softmax(self.warpers(None, self.next_logits.clone()), dim=-1)
+            logits = self.warpers(None, self.next_logits.clone()) if self.warpers else self.next_logits
+            probs = torch.softmax(logits, dim=-1)
             tokens = torch.multinomial(probs, 1).squeeze(-1)
             picked = log_probs.gather(-1, tokens[:, None]).squeeze(-1)
-            stop = torch.zeros_like(live)
-            for i in live.nonzero().squeeze(-1).tolist():
-                r, tok = self.rows[i], int(tokens[i])
-                segments[r].tokens.append(tok)
-                segments[r].logps.append(float(picked[i]))
-                stop[i] = stopper.step(r, tok) or len(segments[r].tokens) >= int(budget[i])
+            stop = self._record(live, tokens, picked, budget, segments, stopper)
             tokens = torch.where(live, tokens, torch.full_like(tokens, self.pad_token_id))
             hidden = self._forward(tokens[:, None], live[:, None].long())
             self.next_logits = torch.where(live[:, None], self._logits(hidden[:, 0]), self.next_logits)
             live &= ~stop
         return [segments[r] for r in rows]
+
+    def _record(self, live, tokens, picked, budget, segments, stopper) -> torch.Tensor:
+        """Append each live row's sampled token and log-prob to its segment; the `(b,)` mask of rows that stop.
+
+        One host transfer per tensor (`tolist`), not one per row and element: the loop runs once per decoded token.
+        """
+        live_list, token_list, picked_list, budget_list = (
+            live.tolist(),
+            tokens.tolist(),
+            picked.tolist(),
+            budget.tolist(),
+        )
+        stop = [False] * len(live_list)
+        for i, is_live in enumerate(live_list):
+            if not is_live:
+                continue
+            segment, tok = segments[self.rows[i]], token_list[i]
+            segment.tokens.append(tok)
+            segment.logps.append(picked_list[i])
+            stop[i] = stopper.step(self.rows[i], tok) or len(segment.tokens) >= budget_list[i]
+        return torch.tensor(stop, dtype=torch.bool, device=live.device)
 
     def extend(self, rows: Sequence[int], tokens: Sequence[Sequence[int]], score: bool = True):
         if not rows:
