@@ -216,6 +216,22 @@ def test_probe_nll_and_teacher_grounding_against_dense(opsd, probe_target):
     trainer.args.probe_target, trainer._probe_batch = "answer", None
 
 
+def test_teacher_grounding_is_scored_once_per_exposure_for_a_fixed_teacher(opsd, monkeypatch):
+    """The frozen self-teacher gives the same grounding for the same exposed prompts: the second call reads the cache
+    (no forward) and returns the same number; a live self-teacher is scored every time."""
+    trainer, _, _, _ = opsd
+    calls = []
+    score = trainer._probe_score
+    monkeypatch.setattr(
+        trainer, "_probe_score", lambda inputs, teacher: calls.append(teacher) or score(inputs, teacher)
+    )
+    trainer._grounding_cache.clear()
+    first, second = trainer._teacher_grounding(), trainer._teacher_grounding()
+    assert first == second and calls == [True]
+    monkeypatch.setattr(trainer, "_self_teacher_kind", "live")
+    assert trainer._teacher_grounding() == pytest.approx(first) and calls == [True, True]
+
+
 # ---------------------------------------------------------------------------------------------- resume
 def _run(tmp_path, tokenizer, dataset, resume=None, **overrides):
     args = _config(

@@ -26,6 +26,7 @@ from ..ops.atesd import (
     beta_log_prob,
     beta_mean_concentration,
     beta_parameters,
+    beta_raw_for,
     discounted_reward,
     normalize_rewards,
     reinforce_loss,
@@ -81,6 +82,8 @@ class ExposureController:
         lr: Adam learning rate of the policy.
         hidden_size: Width of the policy MLP.
         ema_decay: Decay of the state EMAs.
+        prior_mean, prior_concentration: When `prior_mean` is set, the learned policy starts as
+            Beta(`prior_mean`, `prior_concentration`) at every state instead of a random initialisation.
         seed: Seeds the policy's initialisation and its own sampling generator.
     """
 
@@ -100,6 +103,8 @@ class ExposureController:
         lr: float = 0.05,
         hidden_size: int = 32,
         ema_decay: float = 0.9,
+        prior_mean: float | None = None,
+        prior_concentration: float = 20.0,
         seed: int = 0,
     ):
         if policy not in EXPOSURE_POLICIES:
@@ -115,6 +120,14 @@ class ExposureController:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.net = nn.Sequential(nn.Linear(len(STATE_FEATURES), hidden_size), nn.Tanh(), nn.Linear(hidden_size, 2))
+        if prior_mean is not None:
+            # Start from Beta(mean, concentration) at every state: the output layer's weights at 0, its bias at the
+            # raw values of that Beta. The weights still get gradients (the hidden layer is not 0), so the policy
+            # can learn away from the prior.
+            raw = beta_raw_for(prior_mean, prior_concentration)
+            with torch.no_grad():
+                self.net[-1].weight.zero_()
+                self.net[-1].bias.copy_(raw)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=lr)
         self.generator = torch.Generator().manual_seed(seed + 1)
         self.alpha = float(alpha)

@@ -20,6 +20,22 @@ def beta_parameters(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return ab[..., 0], ab[..., 1]
 
 
+def beta_raw_for(mean: float, concentration: float) -> torch.Tensor:
+    """The raw policy outputs `(2,)` that [`beta_parameters`] maps to the Beta of this `mean` and `concentration`:
+    `a = mean·c`, `b = (1−mean)·c`, `raw = softplus⁻¹(a−1), softplus⁻¹(b−1)` with `softplus⁻¹(y) = log(eᵞ − 1)`.
+
+    Needs `a > 1` and `b > 1` (the only Betas `beta_parameters` can produce); a `ValueError` otherwise.
+    """
+    a, b = mean * concentration, (1.0 - mean) * concentration
+    if not (a > 1.0 and b > 1.0):
+        raise ValueError(
+            f"Beta(mean={mean}, concentration={concentration}) has a={a:.3g}, b={b:.3g}; the policy needs both > 1 "
+            f"(raise the concentration above {1.0 / min(mean, 1.0 - mean):.3g} or move the mean from 0 and 1)"
+        )
+    ab = torch.tensor([a, b], dtype=torch.float64) - 1.0
+    return torch.log(torch.expm1(ab)).float()
+
+
 def beta_log_prob(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """`log Beta(x; a, b) = (a−1) log x + (b−1) log(1−x) − log B(a, b)`, with `log B = lgamma(a) + lgamma(b) −
     lgamma(a+b)`. `(...), (...), (...) -> (...)`; differentiable in `a` and `b`. `x` must lie in (0, 1)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..controllers.exposure import EXPOSURE_POLICIES
+from ..ops.atesd import beta_raw_for
 from .opd_config import OPDConfig
 
 
@@ -124,6 +125,17 @@ class ATESDConfig(OPDConfig):
     controller_hidden_size: int = field(
         default=32, metadata={"help": "Hidden width of the controller's MLP. [design]"}
     )
+    alpha_prior_mean: float | None = field(
+        default=None,
+        metadata={
+            "help": "Where the learned policy starts: Beta(alpha_prior_mean, alpha_prior_concentration) at every "
+            "state (output layer weights 0, bias set). None: a random initialisation (Beta mean near 0.55)."
+        },
+    )
+    alpha_prior_concentration: float = field(
+        default=20.0,
+        metadata={"help": "Concentration a+b of the starting Beta when `alpha_prior_mean` is set (both a, b > 1)."},
+    )
     controller_ema_decay: float = field(
         default=0.9, metadata={"help": "Decay of the controller's state EMAs (α, loss, mismatch, probe NLL). [design]"}
     )
@@ -179,6 +191,8 @@ class ATESDConfig(OPDConfig):
         for name in ("lambda_gt", "entropy_coef"):
             if getattr(self, name) < 0.0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.alpha_prior_mean is not None:
+            beta_raw_for(self.alpha_prior_mean, self.alpha_prior_concentration)  # raises one clear ValueError
         if self.controller_lr <= 0.0:
             raise ValueError(f"controller_lr must be > 0, got {self.controller_lr}")
         if self.self_teacher_check not in SELF_TEACHER_CHECKS:

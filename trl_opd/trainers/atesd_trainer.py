@@ -149,6 +149,8 @@ class ATESDTrainer(OPDTrainer):
             lr=args.controller_lr,
             hidden_size=args.controller_hidden_size,
             ema_decay=args.controller_ema_decay,
+            prior_mean=args.alpha_prior_mean,
+            prior_concentration=args.alpha_prior_concentration,
             seed=args.seed,
         )
         self.alpha = self.controller.alpha
@@ -158,6 +160,7 @@ class ATESDTrainer(OPDTrainer):
         probe_ids = torch.randperm(len(train_dataset), generator=generator)[: args.probe_size].tolist()
         self.probe_rows = [train_dataset[i] for i in sorted(probe_ids)]
         self._probe_batch: dict[str, torch.Tensor] | None = None
+        self._grounding_cache: dict[str, float] = {}  # probe target and exposed prompts -> g (fixed teacher only)
 
     # ----------------------------------------------------------------- teacher context
     def teacher_prompt(self, example: dict[str, Any], alpha: float | None = None) -> Any:
@@ -275,7 +278,7 @@ class ATESDTrainer(OPDTrainer):
     def _probe_score(self, inputs: dict[str, torch.Tensor], teacher: bool) -> float:
         """Mean answer NLL over the probe set, through the student's wrapper (sharded weights are gathered), averaged
         over processes."""
-        unwrapped = self.accelerator.unwrap_model(self.model)
+        unwrapped = self._unwrap(self.model)
         sums = self._forward_redirection(
             self.model_wrapped, unwrapped, self._answer_nll_sums, unwrapped, inputs, teacher
         )
@@ -288,10 +291,23 @@ class ATESDTrainer(OPDTrainer):
 
     def _teacher_grounding(self) -> float:
         """`g`: mean log-prob per token the teacher, exposed at the current `α`, gives the probe set's reference
-        solutions (or answers)."""
+        solutions (or answers).
+
+        A teacher whose weights do not change (an external teacher, or the frozen self-teacher) gives the same value
+        for the same prompts, so it is computed once per distinct set of exposed prompts (at most `m + 2` exposure
+        levels per row) and then read from a cache; the live and EMA self-teachers are scored every time.
+        """
+        prompts = [self.teacher_prompt(row) for row in self.probe_rows]
+        fixed_teacher = self._self_teacher_kind in (None, "frozen")
+        key = f"{self.args.probe_target}:{prompts!r}"  # the probe rows are fixed; their target is not
+        if fixed_teacher and key in self._grounding_cache:
+            return self._grounding_cache[key]
         inputs = dict(self._probe_inputs())
-        inputs.update(self._tokenize_teacher_prompts([self.teacher_prompt(row) for row in self.probe_rows]))
-        return -self._probe_score(inputs, teacher=True)
+        inputs.update(self._tokenize_teacher_prompts(prompts))
+        grounding = -self._probe_score(inputs, teacher=True)
+        if fixed_teacher:
+            self._grounding_cache[key] = grounding
+        return grounding
 
     # ----------------------------------------------------------------- self-teacher check
     def self_teacher_scores(self) -> dict[str, float]:
