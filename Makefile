@@ -41,6 +41,8 @@ lab: bootstrap
 	$(LAB) --world ambiguous-reader --methods grpo,rlsd,egrsd,sft --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations --world ambiguous --methods grpo,rlsd:delta_centering=mean,egrsd:delta_centering=mean --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations --world privileged --methods opsd:learning_rate=3e-4,opsd:teacher_collapse_logp=-6.9:learning_rate=3e-4,atesd:learning_rate=3e-4 --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations/exposure-prior --world privileged --methods opsd,opsd:teacher_collapse_logp=-6.9,atesd,atesd:alpha_prior_mean=0.9 --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations/exposure-prior --world arith --methods opsd,atesd,atesd:alpha_prior_mean=0.9 --jobs 2
 
 test: bootstrap
 	$(VENV)/bin/ruff check trl_opd tests benchmarks
