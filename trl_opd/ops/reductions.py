@@ -53,3 +53,12 @@ def after_collapse_weights(
     before = collapsed.long().cumsum(-1) - collapsed.long()  # collapses strictly before t
     weights = torch.where(before > 0, torch.full_like(teacher_logp, after_weight), torch.ones_like(teacher_logp))
     return torch.where(keep, weights, torch.zeros_like(weights)).float()
+
+
+def first_collapse_index(teacher_logp: torch.Tensor, mask: torch.Tensor, log_threshold: float) -> torch.Tensor:
+    r"""The first collapsed position of each row, `t^* = \min\{t : \mathrm{mask}_t = 1,\ \log p_T(y_t) < \log\theta\}`
+    (the token [`after_collapse_weights`] still trusts), or `-1` where the teacher never collapses. `(B, T), (B, T) ->
+    (B,)` long."""
+    collapsed = (teacher_logp.detach() < log_threshold) & mask.bool()
+    first = collapsed.float().argmax(-1)  # argmax returns the first of equal maxima
+    return torch.where(collapsed.any(-1), first, torch.full_like(first, -1))

@@ -81,6 +81,8 @@ class MOTABConfig(OPDConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.collapse_repair:
+            raise ValueError("collapse_repair is for self-distillation (OPSD/ATESD); MOTAB's teacher repairs strays.")
         if self.max_segment_tokens < 1:
             raise ValueError(f"max_segment_tokens must be >= 1, got {self.max_segment_tokens}")
         if not 0.0 < self.boundary_quantile < 1.0:

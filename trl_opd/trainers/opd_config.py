@@ -74,6 +74,16 @@ class OPDConfig(CPUSafeConfigMixin, PromptLimitConfigMixin, DistillationConfig):
         default=0.0,
         metadata={"help": "Weight of the tokens after a collapse (`teacher_collapse_logp`), in [0, 1]; 0 drops them."},
     )
+    collapse_repair: bool = field(
+        default=False,
+        metadata={
+            "help": "With `teacher_collapse_logp`, in training: where the teacher collapses, it rewrites the rest of "
+            "the completion greedily from the student's tokens before that point and its own prompt, and the loss "
+            "covers the student's prefix and the teacher's continuation (instead of `teacher_collapse_weight` on the "
+            "student's later tokens). One extra teacher forward and a teacher generation per batch. Needs the JSD "
+            "divergence; not with tools, vLLM importance sampling correction, ZeRO-3 or FSDP."
+        },
+    )
     privileged_context: bool = field(
         default=False,
         metadata={
@@ -112,6 +122,12 @@ class OPDConfig(CPUSafeConfigMixin, PromptLimitConfigMixin, DistillationConfig):
             raise ValueError(f"teacher_collapse_weight must be in [0, 1], got {self.teacher_collapse_weight}")
         if self.divergence not in ("jsd", "k1"):
             raise ValueError(f"divergence must be 'jsd' or 'k1', got {self.divergence!r}")
+        if self.collapse_repair and (self.teacher_collapse_logp is None or self.divergence != "jsd"):
+            raise ValueError(
+                "collapse_repair needs teacher_collapse_logp (where the teacher collapses) and divergence 'jsd' (a "
+                f"per-position loss), got teacher_collapse_logp={self.teacher_collapse_logp}, "
+                f"divergence={self.divergence!r}"
+            )
         if self.teacher_quantization not in QUANTIZATION_CHOICES:
             raise ValueError(
                 f"teacher_quantization must be one of {QUANTIZATION_CHOICES}, got {self.teacher_quantization!r}"

@@ -18,9 +18,16 @@ from ..checkpoints import STATE_FILE, load_method_state, method_config, resolve_
 from ..data import ColumnMap, prepare_dataset, privileged_prompt
 from ..errors import ConfigValueError
 from ..heads import logit_head
-from ..ops import fused_distillation_stats, k1_policy_gradient_loss, masked_global_mean, masked_mean, masked_sum
+from ..ops import (
+    fused_distillation_stats,
+    k1_policy_gradient_loss,
+    masked_global_mean,
+    masked_mean,
+    masked_sum,
+    token_logprobs_and_entropy,
+)
 from ..ops.chunked import PLAIN_HEAD, LogitHead
-from ..ops.reductions import after_collapse_weights
+from ..ops.reductions import after_collapse_weights, first_collapse_index
 from ..runtime import UnwrapCacheMixin
 from ..teacher import (
     align_teacher_vocab,
@@ -34,6 +41,7 @@ from ..teacher import (
 )
 from .opd_config import OPDConfig
 from .prompts import PromptLimitMixin
+from .repair import greedy_continuations, splice_completions
 
 
 EXTRA_STATE_FILE = STATE_FILE
@@ -145,6 +153,13 @@ class OPDTrainer(UnwrapCacheMixin, PromptLimitMixin, DistillationTrainer):
         if args.privileged_context:
             check_privileged_prompts(self, self.train_dataset, self.teacher_chat_template_kwargs)
         self.check_prompt_lengths(self.train_dataset)
+        if args.collapse_repair and (
+            self.tools or args.vllm_importance_sampling_correction or self._sharded_weights()
+        ):
+            raise ConfigValueError(
+                "collapse_repair does not support tools, vllm_importance_sampling_correction, ZeRO-3 or FSDP (the "
+                "teacher writes its continuation with transformers' generate on unsharded weights)."
+            )
         self._sampler_logps: list[list[float]] | None = None
         if args.vllm_importance_sampling_correction and self.use_vllm:
             if self.tools:
@@ -172,7 +187,46 @@ class OPDTrainer(UnwrapCacheMixin, PromptLimitMixin, DistillationTrainer):
             width = output["completion_ids"].size(1)
             rows = [torch.tensor((list(r) + [math.nan] * width)[:width], dtype=torch.float32) for r in sampler]
             output["sampler_logps"] = torch.stack(rows).to(output["completion_ids"].device)
+        if self.args.collapse_repair and self.model.training:
+            self._repair_collapsed(output)
         return output
+
+    def _sharded_weights(self) -> bool:
+        return bool(self._dist.is_zero3 or self.is_fsdp_enabled)
+
+    def _repair_collapsed(self, output: dict[str, Any]) -> None:
+        """`collapse_repair` ([`trl_opd.trainers.repair`]): score the completions under the teacher, and in each row
+        where it collapses let it write the rest from the tokens before; updates `output` in place (completions, mask,
+        `teacher_written`, the global loss-token count) and logs `repair/repaired_fraction` and
+        `repair/teacher_token_fraction`."""
+        student = self._unwrap(self.model)
+        ids, mask = output["completion_ids"], output["completion_mask"]
+        hidden, weight = self.teacher_hidden_states(student, output, ids.size(1))
+        with torch.no_grad():
+            logp, _ = token_logprobs_and_entropy(
+                hidden, weight.to(hidden.device), ids, self.temperature, head=self.teacher_logit_head(student)
+            )
+        cut = first_collapse_index(logp, mask, self.args.teacher_collapse_logp).tolist()
+        rows = [b for b, t in enumerate(cut) if t >= 0]
+        continuations = {}
+        if rows:
+            prompt_ids = output.get("teacher_prompt_ids", output["prompt_ids"])
+            prompt_mask = output.get("teacher_prompt_mask", output["prompt_mask"])
+            prefixes = [prompt_ids[b][prompt_mask[b].bool()].tolist() + ids[b, : cut[b]].tolist() for b in rows]
+            budgets = [self.args.max_completion_length - cut[b] for b in rows]
+            tok = self.processing_class
+            adapter_off = self._self_teacher_kind == "frozen"
+            with scoring_teacher(self.teacher_model, self.accelerator, student, adapter_off, self._unwrap) as teacher:
+                written = greedy_continuations(teacher.module, prefixes, budgets, [tok.eos_token_id], tok.pad_token_id)
+            continuations = dict(zip(rows, written, strict=True))
+        new_ids, new_mask, teacher_written = splice_completions(
+            ids, mask, torch.tensor(cut), continuations, self.processing_class.pad_token_id
+        )
+        output.update(completion_ids=new_ids, completion_mask=new_mask, teacher_written=teacher_written)
+        output["num_items_in_batch"] = self.accelerator.gather(new_mask.sum()).sum()
+        metrics = self._metrics["train"]
+        metrics["repair/repaired_fraction"].append(len(rows) / max(len(cut), 1))
+        metrics["repair/teacher_token_fraction"].append((teacher_written.sum() / new_mask.sum().clamp(min=1)).item())
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, has_tool_images=False):
         """TRL's generation; with `vllm_importance_sampling_correction` in training, the vLLM path keeps the sampled
