@@ -120,3 +120,31 @@ def test_bad_settings_are_one_clear_error(tmp_path):
     with pytest.raises(ValueError, match="MOTAB"):
         MOTABConfig(**tiny_training_kwargs(tmp_path), collapse_repair=True, teacher_collapse_logp=-5.0)
     assert ATESDConfig(**tiny_training_kwargs(tmp_path), collapse_repair=True).collapse_repair  # guard on by default
+
+
+def test_with_peft_the_adapter_off_student_writes_the_repair(tiny_tokenizer, arithmetic_dataset, tmp_path):
+    """The frozen self-teacher of a PEFT student is the student with its adapter off: its repair is the initial
+    weights' greedy decoding, and the student is back in train mode with its adapter on afterwards."""
+    from peft import LoraConfig
+
+    reference = build_tiny_model(tiny_tokenizer, "student", seed=0).eval()
+    trainer = OPDTrainer(
+        model=build_tiny_model(tiny_tokenizer, "student", seed=0),
+        args=OPDConfig(**tiny_training_kwargs(tmp_path), teacher_collapse_logp=0.0, collapse_repair=True),
+        train_dataset=arithmetic_dataset,
+        processing_class=tiny_tokenizer,
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
+    trainer.model.train()
+    batch = fixed_generation_batch(tiny_tokenizer, batch=2, completion_len=4)
+    trainer._repair_collapsed(batch)  # log p < 0 everywhere: every row collapses at its first token
+    budget, eos = trainer.args.max_completion_length, tiny_tokenizer.eos_token_id
+    for b in range(2):
+        prompt = batch["prompt_ids"][b][batch["prompt_mask"][b].bool()].tolist()
+        want = _greedy_by_hand(reference, prompt, budget, eos)
+        assert batch["completion_ids"][b, : len(want)].tolist() == want
+        assert batch["teacher_written"][b].sum().item() == len(want)
+    assert trainer.model.training
+    ids = batch["prompt_ids"][:1]
+    with torch.no_grad():  # the adapter is on again: the student no longer computes the initial weights' logits
+        assert not torch.allclose(trainer.model(input_ids=ids).logits, reference(input_ids=ids).logits)

@@ -12,10 +12,12 @@ whose loss depends on its prefix only.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
 from transformers import GenerationConfig
+from trl.models.utils import disable_gradient_checkpointing
 
 
 def splice_completions(
@@ -67,7 +69,14 @@ def greedy_continuations(
         top_p=None,
         top_k=None,
     )
-    out = model.generate(input_ids=ids, attention_mask=attention, generation_config=config)[:, width:]
+    was_training = model.training
+    checkpointing = bool(getattr(model, "is_gradient_checkpointing", False))
+    model.eval()  # the student scoring as its own teacher is in train mode; generate with its cache, no checkpointing
+    try:
+        with disable_gradient_checkpointing(model) if checkpointing else contextlib.nullcontext():
+            out = model.generate(input_ids=ids, attention_mask=attention, generation_config=config)[:, width:]
+    finally:
+        model.train(was_training)
     eos = set(eos_token_ids)
     continuations = []
     for row, budget in zip(out.tolist(), budgets, strict=True):
