@@ -10,7 +10,8 @@ saves `{method: {"loss", "grads", "steps", "backtracks"}}`. The tests compute th
 model): [`fixed_step`]; a method may carry a variant of [`VARIANTS`] (`motab:nogather`).
 
 MOTAB trains with a fixed boundary of `-inf` on rank 0 (every segment strays, up to `max_backtracks`) and `+inf` on
-rank 1 (none does): the ranks' rollouts make different numbers of forwards, which must not hang.
+rank 1 (none does): the ranks' rollouts make different numbers of forwards, which must not hang. ATESD trains with
+every row collapsing on rank 0 (its teacher repairs them all) and none on rank 1.
 """
 
 from __future__ import annotations
@@ -282,12 +283,17 @@ def main(out_path: str, mode: str, methods: list[str]) -> None:
                 return record(traces, tau)
 
             trainer._record_rollouts = spy
+        if method == "atesd":  # collapse repair on rank 0 only (every token collapses there), none on rank 1
+            trainer.args.teacher_collapse_logp = 0.0 if rank == 0 else -1e9
         trainer.train()
         results[method] = {
             "loss": loss,
             "grads": grads,
             "steps": trainer.state.global_step,
             "backtracks": gather_object([sum(backtracks)]),
+            "repaired": gather_object(
+                [[h[k] for h in trainer.state.log_history if (k := "repair/repaired_fraction") in h]]
+            ),
             "world": world,
         }
     if int(os.environ.get("RANK", "0")) == 0:

@@ -55,6 +55,15 @@ def test_two_processes_match_one(ddp_results, method, tmp_path):
 
 
 @pytest.mark.slow
+def test_atesd_ranks_that_repair_differently_finish(ddp_results):
+    """Rank 0 repairs every row (its teacher generates), rank 1 none: the step finishes on both (the recount of loss
+    tokens after the repair is a collective both make)."""
+    result = ddp_results["atesd"]
+    assert result["steps"] == 1
+    rank0, rank1 = result["repaired"]
+    assert rank0 == [1.0] and rank1 == [0.0]
+
+
 def test_motab_ranks_that_backtrack_differently_finish(ddp_results):
     """Rank 0's boundary is -inf (both rows use their 2 backtracks), rank 1's +inf: the rollouts' forward counts
     differ, the run still finishes (the launch's time limit turns a hang into a failure)."""

@@ -196,7 +196,7 @@ METHODS: dict[str, MethodSpec] = {
             *_ATESD_PAPER,
             "self",
             ("prompt", "solution"),
-            {"exposure_policy": "fixed", "alpha": 1.0, "teacher_collapse_logp": None},
+            {"exposure_policy": "fixed", "alpha": 1.0, "teacher_collapse_logp": None, "collapse_repair": False},
             description="on-policy self-distillation: ATESD at fixed full reference exposure",
         ),
     ]

@@ -48,6 +48,15 @@ class ATESDConfig(OPDConfig):
             "`opsd` preset turns it off (OPSD as published)."
         },
     )
+    collapse_repair: bool = field(
+        default=True,
+        metadata={
+            "help": "ATESD's default: where the privileged teacher collapses (`teacher_collapse_logp`), it writes the "
+            "rest of the completion greedily from the student's tokens before, and the loss covers both (see "
+            "[`OPDConfig`]). On the lab's `privileged` world it is what lifts self-distillation (docs/methods.md). "
+            "The `opsd` preset turns it off. Not under ZeRO-3 or FSDP (the recipes launch with ZeRO-2)."
+        },
+    )
     privileged_context: bool = field(
         default=True,
         metadata={"help": "The teacher sees (part of) the reference solution. Must stay true for ATESD/OPSD."},
@@ -126,10 +135,13 @@ class ATESDConfig(OPDConfig):
         default=32, metadata={"help": "Hidden width of the controller's MLP. [design]"}
     )
     alpha_prior_mean: float | None = field(
-        default=None,
+        default=0.9,
         metadata={
             "help": "Where the learned policy starts: Beta(alpha_prior_mean, alpha_prior_concentration) at every "
-            "state (output layer weights 0, bias set). None: a random initialisation (Beta mean near 0.55)."
+            "state (output layer weights 0, bias set); 0.9 starts near OPSD's full exposure, from where the policy "
+            "climbs when high exposure pays but seldom learns to go down (docs/methods.md). None: a random "
+            "initialisation (Beta mean near 0.55), which learns both ways but spends early training at partial "
+            "exposure, where the lab's self-teacher repairs badly."
         },
     )
     alpha_prior_concentration: float = field(
