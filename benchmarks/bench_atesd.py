@@ -1,6 +1,10 @@
 # Copyright 2026 The trl-opd developers. Licensed under the Apache License, Version 2.0.
 """ATESD step time against OPSD (the same trainer, `exposure_policy: fixed`, `alpha: 1.0`) on the same batches.
 
+The OPSD side keeps ATESD's collapse guard and repair (`teacher_collapse_logp: -6.9`, `collapse_repair: true`), so
+the ratio is the cost of the controller (probe set, teacher grounding, exposure), the issue's target; the repair's own
+cost (its teacher forward and generation) is printed apart, as a share of the OPSD step.
+
     .venv/bin/python benchmarks/bench_atesd.py [--steps 16] [--batch 8] [--completion 40]
 
 Both trainers start from the same tiny student and take the same prompts at every step with the same sampling seed;
@@ -57,14 +61,14 @@ def build(name: str, model, tokenizer, dataset, args, output_dir: str) -> ATESDT
 
 
 def timed(trainer: ATESDTrainer, clock: dict[str, float]) -> None:
-    """Accumulate the CPU time of the controller's probe-set forwards into `clock`."""
-    for name in ("_probe_nll", "_teacher_grounding"):
+    """Accumulate the CPU time of the controller's probe-set forwards and of the collapse repair into `clock`."""
+    for name in ("_probe_nll", "_teacher_grounding", "_repair_collapsed"):
         original = getattr(trainer, name)
 
-        def wrapper(_original=original, _name=name):
+        def wrapper(*args, _original=original, _name=name):
             start = time.process_time()
             try:
-                return _original()
+                return _original(*args)
             finally:
                 clock[_name] += time.process_time() - start
 
@@ -137,6 +141,11 @@ def report(times, clock, args, atesd: ATESDTrainer) -> None:
                 f"  probe set + teacher grounding: {probe * 1e3:.1f} ms CPU per step = {probe / median['opsd']:.3f} "
                 f"of the OPSD step (probe {clock['_probe_nll'] / args.steps * 1e3:.1f} ms, grounding "
                 f"{clock['_teacher_grounding'] / args.steps * 1e3:.1f} ms)"
+            )
+            repair = clock["_repair_collapsed"] / args.steps
+            print(
+                f"  collapse repair (ATESD's, also on the OPSD side here): {repair * 1e3:.1f} ms CPU per ATESD step = "
+                f"{repair / median['opsd']:.3f} of the OPSD step"
             )
     alphas = sorted({round(a, 2) for a in atesd._metrics["train"]["atesd/alpha"]})
     print(f"  ATESD exposures used: {alphas}")

@@ -59,7 +59,7 @@ SFT_SETTINGS = {"batch_size": 32, "learning_rate": LR}
 METHOD_SETTINGS: dict[str, dict] = {
     "motab": {"max_segment_tokens": 16, "boundary_warmup_steps": 5},
 }
-MECHANISM_PREFIXES = ("motab/", "tropd/", "guidance/", "egrsd/", "atesd/", "guard/")
+MECHANISM_PREFIXES = ("motab/", "tropd/", "guidance/", "egrsd/", "atesd/", "guard/", "repair/")
 GENERIC_METRICS = ("reward", "k1_reverse_kl", "completions/mean_length")
 
 
