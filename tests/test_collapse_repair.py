@@ -148,3 +148,19 @@ def test_with_peft_the_adapter_off_student_writes_the_repair(tiny_tokenizer, ari
     ids = batch["prompt_ids"][:1]
     with torch.no_grad():  # the adapter is on again: the student no longer computes the initial weights' logits
         assert not torch.allclose(trainer.model(input_ids=ids).logits, reference(input_ids=ids).logits)
+
+
+@pytest.mark.parametrize(
+    "env", [{"ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, {"ACCELERATE_USE_FSDP": "true"}], ids=["zero3", "fsdp"]
+)
+def test_sharded_launch_is_refused_before_any_model_loads(tmp_path, monkeypatch, env):
+    """`accelerate launch` with ZeRO-3 or FSDP sets these variables; the config refuses repair there in one line,
+    while ZeRO-2 (stage 2) is accepted."""
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ValueError, match="collapse_repair is not supported under"):
+        ATESDConfig(**tiny_training_kwargs(tmp_path))
+    assert not ATESDConfig(**tiny_training_kwargs(tmp_path), collapse_repair=False).collapse_repair
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")
+    assert ATESDConfig(**tiny_training_kwargs(tmp_path)).collapse_repair

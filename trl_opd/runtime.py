@@ -9,6 +9,7 @@ on a CPU: the values are switched off and one log line says so.
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 
@@ -22,6 +23,16 @@ def has_accelerator() -> bool:
         return True
     xpu = getattr(torch, "xpu", None)
     return bool(xpu is not None and xpu.is_available())
+
+
+def launched_sharded() -> str | None:
+    """`"ZeRO-3"` or `"FSDP"` when `accelerate launch` asked for parameter sharding (its environment variables), else
+    `None`: known before any model is loaded, so a config can refuse a setting sharding does not support."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        return "FSDP"
+    if os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
+        return "ZeRO-3"
+    return None
 
 
 class CPUSafeConfigMixin:

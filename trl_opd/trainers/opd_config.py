@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from trl import DistillationConfig
 
-from ..runtime import CPUSafeConfigMixin
+from ..runtime import CPUSafeConfigMixin, launched_sharded
 from ..teacher import QUANTIZATION_CHOICES, SELF_TEACHER_KINDS
 from .prompts import PromptLimitConfigMixin
 
@@ -122,6 +122,11 @@ class OPDConfig(CPUSafeConfigMixin, PromptLimitConfigMixin, DistillationConfig):
             raise ValueError(f"teacher_collapse_weight must be in [0, 1], got {self.teacher_collapse_weight}")
         if self.divergence not in ("jsd", "k1"):
             raise ValueError(f"divergence must be 'jsd' or 'k1', got {self.divergence!r}")
+        if self.collapse_repair and launched_sharded():
+            raise ValueError(
+                f"collapse_repair is not supported under {launched_sharded()} (the teacher writes its repair with whole "
+                "weights): launch with ddp or zero2 (recipes/accelerate_configs/), or set collapse_repair: false."
+            )
         if self.collapse_repair and (self.teacher_collapse_logp is None or self.divergence != "jsd"):
             raise ValueError(
                 "collapse_repair needs teacher_collapse_logp (where the teacher collapses) and divergence 'jsd' (a "
