@@ -37,12 +37,12 @@ lab: bootstrap
 	$(LAB) --world long-chains --methods opd,gkd,sft,motab,motab:train_on_strayed=true --jobs 2
 	$(LAB) --world mismatch --methods opd,gkd,sft,tropd --jobs 2
 	$(LAB) --world ambiguous --methods grpo,rlsd,egrsd,cl-egrsd,opsd,sft --jobs 2
-	$(LAB) --world privileged --methods opsd,atesd,atesd:teacher_collapse_logp=null,atesd:probe_target=solution,opsd:teacher_collapse_logp=-6.9,grpo,egrsd,sft --jobs 2
+	$(LAB) --world privileged --methods opsd,atesd,atesd:collapse_repair=false,atesd:alpha_prior_mean=null,opsd:teacher_collapse_logp=-6.9,opsd:teacher_collapse_logp=-6.9:collapse_repair=true,grpo,egrsd,sft --jobs 2
 	$(LAB) --world ambiguous-reader --methods grpo,rlsd,egrsd,sft --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations --world ambiguous --methods grpo,rlsd:delta_centering=mean,egrsd:delta_centering=mean --jobs 2
-	$(LAB) --output-dir benchmarks/results/ablations --world privileged --methods opsd:learning_rate=3e-4,opsd:teacher_collapse_logp=-6.9:learning_rate=3e-4,atesd:learning_rate=3e-4 --jobs 2
-	$(LAB) --output-dir benchmarks/results/ablations/exposure-prior --world privileged --methods opsd,opsd:teacher_collapse_logp=-6.9,atesd,atesd:alpha_prior_mean=0.9 --jobs 2
-	$(LAB) --output-dir benchmarks/results/ablations/exposure-prior --world arith --methods opsd,atesd,atesd:alpha_prior_mean=0.9 --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations --world privileged --methods opsd:learning_rate=3e-4,opsd:teacher_collapse_logp=-6.9:learning_rate=3e-4,atesd:learning_rate=3e-4:collapse_repair=false:alpha_prior_mean=null --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations/exposure-prior --world privileged --methods opsd,opsd:teacher_collapse_logp=-6.9,atesd:collapse_repair=false:alpha_prior_mean=null,atesd:collapse_repair=false --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations/exposure-prior --world arith --methods opsd,atesd:collapse_repair=false:alpha_prior_mean=null,atesd:collapse_repair=false --jobs 2
 
 test: bootstrap
 	$(VENV)/bin/ruff check trl_opd tests benchmarks
