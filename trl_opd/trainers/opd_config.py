@@ -122,9 +122,10 @@ class OPDConfig(CPUSafeConfigMixin, PromptLimitConfigMixin, DistillationConfig):
             raise ValueError(f"teacher_collapse_weight must be in [0, 1], got {self.teacher_collapse_weight}")
         if self.divergence not in ("jsd", "k1"):
             raise ValueError(f"divergence must be 'jsd' or 'k1', got {self.divergence!r}")
-        if self.collapse_repair and launched_sharded():
+        sharding = launched_sharded()
+        if self.collapse_repair and sharding:
             raise ValueError(
-                f"collapse_repair is not supported under {launched_sharded()} (the teacher writes its repair with whole "
+                f"collapse_repair is not supported under {sharding} (the teacher writes its repair with whole "
                 "weights): launch with ddp or zero2 (recipes/accelerate_configs/), or set collapse_repair: false."
             )
         if self.collapse_repair and (self.teacher_collapse_logp is None or self.divergence != "jsd"):

@@ -374,21 +374,20 @@ class OPDTrainer(UnwrapCacheMixin, PromptLimitMixin, DistillationTrainer):
     def training_step(self, model, inputs, num_items_in_batch):
         output = super().training_step(model, inputs, num_items_in_batch)
         if self._self_teacher_kind == "ema" and self._step % self.current_gradient_accumulation_steps == 0:
-            unwrap = self.accelerator.unwrap_model
-            ema_update(unwrap(self.teacher_model), unwrap(self.model), self.args.teacher_ema_decay)
+            ema_update(self._unwrap(self.teacher_model), self._unwrap(self.model), self.args.teacher_ema_decay)
         return output
 
     # ----------------------------------------------------------------- checkpointed trainer state
     def extra_state_dict(self) -> dict[str, Any]:
         """Trainer state beyond TRL's (saved in every checkpoint as `trl_opd_state.pt`). Subclasses extend it."""
         if self._self_teacher_kind == "ema" and self.teacher_model is not None:
-            return {"ema_teacher": self.accelerator.unwrap_model(self.teacher_model).state_dict()}
+            return {"ema_teacher": self._unwrap(self.teacher_model).state_dict()}
         return {}
 
     def load_extra_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what [`extra_state_dict`] returned."""
         if "ema_teacher" in state and self.teacher_model is not None:
-            self.accelerator.unwrap_model(self.teacher_model).load_state_dict(state["ema_teacher"])
+            self._unwrap(self.teacher_model).load_state_dict(state["ema_teacher"])
 
     def _save_checkpoint(self, model, trial):
         # before the Trainer's files: its `trainer_state.json`, written last, marks the checkpoint complete
