@@ -223,19 +223,20 @@ def test_prior_sets_the_starting_beta_at_every_state():
         beta_raw_for(0.99, 20.0)
 
 
-def test_a_high_prior_learns_upward_but_rarely_downward():
-    """The trade-off of starting near full exposure (documented in docs/methods.md): from Beta mean 0.9 the policy
-    climbs when high exposure pays, but a concentrated Beta near 1 explores little, and in 400 steps it moves down in
-    at most half of the seeds when low exposure pays (from the random start it learns both ways, test below)."""
-    up = [_simulate(True, seed, 400, prior_mean=0.9)[1] for seed in range(4)]
-    down = [_simulate(False, seed, 400, prior_mean=0.9)[1] for seed in range(4)]
-    assert all(end > 0.9 for end in up), up
-    assert sum(end < 0.6 for end in down) <= 2, down
+def test_a_high_prior_holds_near_full_exposure_for_a_few_hundred_steps():
+    """The trade-off of starting near full exposure (documented in docs/methods.md): a Beta(18, 2) explores α in about
+    0.9 ± 0.07, where a reward slope of 0.01 per step and unit α is far below the probe's noise, so in 400 simulated
+    steps the policy stays near 0.9 whether high exposure, low exposure or nothing pays (from the random start it
+    learns both ways, test below)."""
+    for slope in (0.01, 0.0, -0.01):
+        ends = [_simulate(slope, seed, 400, prior_mean=0.9)[1] for seed in range(4)]
+        assert all(0.8 < end < 0.97 for end in ends), (slope, ends)
 
 
-def _simulate(favour_high: bool, seed: int, steps: int, **controller_kwargs) -> tuple[float, float]:
-    """A training run in miniature: the probe NLL falls by `0.01·α` per step (or `0.01·(1−α)`) under noise of std
-    0.02, the controller at its defaults observes it as the trainer does. Returns the Beta mean before and after."""
+def _simulate(slope: float, seed: int, steps: int, **controller_kwargs) -> tuple[float, float]:
+    """A training run in miniature: the probe NLL falls by `slope·α` per step (or by `|slope|·(1−α)` for a negative
+    slope: low exposure pays) under noise of std 0.02, and the controller at its defaults observes it as the trainer
+    does. Returns the Beta mean before and after."""
     controller = ExposureController(seed=seed, **controller_kwargs)
     noise = torch.Generator().manual_seed(100 + seed)
     nll, start = 5.0, controller.beta_stats(0, steps)["beta_mean"]
@@ -245,14 +246,24 @@ def _simulate(favour_high: bool, seed: int, steps: int, **controller_kwargs) -> 
             controller.observe_probe(nll)
         alpha = controller.act(step, steps)
         controller.set_grounding(-1.0)
-        nll -= 0.01 * (alpha if favour_high else 1.0 - alpha) - 0.02 * torch.randn((), generator=noise).item()
+        progress = slope * alpha if slope >= 0 else -slope * (1.0 - alpha)
+        nll -= progress - 0.02 * torch.randn((), generator=noise).item()
     return start, controller.beta_stats(steps, steps)["beta_mean"]
 
 
-@pytest.mark.parametrize("favour_high", [True, False], ids=["high-exposure-pays", "low-exposure-pays"])
-def test_controller_learns_the_rewarded_exposure_within_a_few_hundred_steps(favour_high):
-    """At its defaults the learned policy moves the right way in 400 steps, on every seed (at the old defaults,
+@pytest.mark.parametrize("slope", [0.01, -0.01], ids=["high-exposure-pays", "low-exposure-pays"])
+def test_controller_learns_the_rewarded_exposure_within_a_few_hundred_steps(slope):
+    """At its defaults the learned policy moves the right way in 400 steps, on every seed (at the first defaults,
     lr 1e-3 with 8-decision batches, it made 4 updates in 400 steps and drifted the same way either way)."""
     for seed in range(3):
-        start, end = _simulate(favour_high, seed, 400)
-        assert (end > max(start + 0.3, 0.8)) if favour_high else (end < min(start - 0.2, 0.3)), (seed, start, end)
+        start, end = _simulate(slope, seed, 400)
+        assert (end > start + 0.1) if slope > 0 else (end < start - 0.05), (seed, start, end)
+
+
+def test_controller_does_not_walk_to_a_corner_when_the_reward_is_noise():
+    """A probe that only fluctuates must leave the policy about where it started. With Adam (the optimiser before)
+    it did not: its per-parameter normalisation made steady steps of the skewed, zero-mean REINFORCE noise, and in
+    400 steps the Beta mean ended anywhere from 0.07 to 0.96 over 10 seeds. Plain SGD keeps it within 0.3-0.7."""
+    ends = [_simulate(0.0, seed, 400)[1] for seed in range(8)]
+    assert all(0.2 < end < 0.8 for end in ends), ends
+    assert sum(abs(end - 0.5) for end in ends) / len(ends) < 0.15, ends

@@ -64,8 +64,10 @@ class ExposureController:
     - `policy="learned"`: state `s` (see `STATE_FEATURES`) → MLP `f_φ` → `a, b = 1 + softplus(f_φ(s))`,
       `α ~ Beta(a, b)` clipped to `[α_min, α_max]`, held for `hold_steps` steps. A decision made at `t0` is rewarded
       `R = Σ_{i=1..L} γ^{i−1} [(ℓ_{t0+i−1} − ℓ_{t0+i}) + λ_gt·g]` (net progress) from the probe NLLs `ℓ` and the
-      teacher-grounded log-prob `g`; every `batch_decisions` finished decisions the policy takes one REINFORCE step
-      on normalised rewards, plus a penalty on the Beta entropy above `entropy_target`.
+      teacher-grounded log-prob `g`; every `batch_decisions` finished decisions the policy takes one plain-SGD
+      REINFORCE step on normalised rewards, plus a penalty on the Beta entropy above `entropy_target`. (Not Adam: its
+      per-parameter normalisation turned the zero-mean but skewed noise of the REINFORCE gradients into steady steps,
+      and under a reward of pure noise the policy walked to `α ≈ 0` or `α ≈ 1` whatever the reward favoured.)
     - `policy="fixed"`: always `alpha` (OPSD when `alpha=1`). `policy="random"`: `α ~ U[α_min, α_max]`, held for
       `hold_steps` steps (the paper's ablations).
 
@@ -79,7 +81,7 @@ class ExposureController:
         lambda_gt: `λ_gt`, weight of the teacher-grounded term.
         batch_decisions: `B`, finished decisions per policy update.
         entropy_target, entropy_coef: The excess-entropy penalty `c_H · max(0, H − H_target)`.
-        lr: Adam learning rate of the policy.
+        lr: SGD learning rate of the policy.
         hidden_size: Width of the policy MLP.
         ema_decay: Decay of the state EMAs.
         prior_mean, prior_concentration: When `prior_mean` is set, the learned policy starts as
@@ -100,7 +102,7 @@ class ExposureController:
         batch_decisions: int = 4,
         entropy_target: float = -0.5,
         entropy_coef: float = 0.01,
-        lr: float = 0.05,
+        lr: float = 0.1,
         hidden_size: int = 32,
         ema_decay: float = 0.9,
         prior_mean: float | None = None,
@@ -128,7 +130,7 @@ class ExposureController:
             with torch.no_grad():
                 self.net[-1].weight.zero_()
                 self.net[-1].bias.copy_(raw)
-        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=lr)
+        self.optimizer = torch.optim.SGD(self.net.parameters(), lr=lr)
         self.generator = torch.Generator().manual_seed(seed + 1)
         self.alpha = float(alpha)
         self.ema: dict[str, float | None] = {"alpha": None, "loss": None, "mismatch": None, "probe_nll": None}

@@ -125,10 +125,10 @@ class ATESDConfig(OPDConfig):
         },
     )
     controller_lr: float = field(
-        default=0.05,
+        default=0.1,
         metadata={
-            "help": "Adam learning rate of the controller. [design] At 1e-3 it made about 11 updates in a recipe's "
-            "~940 steps and drifted the same way whatever the reward favoured; see docs/methods.md."
+            "help": "SGD learning rate of the controller. [design] Plain SGD: with Adam the policy walked to α near 0 "
+            "or 1 under a reward of pure noise; see docs/methods.md."
         },
     )
     controller_hidden_size: int = field(
