@@ -87,11 +87,10 @@ def test_beta_parameters_and_clipping():
     assert stats["beta_mean"] == pytest.approx(a.item() / (a.item() + b.item()))
     assert stats["beta_concentration"] == pytest.approx(a.item() + b.item())
     _constant_policy(controller, -20.0, 8.0)  # Beta(1, 9): mass near 0, clipped up to alpha_min
-    controller.observe_probe(1.0)
     alphas = []
     for step in range(0, 100, controller.hold_steps):
+        controller.observe_probe(1.0, step)
         alphas.append(controller.act(step, 100))
-        controller.observe_probe(1.0)
     assert min(alphas) >= 0.1 and max(alphas) <= 0.9 and 0.1 in alphas
 
 
@@ -100,7 +99,7 @@ def test_hold_window():
     alphas = []
     for step in range(8):
         assert controller.decision_due(step) == (step % 3 == 0)
-        controller.observe_probe(2.0)
+        controller.observe_probe(2.0, step)
         alphas.append(controller.act(step, 8))
     assert alphas[0] == alphas[1] == alphas[2] != alphas[3] == alphas[4] == alphas[5] != alphas[6] == alphas[7]
     assert [d.step for d in controller.open] == [0, 3, 6]
@@ -111,7 +110,7 @@ def test_delayed_discounted_reward():
     nll = [5.0, 4.0, 4.5, 3.0, 2.5, 2.0]
     rewards = {}
     for step, value in enumerate(nll):
-        logs = controller.observe_probe(value)
+        logs = controller.observe_probe(value, step)
         if "reward" in logs:
             rewards[step] = logs["reward"]
         controller.act(step, len(nll))
@@ -122,6 +121,34 @@ def test_delayed_discounted_reward():
     assert rewards[3] == pytest.approx((1.0 - 0.5 * 0.5 + 0.25 * 1.5) + 0.1 * -1.0 * (1 + 0.5 + 0.25))  # net progress
     assert rewards[5] == pytest.approx((1.5 + 0.5 * 0.5 + 0.25 * 0.5) + 0.1 * -3.0 * 1.75)
     assert [d.step for d in controller.finished] == [0, 2]
+
+
+@pytest.mark.parametrize("hold,horizon", [(4, 4), (2, 3), (3, 2)])
+def test_undiscounted_reward_probes_only_the_window_ends(hold, horizon):
+    """With `γ = 1` the probe runs only at decision steps and at the steps where a window closes, and each reward is
+    `ℓ_{t0} − ℓ_{t0+L} + λ_gt·L·g`, computed here from the full series of probe values (one per step)."""
+    controller = ExposureController(
+        hold_steps=hold, reward_horizon=horizon, discount=1.0, lambda_gt=0.1, batch_decisions=99
+    )
+    nll = [5.0 - 0.3 * step + 0.2 * ((step * 7) % 3) for step in range(20)]
+    probed, rewards, grounding = [], {}, {}
+    for step, value in enumerate(nll):
+        if controller.needs_probe(step):
+            probed.append(step)
+            logs = controller.observe_probe(value, step)
+            if "reward" in logs:
+                rewards[step] = logs["reward"]
+        controller.act(step, len(nll))
+        if controller.current.step == step:
+            grounding[step] = -0.1 * step
+            controller.set_grounding(grounding[step])
+    decisions = list(range(0, 20, hold))
+    assert probed == sorted({*decisions, *(t + horizon for t in decisions if t + horizon < 20)})
+    for t0 in decisions:
+        if t0 + horizon < 20:
+            expected = nll[t0] - nll[t0 + horizon] + 0.1 * horizon * grounding[t0]
+            assert rewards[t0 + horizon] == pytest.approx(expected)
+    assert [d.step for d in controller.finished] == [t for t in decisions if t + horizon < 20]
 
 
 def _decisions(samples, rewards, state):
@@ -161,7 +188,7 @@ def _script(controller, steps, start=0):
     for step in range(start, start + steps):
         controller.observe(loss=1.0 / (step + 1), mismatch=0.1 * step, confidence=0.5)
         if controller.needs_probe(step):
-            controller.observe_probe(3.0 - 0.1 * step + 0.05 * (step % 3))
+            controller.observe_probe(3.0 - 0.1 * step + 0.05 * (step % 3), step)
         alphas.append(controller.act(step, 30))
         controller.set_grounding(-0.5 * alphas[-1])
     return alphas
@@ -197,7 +224,7 @@ def test_controller_leaves_global_rng_alone():
     torch.manual_seed(0)
     controller = ExposureController(hold_steps=1, seed=5)
     for step in range(4):
-        controller.observe_probe(1.0)
+        controller.observe_probe(1.0, step)
         controller.act(step, 4)
     assert torch.equal(torch.rand(3), expected)
 
@@ -243,7 +270,7 @@ def _simulate(slope: float, seed: int, steps: int, **controller_kwargs) -> tuple
     for step in range(steps):
         controller.observe(loss=1.0, mismatch=0.5, confidence=0.5)
         if controller.needs_probe(step):
-            controller.observe_probe(nll)
+            controller.observe_probe(nll, step)
         alpha = controller.act(step, steps)
         controller.set_grounding(-1.0)
         progress = slope * alpha if slope >= 0 else -slope * (1.0 - alpha)

@@ -8,7 +8,10 @@ state — policy parameters, optimiser, open and finished decisions, EMAs and RN
 One optimizer step `t` of the trainer, in order:
 1. [`ExposureController.observe`] the previous step's loss, mismatch and student confidence (EMAs);
 2. when [`ExposureController.needs_probe`], [`ExposureController.observe_probe`] the probe NLL `ℓ_t` (closes the
-   reward windows that reach `L` steps and, every `B` finished decisions, updates the policy);
+   reward windows that reach `L` steps and, every `B` finished decisions, updates the policy). With `γ < 1` the reward
+   reads every step of a window, so the probe runs at every step; with `γ = 1` (the default) it telescopes to
+   `ℓ_{t0} − ℓ_{t0+L}`, so the probe runs only where a decision is made or a window closes (every `H` steps when
+   `H = L`);
 3. [`ExposureController.act`] returns `α_t`: a new decision every `H` steps, else the held one.
 """
 
@@ -77,7 +80,7 @@ class ExposureController:
         alpha_min, alpha_max: Clipping range of sampled exposures.
         hold_steps: `H`, optimizer steps a sampled `α` is held.
         reward_horizon: `L`, steps after a decision that its reward looks at.
-        discount: `γ` of the reward.
+        discount: `γ` of the reward; at 1 the probe is only evaluated at the ends of the reward windows.
         lambda_gt: `λ_gt`, weight of the teacher-grounded term.
         batch_decisions: `B`, finished decisions per policy update.
         entropy_target, entropy_coef: The excess-entropy penalty `c_H · max(0, H − H_target)`.
@@ -97,7 +100,7 @@ class ExposureController:
         alpha_max: float = 1.0,
         hold_steps: int = 4,
         reward_horizon: int = 4,
-        discount: float = 0.9,
+        discount: float = 1.0,
         lambda_gt: float = 0.1,
         batch_decisions: int = 4,
         entropy_target: float = -0.5,
@@ -167,8 +170,15 @@ class ExposureController:
         return self.current is None or step - self.current.step >= self.hold_steps
 
     def needs_probe(self, step: int) -> bool:
-        """Whether the probe NLL at `step` is used: by an open reward window, or by a decision made now."""
-        return self.policy == "learned" and (bool(self.open) or self.decision_due(step))
+        """Whether the probe NLL at `step` is used: by a decision made now, or by an open reward window (with `γ = 1`
+        only by a window that closes at `step`: the undiscounted reward reads the window's two ends)."""
+        if self.policy != "learned":
+            return False
+        if self.decision_due(step):
+            return True
+        if self.discount < 1.0:
+            return bool(self.open)
+        return any(step == decision.step + self.reward_horizon for decision in self.open)
 
     def act(self, step: int, total_steps: int) -> float:
         """The exposure `α` for optimizer step `step`: a new decision when one is due, else the held one."""
@@ -221,22 +231,25 @@ class ExposureController:
         self._update_ema("mismatch", float(mismatch))
         self.confidence = float(confidence)
 
-    def observe_probe(self, nll: float) -> dict[str, float]:
-        """Record the probe NLL of the current step: extends every open reward window, closes those that reached
-        `L` steps, and updates the policy every `batch_decisions` finished decisions. Returns logging values."""
+    def observe_probe(self, nll: float, step: int) -> dict[str, float]:
+        """Record the probe NLL `ℓ_step`: extends the open reward windows (every one with `γ < 1`; with `γ = 1` only
+        those that end at `step`), closes those that reach `L` steps, and updates the policy every `batch_decisions`
+        finished decisions. Returns logging values."""
         nll = float(nll)
         self.last_probe_nll = nll
         self._update_ema("probe_nll", nll)
         logs: dict[str, float] = {}
         still_open = []
         for decision in self.open:
-            decision.probe_nll.append(nll)
-            if len(decision.probe_nll) > self.reward_horizon:
+            ends = step >= decision.step + self.reward_horizon
+            if ends or self.discount < 1.0:
+                decision.probe_nll.append(nll)
+            if not ends:
+                still_open.append(decision)
+            elif len(decision.probe_nll) >= 2:  # a window without its start value (none was probed) is dropped
                 decision.reward = self._reward(decision)
                 self.finished.append(decision)
                 logs["reward"] = decision.reward
-            else:
-                still_open.append(decision)
         self.open = still_open
         if len(self.finished) >= self.batch_decisions:
             logs["controller_loss"] = self.update(self.finished[: self.batch_decisions])
@@ -244,6 +257,7 @@ class ExposureController:
         return logs
 
     def _reward(self, decision: Decision) -> float:
+        # γ < 1: ℓ_{t0}, ..., ℓ_{t0+L}; γ = 1: ℓ_{t0}, ℓ_{t0+L}, whose one difference is the telescoped sum
         nll = torch.tensor(decision.probe_nll[: self.reward_horizon + 1], dtype=torch.float64)
         grounding = torch.full((self.reward_horizon,), decision.grounding, dtype=torch.float64)
         return discounted_reward(nll, grounding, self.discount, self.lambda_gt).item()

@@ -86,7 +86,14 @@ class ATESDConfig(OPDConfig):
     reward_horizon: int = field(
         default=4, metadata={"help": "L: optimizer steps after a decision that its reward looks at."}
     )
-    discount: float = field(default=0.9, metadata={"help": "γ: discount of the controller's reward, in (0, 1]."})
+    discount: float = field(
+        default=1.0,
+        metadata={
+            "help": "γ: discount of the controller's reward, in (0, 1]. At 1 the reward is the probe's net change over "
+            "the window (ℓ at the decision minus ℓ L steps later), so the probe runs only at the windows' ends, once "
+            "per decision when hold_steps = reward_horizon, instead of at every step."
+        },
+    )
     lambda_gt: float = field(
         default=0.1,
         metadata={

@@ -187,7 +187,7 @@ class ATESDTrainer(OPDTrainer):
         if controller.needs_probe(step):
             nll = self._probe_nll()
             metrics["atesd/probe_nll"].append(nll)
-            for name, value in controller.observe_probe(nll).items():
+            for name, value in controller.observe_probe(nll, step).items():
                 metrics[f"atesd/{name}"].append(value)
         new_decision = controller.decision_due(step)
         self.alpha = controller.act(step, self.state.max_steps)
