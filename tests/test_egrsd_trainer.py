@@ -20,6 +20,7 @@ from trl_opd.trainers.egrsd_trainer import EGRSDTrainer
 
 
 G = 4  # generations per prompt
+GUARD_LOGP = -6.0  # about the tiny random teacher's typical token log-prob: some rows collapse, at varied places
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("Qwen3-*/egrsd/*.yaml"))
 
 
@@ -106,9 +107,20 @@ def test_reduces_to_grpo_exactly(tmp_path, tiny_tokenizer, arithmetic_dataset, r
 
 
 def _dense_reference(
-    model, tokenizer, rows, out, g_min, epsilon_w, lookahead, base_advantages, normalization="mean", centering="none"
+    model,
+    tokenizer,
+    rows,
+    out,
+    g_min,
+    epsilon_w,
+    lookahead,
+    base_advantages,
+    normalization="mean",
+    centering="none",
+    collapse_logp=None,
 ):
-    """Token advantages from the full logits of the (initial) model, one unpadded row at a time."""
+    """Token advantages from the full logits of the (initial) model, one unpadded row at a time; with
+    `collapse_logp`, the guard, by a scan of each row: the plain advantage after the first collapsed token."""
     t_logp, t_ent, s_logp = [], [], []
     with torch.no_grad():
         for i, row in enumerate(rows):
@@ -135,26 +147,36 @@ def _dense_reference(
         for t in range(n):
             ent[b, t] = t_ent[b, t : min(t + lookahead + 1, n)].min()
     gate = g_min + (1 - g_min) * torch.exp(-ent / tau)
-    if normalization == "mean":  # mean 1 over the loss tokens
-        gate = gate / gate[mask].mean()
+    trusted = torch.ones_like(mask)
+    if collapse_logp is not None:
+        for b in range(mask.size(0)):
+            collapsed = False
+            for t in range(int(mask[b].sum())):
+                trusted[b, t] = not collapsed
+                collapsed = collapsed or bool(t_logp[b, t] < collapse_logp)
+    if normalization == "mean":  # mean 1 over the (trusted) loss tokens
+        gate = gate / gate[mask & trusted].mean()
     sign = torch.sign(base_advantages.double())[:, None]
     delta = t_logp - s_logp
     if centering == "mean":  # minus the mean of Δ over the loss tokens
         delta = delta - delta[mask].mean()
     magnitude = torch.exp(sign * delta).clamp(1 - epsilon_w, 1 + epsilon_w)
-    return torch.where(mask, base_advantages.double()[:, None] * magnitude * gate, 0.0).float()
+    weighted = torch.where(trusted, magnitude * gate, 1.0)
+    return torch.where(mask, base_advantages.double()[:, None] * weighted, 0.0).float()
 
 
 @pytest.mark.parametrize(
-    ("g_min", "epsilon_w", "lookahead", "normalization", "centering"),
+    ("g_min", "epsilon_w", "lookahead", "normalization", "centering", "collapse_logp"),
     [
-        (0.2, 0.2, 0, "mean", "none"),
-        (0.2, 0.2, 3, "mean", "none"),
-        (1.0, 0.2, 0, "mean", "none"),
-        (0.2, 0.2, 0, "none", "none"),
-        (0.2, 0.6, 0, "mean", "mean"),
+        (0.2, 0.2, 0, "mean", "none", None),
+        (0.2, 0.2, 3, "mean", "none", None),
+        (1.0, 0.2, 0, "mean", "none", None),
+        (0.2, 0.2, 0, "none", "none", None),
+        (0.2, 0.6, 0, "mean", "mean", None),
+        (0.2, 0.6, 0, "mean", "none", GUARD_LOGP),
+        (0.2, 0.6, 0, "mean", "mean", GUARD_LOGP),
     ],
-    ids=["egrsd", "cl-egrsd", "rlsd", "egrsd-raw-gate", "egrsd-centred-delta"],
+    ids=["egrsd", "cl-egrsd", "rlsd", "egrsd-raw-gate", "egrsd-centred-delta", "egrsd-guard", "egrsd-guard-eager"],
 )
 def test_token_advantages_match_dense_reference(
     tmp_path,
@@ -167,6 +189,7 @@ def test_token_advantages_match_dense_reference(
     lookahead,
     normalization,
     centering,
+    collapse_logp,
 ):
     trainer = _egrsd(
         tmp_path,
@@ -178,6 +201,7 @@ def test_token_advantages_match_dense_reference(
         entropy_lookahead=lookahead,
         gate_normalization=normalization,
         delta_centering=centering,
+        teacher_collapse_logp=collapse_logp,
     )
     base = {}
     original = GRPOTrainer._generate_and_score_completions
@@ -194,10 +218,23 @@ def test_token_advantages_match_dense_reference(
         GRPOTrainer._generate_and_score_completions = original
     initial = build_tiny_model(tiny_tokenizer, "student", seed=0).eval()
     expected = _dense_reference(
-        initial, tiny_tokenizer, rows, out, g_min, epsilon_w, lookahead, base["advantages"], normalization, centering
+        initial,
+        tiny_tokenizer,
+        rows,
+        out,
+        g_min,
+        epsilon_w,
+        lookahead,
+        base["advantages"],
+        normalization,
+        centering,
+        collapse_logp,
     )
     advantages = trainer.token_advantages(out)  # the magnitude, when the loss applies it, from a no-grad forward
     torch.testing.assert_close(advantages, expected, rtol=1e-4, atol=1e-5)
+    if collapse_logp is not None:  # the guard cut some rows, not all, and left their first tokens trusted
+        after = trainer._metrics["train"]["guard/after_collapse"][-1]
+        assert 0.0 < after < 0.9, after
     assert not torch.allclose(advantages, base["advantages"][:, None] * out["completion_mask"])
 
 
@@ -297,6 +334,8 @@ def test_peft_teacher_is_the_adapter_off_student(
         ({"epsilon_w": 1.5}, "epsilon_w"),
         ({"delta_centering": "median"}, "delta_centering"),
         ({"self_teacher": "ema"}, "self_teacher"),
+        ({"teacher_collapse_logp": 0.5}, "teacher_collapse_logp"),
+        ({"teacher_collapse_logp": float("nan")}, "teacher_collapse_logp"),
     ],
 )
 def test_bad_config_is_one_clear_error(tmp_path, overrides, match):

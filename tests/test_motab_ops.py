@@ -36,6 +36,21 @@ def test_boundary_running_quantile_window_warmup_and_state():
         AdaptiveBoundary(quantile=1.0)
 
 
+def test_boundary_floor_bounds_the_running_quantile_from_below():
+    """`τ = max(quantile, floor)` against numpy; the floor waits for the warm-up and yields to a fixed boundary."""
+    scores = [0.0, -0.2, 0.05, 0.1, -0.1, 0.0, 0.3, -0.05]
+    floored = AdaptiveBoundary(quantile=0.9, window=16, warmup_steps=1, floor=0.25)
+    floored.update(scores)
+    assert floored.threshold(0) == math.inf
+    assert np.quantile(scores, 0.9) < 0.25 and floored.threshold(1) == 0.25
+    floored.update([2.0, 3.0, 4.0])
+    assert floored.threshold(1) == pytest.approx(np.quantile([*scores, 2.0, 3.0, 4.0], 0.9))  # above the floor
+    assert AdaptiveBoundary(fixed=-1.0, floor=0.25).threshold(5) == -1.0
+    assert floored.state_dict()["floor"] == 0.25
+    with pytest.raises(ValueError, match="floor"):
+        AdaptiveBoundary(floor=float("nan"))
+
+
 def test_monitor_signals_and_segment_scores():
     s, t, best = (
         torch.tensor([[-1.0, -2.0, 0.0]]),

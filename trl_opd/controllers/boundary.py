@@ -15,8 +15,9 @@ class AdaptiveBoundary:
     r"""
     Running quantile of the most recent segment stray scores, with a warm-up during which the boundary is `+inf`.
 
-    `τ = quantile_q(last `window` scores)` (linear interpolation, as `numpy.quantile`), or `+inf` while
-    `step < warmup_steps`, while no score has been seen, or always when `fixed` is given (then `τ = fixed`).
+    `τ = max(quantile_q(last `window` scores), floor)` (linear interpolation, as `numpy.quantile`; no floor when
+    `floor` is None), or `+inf` while `step < warmup_steps`, while no score has been seen, or always when `fixed` is
+    given (then `τ = fixed`).
     The buffer and counters are plain Python state, saved with [`state_dict`] and restored with [`load_state_dict`].
 
     Args:
@@ -25,16 +26,28 @@ class AdaptiveBoundary:
         warmup_steps (`int`): optimizer steps during which `τ = +inf` (scores are still collected).
         fixed (`float`, *optional*): a constant boundary that replaces the running quantile (e.g. `inf` to disable
             backtracking, or a hand-set value).
+        floor (`float`, *optional*): the lowest the running quantile may go: a segment scoring at most `floor` is
+            never a stray, however well the student does (the quantile alone flags `1 − q` of segments forever).
     """
 
-    def __init__(self, quantile: float = 0.9, window: int = 4096, warmup_steps: int = 0, fixed: float | None = None):
+    def __init__(
+        self,
+        quantile: float = 0.9,
+        window: int = 4096,
+        warmup_steps: int = 0,
+        fixed: float | None = None,
+        floor: float | None = None,
+    ):
         if not 0.0 < quantile < 1.0:
             raise ValueError(f"quantile must be in (0, 1), got {quantile}")
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
         if warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        if floor is not None and math.isnan(floor):
+            raise ValueError("floor must be a number or None, got nan")
         self.quantile, self.window, self.warmup_steps, self.fixed = quantile, window, warmup_steps, fixed
+        self.floor = floor
         self.scores: deque[float] = deque(maxlen=window)
         self.num_segments = 0  # segment scores ever seen
         self.num_backtracks = 0  # segments ever discarded
@@ -46,7 +59,8 @@ class AdaptiveBoundary:
             return float(self.fixed)
         if step < self.warmup_steps or not self.scores:
             return math.inf
-        return float(np.quantile(np.fromiter(self.scores, dtype=np.float64), self.quantile))
+        tau = float(np.quantile(np.fromiter(self.scores, dtype=np.float64), self.quantile))
+        return tau if self.floor is None else max(tau, float(self.floor))
 
     def update(self, scores: Iterable[float], num_backtracks: int = 0) -> None:
         """Fold in the segment scores of one rollout batch (all processes) and its backtrack count."""
@@ -62,6 +76,7 @@ class AdaptiveBoundary:
             "window": self.window,
             "warmup_steps": self.warmup_steps,
             "fixed": self.fixed,
+            "floor": self.floor,
             "scores": list(self.scores),
             "num_segments": self.num_segments,
             "num_backtracks": self.num_backtracks,
@@ -69,8 +84,8 @@ class AdaptiveBoundary:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the buffer and counters. The configured quantile, window, warm-up and fixed value are kept; the
-        restored buffer is cut to the current window."""
+        """Restore the buffer and counters. The configured quantile, window, warm-up, fixed value and floor are kept;
+        the restored buffer is cut to the current window."""
         self.scores = deque(state["scores"], maxlen=self.window)
         self.num_segments = int(state["num_segments"])
         self.num_backtracks = int(state["num_backtracks"])

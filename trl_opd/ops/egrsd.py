@@ -131,7 +131,7 @@ def egrsd_token_advantages(
 def normalize_gate(weights: dict[str, torch.Tensor], gate_mean: torch.Tensor | float) -> dict[str, torch.Tensor]:
     r"""Rescale the gate to mean 1 over the loss tokens, so that it reweights tokens without shrinking the update.
 
-    $$	ilde{g}_t = g_t / ar{g},\qquad \hat{A}_t = A_i\, m_t\, 	ilde{g}_t$$
+    $$\tilde{g}_t = g_t / \bar{g},\qquad \hat{A}_t = A_i\, m_t\, \tilde{g}_t$$
 
     `ḡ` is the mean gate over the loss tokens (of the global batch, in a trainer); floored at 1e-8. The raw gate is kept
     as `raw_gate`. At `g_min = 1` every `g_t = ḡ = 1` and nothing changes. `dict of (B, T), () -> dict of (B, T)`.

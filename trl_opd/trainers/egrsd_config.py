@@ -71,6 +71,15 @@ class EGRSDConfig(CPUSafeConfigMixin, PromptLimitConfigMixin, GRPOConfig):
             "choices": list(GATE_NORMALIZATIONS),
         },
     )
+    teacher_collapse_logp: float | None = field(
+        default=None,
+        metadata={
+            "help": "Guard against the privileged self-teacher's collapse: after the first sampled token whose teacher "
+            "log-prob is below this (e.g. -6.9 for p_T < 1e-3: the teacher has stopped following the student's path "
+            "and goes back to the reference's), the rest of the rollout keeps its plain GRPO advantage A_i (magnitude "
+            "and gate 1) instead of the teacher's token weights. None: off."
+        },
+    )
     self_teacher: str = field(
         default="frozen",
         metadata={
@@ -94,5 +103,7 @@ class EGRSDConfig(CPUSafeConfigMixin, PromptLimitConfigMixin, GRPOConfig):
             raise ValueError(
                 f"gate_normalization must be one of {GATE_NORMALIZATIONS}, got {self.gate_normalization!r}"
             )
+        if self.teacher_collapse_logp is not None and not self.teacher_collapse_logp <= 0.0:
+            raise ValueError(f"teacher_collapse_logp is a log-probability (<= 0), got {self.teacher_collapse_logp}")
         if self.self_teacher not in EGRSD_SELF_TEACHER_KINDS:
             raise ValueError(f"self_teacher must be one of {EGRSD_SELF_TEACHER_KINDS}, got {self.self_teacher!r}")

@@ -20,6 +20,7 @@ from ..data import ColumnMap, prepare_dataset, privileged_prompt
 from ..heads import logit_head
 from ..ops import token_logprobs_and_entropy
 from ..ops.egrsd import egrsd_token_advantages, likelihood_ratio_magnitude, masked_median, normalize_gate
+from ..ops.reductions import after_collapse_weights
 from ..runtime import UnwrapCacheMixin
 from ..teacher import (
     TeacherHandle,
@@ -46,7 +47,9 @@ class EGRSDTrainer(UnwrapCacheMixin, PromptLimitMixin, GRPOTrainer):
 
     `Δ_t = sg(log p_T(y_t) − log p_S(y_t))`, `H̃` the teacher entropy (or, for CL-EGRSD, its minimum over the next
     `entropy_lookahead` tokens), `τ_H` its median over the loss tokens of the global generation batch. The parent's
-    clipped surrogate and loss aggregation (`loss_type`) are used unchanged. With `g_min=1` this is RLSD; with
+    clipped surrogate and loss aggregation (`loss_type`) are used unchanged. With `teacher_collapse_logp` (the guard),
+    every token after the first one whose teacher log-prob falls below it keeps the plain `A_i` (the gate's mean is then
+    taken over the trusted tokens). With `g_min=1` this is RLSD; with
     `g_min=1, epsilon_w=0` it is the parent exactly (the teacher is then not run). When the parent has no old
     log-probs (no vLLM, aligned steps), `log p_S` is the loss forward's own: the magnitude is applied there
     ([`EGRSDTrainer.token_advantages`]) instead of after a second, no-grad student forward.
@@ -266,13 +269,20 @@ class EGRSDTrainer(UnwrapCacheMixin, PromptLimitMixin, GRPOTrainer):
             tau=self._global_median(teacher_entropy, mask),
             delta_offset=self._delta_offset(teacher_logp - student_logp, mask),
         )
+        trust = self._teacher_trust(teacher_logp, mask)
         raw_gate = weights["gate"]
         if self.args.gate_normalization == "mean":
-            weights = normalize_gate(weights, self._global_masked_mean(raw_gate, mask))
+            weights = normalize_gate(weights, self._global_masked_mean(raw_gate, mask * trust))
+        advantages = weights["advantages"]
+        if trust is not mask:  # the guard: after the teacher's collapse, the plain group advantage
+            plain = output["advantages"].float().unsqueeze(-1) * mask
+            advantages = torch.where(trust.bool(), advantages, plain)
         if deferred:
             output["egrsd_sign"] = torch.sign(output["advantages"].float())
             output["egrsd_teacher_logps"] = teacher_logp
-        output["advantages"] = weights["advantages"].to(output["advantages"].dtype)
+            if trust is not mask:
+                output["egrsd_trust"] = trust
+        output["advantages"] = advantages.to(output["advantages"].dtype)
         delta = None if deferred else teacher_logp - student_logp
         self._log_weights(weights, raw_gate, teacher_entropy, delta, mask)
         return output
@@ -286,6 +296,8 @@ class EGRSDTrainer(UnwrapCacheMixin, PromptLimitMixin, GRPOTrainer):
         student_logp = self.student_token_logps(inputs) if student_logp is None else student_logp.detach().float()
         teacher_logp, sign = inputs["egrsd_teacher_logps"], inputs["egrsd_sign"]
         magnitude = likelihood_ratio_magnitude(sign, teacher_logp, student_logp, self.args.epsilon_w)
+        if "egrsd_trust" in inputs:  # the guard: no magnitude after the teacher's collapse
+            magnitude = torch.where(inputs["egrsd_trust"].bool(), magnitude, torch.ones_like(magnitude))
         mask = inputs["completion_mask"] * inputs["tool_mask"] if "tool_mask" in inputs else inputs["completion_mask"]
         advantages = torch.where(mask.bool(), inputs["advantages"] * magnitude, 0.0).to(inputs["advantages"].dtype)
         if self._loss_inputs is not None:
@@ -307,6 +319,18 @@ class EGRSDTrainer(UnwrapCacheMixin, PromptLimitMixin, GRPOTrainer):
             self._loss_inputs["advantages"] = self.token_advantages(self._loss_inputs, result[0])
             self._loss_inputs = None
         return result
+
+    def _teacher_trust(self, teacher_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """`(B, T)`: 1 up to and including the first token whose teacher log-prob is below `teacher_collapse_logp`,
+        0 after it and at masked positions ([`~trl_opd.ops.after_collapse_weights`]); `mask` itself (the same object)
+        when the guard is off or the teacher does not run. Logs `guard/after_collapse`, the share of loss tokens after
+        a collapse."""
+        if self.args.teacher_collapse_logp is None or not self._needs_teacher(self.args):
+            return mask
+        trust = after_collapse_weights(teacher_logp, mask, self.args.teacher_collapse_logp)
+        after = self._global_token_means({"after_collapse": 1.0 - trust}, mask)["after_collapse"]
+        self._metrics["train" if self.model.training else "eval"]["guard/after_collapse"].append(after)
+        return trust.to(mask.dtype)
 
     def _delta_offset(self, delta: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | float:
         """The magnitude's offset `c`: the global mean of `Δ` with `delta_centering: mean`, else 0."""

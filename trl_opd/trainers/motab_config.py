@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from ..ops.motab import MONITOR_SIGNALS
@@ -62,6 +63,14 @@ class MOTABConfig(OPDConfig):
             "reduction). None: adaptive."
         },
     )
+    boundary_floor: float | None = field(
+        default=None,
+        metadata={
+            "help": "Lowest value of the adaptive τ, in the monitor signal's units (nats per token for log_ratio): a "
+            "segment scoring at most this is never a stray. The running quantile alone declares 1 − q of the "
+            "segments strays however well the student does. None: no floor. [design]"
+        },
+    )
     max_backtracks: int = field(
         default=4, metadata={"help": "Backtracks allowed per rollout; after that the student runs on unmonitored."}
     )
@@ -95,6 +104,8 @@ class MOTABConfig(OPDConfig):
             raise ValueError(f"boundary_window must be >= 1, got {self.boundary_window}")
         if self.boundary_warmup_steps < 0:
             raise ValueError(f"boundary_warmup_steps must be >= 0, got {self.boundary_warmup_steps}")
+        if self.boundary_floor is not None and math.isnan(self.boundary_floor):
+            raise ValueError("boundary_floor must be a number or None, got nan")
         if self.max_backtracks < 0:
             raise ValueError(f"max_backtracks must be >= 0, got {self.max_backtracks}")
         if self.lambda_int < 0:

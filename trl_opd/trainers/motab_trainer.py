@@ -87,7 +87,11 @@ class MOTABTrainer(OPDTrainer):
         )
         check_step_delimiter(self._tokenizer, args.step_delimiter)
         self.boundary = AdaptiveBoundary(
-            args.boundary_quantile, args.boundary_window, args.boundary_warmup_steps, args.fixed_boundary
+            args.boundary_quantile,
+            args.boundary_window,
+            args.boundary_warmup_steps,
+            args.fixed_boundary,
+            floor=args.boundary_floor,
         )
         self.stopper = SegmentStopper(self._tokenizer, args.step_delimiter, self.eos_token_ids)
         self._batch_rows: list[dict[str, Any]] | None = None
