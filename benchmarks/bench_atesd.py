@@ -10,9 +10,9 @@ cost (its teacher forward and generation) is printed apart, as a share of the OP
 Both trainers start from the same tiny student and take the same prompts at every step with the same sampling seed;
 their steps are interleaved (alternating which goes first) so that load on a shared machine hits both alike. A step
 is one full `training_step` (rollout generation, the controller with its probe-set NLL and teacher grounding,
-teacher scoring, loss, backward) plus the optimizer step. ATESD runs at its defaults (`H=4`, `L=4`,
-probe set of 8), under which the probe is evaluated at every step (the teacher grounding, once per exposure level:
-the frozen self-teacher does not change).
+teacher scoring, loss, backward) plus the optimizer step. ATESD runs at its defaults (`H=4`, `L=4`, `γ=1`,
+probe set of 8), under which the probe is evaluated once per decision, every 4th step (with `γ < 1` it ran at every
+step); the teacher grounding once per exposure level (the frozen self-teacher does not change).
 
 Times are both wall-clock and process CPU time; with one torch thread (the default here) CPU time counts the work
 done and is robust to other processes sharing the machine, so its ratio is the headline number on a busy CPU.
