@@ -27,7 +27,7 @@ demo: bootstrap
 	$(VENV)/bin/trl-opd demo --output-dir demo_output
 
 # The sweeps whose results are committed under benchmarks/results (each file is headed by its exact command).
-# About 2 h on 2 CPU cores in all (`--jobs 2` runs two (method, seed) pairs at once).
+# About 2.5 h on 2 CPU cores in all (`--jobs 2` runs two (method, seed) pairs at once).
 LAB_SEEDS ?= 0,1,2
 LAB_STEPS ?= 200
 LAB := $(VENV)/bin/trl-opd lab --seeds $(LAB_SEEDS) --steps $(LAB_STEPS) --output-dir benchmarks/results
@@ -43,6 +43,11 @@ lab: bootstrap
 	$(LAB) --output-dir benchmarks/results/ablations --world privileged --methods opsd:learning_rate=3e-4,opsd:teacher_collapse_logp=-6.9:learning_rate=3e-4,atesd:learning_rate=3e-4:collapse_repair=false:alpha_prior_mean=null --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/exposure-prior --world privileged --methods opsd,opsd:teacher_collapse_logp=-6.9,atesd:collapse_repair=false:alpha_prior_mean=null,atesd:collapse_repair=false --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/exposure-prior --world arith --methods opsd,atesd:collapse_repair=false:alpha_prior_mean=null,atesd:collapse_repair=false --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations/boundary-floor --world long-chains --methods motab:boundary_floor=0.5 --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations/egrsd-guard --world privileged --methods egrsd:teacher_collapse_logp=-6.9 --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations/egrsd-guard --world ambiguous --methods egrsd:teacher_collapse_logp=-6.9 --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations/trust-threshold --world mismatch --methods tropd:trust_threshold=0.1 --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations/trust-threshold --world arith --methods tropd:trust_threshold=0.1 --jobs 2
 
 test: bootstrap
 	$(VENV)/bin/ruff check trl_opd tests benchmarks
