@@ -248,3 +248,59 @@ def test_every_committed_lab_result_is_a_make_lab_line_and_each_line_has_its_res
         assert Path(key[4]) / f"{key[0]}.md" == md.relative_to(root), md  # written where its command writes
         committed.add(key)
     assert committed == made
+
+
+_WORKER_SCRIPT = """
+import sys, time
+from trl_opd.lab.run import exit_with_parent
+exit_with_parent(int(sys.argv[1]), interval=0.05)
+print("watching", flush=True)
+time.sleep(60)
+"""
+_PARENT_SCRIPT = """
+import os, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1], str(os.getpid())])
+print(child.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs: it exists and, where /proc tells, is not a zombie (an exited process whose new parent, e.g.
+    a container's init, has not reaped it)."""
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def test_a_worker_ends_when_the_lab_process_is_killed():
+    """A spawned lab worker watches its parent: once the parent dies (the lab was killed, so nothing will collect the
+    worker's results) it exits within seconds instead of training its queued runs."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    command = [sys.executable, "-c", _PARENT_SCRIPT, _WORKER_SCRIPT]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    child_pid = int(proc.stdout.readline())
+    assert proc.stdout.readline().strip() == "watching"  # the child has imported the lab and started its watch
+    assert _alive(child_pid)  # alive while its parent is
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if not _alive(child_pid):
+            return
+        time.sleep(0.1)
+    os.kill(child_pid, signal.SIGKILL)
+    pytest.fail("the worker outlived its parent by 15 s")

@@ -297,7 +297,21 @@ def _quiet_process(threads: int) -> None:
     hf_logging.set_verbosity_error()
 
 
-def _init_worker(args) -> None:
+def exit_with_parent(parent_pid: int, interval: float = 2.0) -> None:
+    """Start a daemon thread that ends this process when `parent_pid` is no longer its parent (the lab was killed):
+    a spawned worker would otherwise go on training the runs still queued for it, for nobody."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(interval)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _init_worker(args, parent_pid: int) -> None:
+    exit_with_parent(parent_pid)
     _quiet_process(args.threads)
     _WORKER["lab"] = build_lab(WORLDS[args.world], scale=args.scale, cache_root=args.cache_dir)
     _WORKER["args"] = args
@@ -315,7 +329,9 @@ def _run_parallel(args, tasks: list[tuple[str, int]]):
     from concurrent.futures import ProcessPoolExecutor
 
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(args.jobs, mp_context=context, initializer=_init_worker, initargs=(args,)) as pool:
+    with ProcessPoolExecutor(
+        args.jobs, mp_context=context, initializer=_init_worker, initargs=(args, os.getpid())
+    ) as pool:
         return list(pool.map(_worker_run, tasks))
 
 
