@@ -269,18 +269,19 @@ class EGRSDTrainer(UnwrapCacheMixin, PromptLimitMixin, GRPOTrainer):
             tau=self._global_median(teacher_entropy, mask),
             delta_offset=self._delta_offset(teacher_logp - student_logp, mask),
         )
-        trust = self._teacher_trust(teacher_logp, mask)
+        trust = self._teacher_trust(teacher_logp, mask)  # None without the guard
         raw_gate = weights["gate"]
         if self.args.gate_normalization == "mean":
-            weights = normalize_gate(weights, self._global_masked_mean(raw_gate, mask * trust))
+            trusted = mask if trust is None else mask * trust
+            weights = normalize_gate(weights, self._global_masked_mean(raw_gate, trusted))
         advantages = weights["advantages"]
-        if trust is not mask:  # the guard: after the teacher's collapse, the plain group advantage
+        if trust is not None:  # the guard: after the teacher's collapse, the plain group advantage
             plain = output["advantages"].float().unsqueeze(-1) * mask
             advantages = torch.where(trust.bool(), advantages, plain)
         if deferred:
             output["egrsd_sign"] = torch.sign(output["advantages"].float())
             output["egrsd_teacher_logps"] = teacher_logp
-            if trust is not mask:
+            if trust is not None:
                 output["egrsd_trust"] = trust
         output["advantages"] = advantages.to(output["advantages"].dtype)
         delta = None if deferred else teacher_logp - student_logp
@@ -320,13 +321,12 @@ class EGRSDTrainer(UnwrapCacheMixin, PromptLimitMixin, GRPOTrainer):
             self._loss_inputs = None
         return result
 
-    def _teacher_trust(self, teacher_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _teacher_trust(self, teacher_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
         """`(B, T)`: 1 up to and including the first token whose teacher log-prob is below `teacher_collapse_logp`,
-        0 after it and at masked positions ([`~trl_opd.ops.after_collapse_weights`]); `mask` itself (the same object)
-        when the guard is off or the teacher does not run. Logs `guard/after_collapse`, the share of loss tokens after
-        a collapse."""
+        0 after it and at masked positions ([`~trl_opd.ops.after_collapse_weights`]); None when the guard is off or the
+        teacher does not run. Logs `guard/after_collapse`, the share of loss tokens after a collapse."""
         if self.args.teacher_collapse_logp is None or not self._needs_teacher(self.args):
-            return mask
+            return None
         trust = after_collapse_weights(teacher_logp, mask, self.args.teacher_collapse_logp)
         after = self._global_token_means({"after_collapse": 1.0 - trust}, mask)["after_collapse"]
         self._metrics["train" if self.model.training else "eval"]["guard/after_collapse"].append(after)
