@@ -146,7 +146,8 @@ class ATESDConfig(OPDConfig):
         metadata={
             "help": "Where the learned policy starts: Beta(alpha_prior_mean, alpha_prior_concentration) at every "
             "state (output layer weights 0, bias set); 0.9 starts near OPSD's full exposure, from where the policy "
-            "climbs when high exposure pays but seldom learns to go down (docs/methods.md). None: a random "
+            "learns either way from a clean reward, but under a noisy probe it explores too narrowly (about ±0.07) to "
+            "learn down within a few hundred steps (docs/methods.md). None: a random "
             "initialisation (Beta mean near 0.55), which learns both ways but spends early training at partial "
             "exposure, where the lab's self-teacher repairs badly."
         },
@@ -177,6 +178,29 @@ class ATESDConfig(OPDConfig):
     def __post_init__(self):
         super().__post_init__()
         self.check_exposure()
+
+    def controller_kwargs(self) -> dict:
+        """The [`~trl_opd.controllers.exposure.ExposureController`] arguments this config sets (the trainer's one
+        mapping from config fields to the controller)."""
+        return {
+            "policy": self.exposure_policy,
+            "alpha": self.alpha,
+            "alpha_min": self.alpha_min,
+            "alpha_max": self.alpha_max,
+            "hold_steps": self.hold_steps,
+            "reward_horizon": self.reward_horizon,
+            "discount": self.discount,
+            "lambda_gt": self.lambda_gt,
+            "batch_decisions": self.controller_batch,
+            "entropy_target": self.entropy_target,
+            "entropy_coef": self.entropy_coef,
+            "lr": self.controller_lr,
+            "hidden_size": self.controller_hidden_size,
+            "ema_decay": self.controller_ema_decay,
+            "prior_mean": self.alpha_prior_mean,
+            "prior_concentration": self.alpha_prior_concentration,
+            "seed": self.seed,
+        }
 
     def check_exposure(self) -> None:
         """Raise one clear `ValueError` for an invalid exposure/controller setting. Also run by the trainer, since a

@@ -134,25 +134,7 @@ class ATESDTrainer(OPDTrainer):
             peft_config=peft_config,
             tools=tools,
         )
-        self.controller = ExposureController(
-            policy=args.exposure_policy,
-            alpha=args.alpha,
-            alpha_min=args.alpha_min,
-            alpha_max=args.alpha_max,
-            hold_steps=args.hold_steps,
-            reward_horizon=args.reward_horizon,
-            discount=args.discount,
-            lambda_gt=args.lambda_gt,
-            batch_decisions=args.controller_batch,
-            entropy_target=args.entropy_target,
-            entropy_coef=args.entropy_coef,
-            lr=args.controller_lr,
-            hidden_size=args.controller_hidden_size,
-            ema_decay=args.controller_ema_decay,
-            prior_mean=args.alpha_prior_mean,
-            prior_concentration=args.alpha_prior_concentration,
-            seed=args.seed,
-        )
+        self.controller = ExposureController(**args.controller_kwargs())
         self.alpha = self.controller.alpha
         self._advanced_step = -1
         self._step_sums: list[torch.Tensor] = []  # per micro-batch: Σ loss, Σ mismatch, Σ confidence, tokens
