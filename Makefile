@@ -33,19 +33,19 @@ LAB_STEPS ?= 200
 LAB := $(VENV)/bin/trl-opd lab --seeds $(LAB_SEEDS) --steps $(LAB_STEPS) --output-dir benchmarks/results
 
 lab: bootstrap
-	$(LAB) --world arith --methods opd,gkd,sft,motab,tropd,opd:divergence=k1,grpo,rlsd,egrsd,cl-egrsd,opsd,atesd --jobs 2
+	$(LAB) --world arith --methods opd,gkd,sft,motab,tropd,opd:divergence=k1,grpo,rlsd,egrsd,cl-egrsd,egrsd:self_teacher_check=warn,opsd,atesd --jobs 2
 	$(LAB) --world long-chains --methods opd,gkd,sft,motab,motab:train_on_strayed=true --jobs 2
 	$(LAB) --world mismatch --methods opd,gkd,sft,tropd --jobs 2
-	$(LAB) --world ambiguous --methods grpo,rlsd,egrsd,cl-egrsd,opsd,sft --jobs 2
+	$(LAB) --world ambiguous --methods grpo,rlsd,egrsd,cl-egrsd,egrsd:self_teacher_check=warn,opsd,sft --jobs 2
 	$(LAB) --world privileged --methods opsd,atesd,atesd:collapse_repair=false,atesd:alpha_prior_mean=null,opsd:teacher_collapse_logp=-6.9,opsd:teacher_collapse_logp=-6.9:collapse_repair=true,grpo,egrsd,sft --jobs 2
 	$(LAB) --world ambiguous-reader --methods grpo,rlsd,egrsd,sft --jobs 2
-	$(LAB) --output-dir benchmarks/results/ablations --world ambiguous --methods grpo,rlsd:delta_centering=mean,egrsd:delta_centering=mean --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations --world ambiguous --methods grpo,rlsd:delta_centering=mean,egrsd:delta_centering=mean:self_teacher_check=warn --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations --world privileged --methods opsd:learning_rate=3e-4,opsd:teacher_collapse_logp=-6.9:learning_rate=3e-4,atesd:learning_rate=3e-4:collapse_repair=false:alpha_prior_mean=null --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/exposure-prior --world privileged --methods opsd,opsd:teacher_collapse_logp=-6.9,atesd:collapse_repair=false:alpha_prior_mean=null,atesd:collapse_repair=false --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/exposure-prior --world arith --methods opsd,atesd:collapse_repair=false:alpha_prior_mean=null,atesd:collapse_repair=false --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/boundary-floor --world long-chains --methods motab:boundary_floor=0.5 --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/egrsd-guard --world privileged --methods egrsd:teacher_collapse_logp=-6.9 --jobs 2
-	$(LAB) --output-dir benchmarks/results/ablations/egrsd-guard --world ambiguous --methods egrsd:teacher_collapse_logp=-6.9 --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations/egrsd-guard --world ambiguous --methods egrsd:teacher_collapse_logp=-6.9:self_teacher_check=warn --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/trust-threshold --world mismatch --methods tropd:trust_threshold=0.1 --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/trust-threshold --world arith --methods tropd:trust_threshold=0.1 --jobs 2
 

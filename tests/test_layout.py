@@ -109,7 +109,8 @@ def test_registry_is_the_table_of_method_facts():
             assert trainer_class._name == spec.display_name, name
             # and TRL's card (written when `create_model_card` is not ours) names the method's paper, not GKD's
             assert trainer_class._paper == {"title": spec.paper_title, "id": spec.paper_id}, name
-    assert METHODS["rlsd"].config_overrides == {"g_min": 1.0} and METHODS["rlsd"].trainer == METHODS["egrsd"].trainer
+    rlsd = {"g_min": 1.0, "self_teacher_check": "warn"}  # the gate off; as published, no fallback to GRPO
+    assert METHODS["rlsd"].config_overrides == rlsd and METHODS["rlsd"].trainer == METHODS["egrsd"].trainer
 
 
 def test_rlsd_preset_parses_with_the_gate_off(tmp_path):
@@ -118,7 +119,7 @@ def test_rlsd_preset_parses_with_the_gate_off(tmp_path):
     recipe = tmp_path / "rlsd.yaml"
     recipe.write_text("method: rlsd\nmodel_name_or_path: x/y\noutput_dir: out\n")
     _, config, _ = parse_recipe(str(recipe))
-    assert config.g_min == 1.0 and config.epsilon_w == 0.2
+    assert config.g_min == 1.0 and config.epsilon_w == 0.2 and config.self_teacher_check == "warn"
 
 
 def test_model_card_reads_the_registry():

@@ -24,10 +24,33 @@ from .errors import UserError
 SELF_TEACHER_KINDS = ("frozen", "live", "ema")
 QUANTIZATION_CHOICES = (None, "4bit", "8bit")
 TEACHER_PROMPT_CACHE_SIZE = 4096  # prompts whose token ids a trainer keeps ([`tokenize_teacher_prompts`])
+#: The self-teacher check passes when the full reference raises the teacher's mean log-prob per reference-solution
+#: token by more than this many nats over no reference (ATESD/OPSD, EGRSD). [design]
+SELF_TEACHER_MARGIN = 0.1
 
 
 class TeacherMismatchError(UserError):
     """The teacher cannot score the student's tokens (different vocabulary)."""
+
+
+class SelfTeacherCheckError(UserError):
+    """The reference does not help the self-teacher (`self_teacher_check: error`): self-distillation would train on
+    noise."""
+
+
+def self_teacher_verdict(scores: dict[str, float], rows: int) -> str | None:
+    """`None` when the full reference raises the self-teacher's mean log-prob per reference-solution token
+    (`scores["full"]`) by more than `SELF_TEACHER_MARGIN` over no reference (`scores["none"]`); else the one-line
+    message that says it does not, with every score in `scores` (scored on `rows` training rows)."""
+    if scores["full"] > scores["none"] + SELF_TEACHER_MARGIN:
+        return None
+    names = {"none": "with no reference", "partial": "with half", "full": "with the full reference"}
+    listed = ", ".join(f"{value:.3f} {names.get(name, name)}" for name, value in scores.items())
+    return (
+        "Self-teacher check: the reference does not help the self-teacher, so self-distillation trains on noise "
+        f"(mean log-prob per reference-solution token on {rows} training rows: {listed}; full must exceed none by "
+        f"{SELF_TEACHER_MARGIN})."
+    )
 
 
 def quantization_config(quantization: str | None, compute_dtype: torch.dtype = torch.bfloat16):

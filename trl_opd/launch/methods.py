@@ -172,7 +172,7 @@ METHODS: dict[str, MethodSpec] = {
             "RLSD: Reinforced Self-Distillation",
             "self",
             _EGRSD_COLUMNS,
-            {"g_min": 1.0},
+            {"g_min": 1.0, "self_teacher_check": "warn"},  # as published: no fallback to GRPO
             description="EGRSD with the entropy gate off, g_min = 1",
             in_demo=False,
             baselines=("grpo",),

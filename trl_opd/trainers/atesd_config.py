@@ -7,13 +7,11 @@ from dataclasses import dataclass, field
 
 from ..controllers.exposure import EXPOSURE_POLICIES
 from ..ops.atesd import beta_raw_for
+from ..teacher import SELF_TEACHER_MARGIN
 from .opd_config import OPDConfig
 
 
 SELF_TEACHER_CHECKS = ("warn", "error", "off")
-#: The self-teacher check passes when the full reference raises the teacher's mean log-prob per reference-answer token
-#: by more than this many nats over no reference. [design]
-SELF_TEACHER_MARGIN = 0.1
 
 
 @dataclass

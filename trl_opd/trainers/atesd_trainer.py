@@ -18,12 +18,11 @@ from ..data import (
     privileged_prompt,
     truncate_reference,
 )
-from ..errors import UserError
 from ..heads import logit_head
 from ..ops import masked_sum, token_logprobs_and_entropy
 from ..rewards import extract_boxed
-from ..teacher import last_hidden_states
-from .atesd_config import SELF_TEACHER_MARGIN, ATESDConfig
+from ..teacher import SelfTeacherCheckError, last_hidden_states, self_teacher_verdict
+from .atesd_config import ATESDConfig
 from .opd_trainer import OPDTrainer
 
 
@@ -33,11 +32,6 @@ logger = logging.getLogger("trl_opd")
 PROBE_PREFIX = "The final answer is \\boxed{"
 #: The self-teacher check's exposures: the problem alone (the student's prompt), half and all of the reference.
 SELF_TEACHER_EXPOSURES = {"none": None, "partial": 0.5, "full": 1.0}
-
-
-class SelfTeacherCheckError(UserError):
-    """The reference does not help the self-teacher (`self_teacher_check: error`): self-distillation would train on
-    noise."""
 
 
 def exposed_reference(solution: str, alpha: float, delimiter: str = BLANK_LINE) -> str | None:
@@ -331,14 +325,9 @@ class ATESDTrainer(OPDTrainer):
         scores = self.self_teacher_scores()
         for name, value in scores.items():
             self._metrics["train"][f"atesd/self_teacher_logp_{name}"].append(value)
-        if scores["full"] > scores["none"] + SELF_TEACHER_MARGIN:
+        message = self_teacher_verdict(scores, self._self_teacher_check_size())
+        if message is None:
             return
-        message = (
-            "Self-teacher check: the reference does not help the self-teacher, so self-distillation trains on noise "
-            f"(mean log-prob per reference-solution token on {self._self_teacher_check_size()} training rows: "
-            f"{scores['none']:.3f} with no reference, {scores['partial']:.3f} with half, {scores['full']:.3f} with "
-            f"the full reference; full must exceed none by {SELF_TEACHER_MARGIN})."
-        )
         if self.args.self_teacher_check == "error":
             raise SelfTeacherCheckError(f"{message} Set self_teacher_check: warn to train anyway.")
         if self.accelerator.is_main_process:

@@ -8,11 +8,13 @@ from dataclasses import dataclass, field
 from trl import GRPOConfig
 
 from ..runtime import CPUSafeConfigMixin
+from ..teacher import SELF_TEACHER_MARGIN
 from .prompts import PromptLimitConfigMixin
 
 
 EGRSD_SELF_TEACHER_KINDS = ("frozen", "live")
 GATE_NORMALIZATIONS = ("mean", "none")
+EGRSD_SELF_TEACHER_CHECKS = ("fallback", "warn", "error", "off")
 
 
 @dataclass
@@ -89,8 +91,31 @@ class EGRSDConfig(CPUSafeConfigMixin, PromptLimitConfigMixin, GRPOConfig):
         },
     )
 
+    self_teacher_check: str = field(
+        default="fallback",
+        metadata={
+            "help": "At the start of training, score the reference solutions of the first `self_teacher_check_rows` "
+            "training rows under the self-teacher with no and with the full reference in its prompt (logged as "
+            "`egrsd/self_teacher_logp_none|full`). If the reference does not raise the mean log-prob per solution "
+            f"token by more than {SELF_TEACHER_MARGIN} nats, the teacher cannot use it and its token weights are "
+            "noise: `fallback` (default) warns in one line and trains as plain GRPO (every weight 1, the teacher no "
+            "longer runs); `warn` warns and keeps the teacher's weights (the paper's behaviour); `error` stops "
+            "before any optimizer step; `off` skips the check. Run only when the teacher runs.",
+            "choices": list(EGRSD_SELF_TEACHER_CHECKS),
+        },
+    )
+    self_teacher_check_rows: int = field(
+        default=8, metadata={"help": "Training rows the self-teacher check scores (>= 1; the first ones)."}
+    )
+
     def __post_init__(self):
         super().__post_init__()
+        if self.self_teacher_check not in EGRSD_SELF_TEACHER_CHECKS:
+            raise ValueError(
+                f"self_teacher_check must be one of {EGRSD_SELF_TEACHER_CHECKS}, got {self.self_teacher_check!r}"
+            )
+        if self.self_teacher_check_rows < 1:
+            raise ValueError(f"self_teacher_check_rows must be >= 1, got {self.self_teacher_check_rows}")
         if not 0.0 <= self.g_min <= 1.0:
             raise ValueError(f"g_min must be in [0, 1], got {self.g_min}")
         if not 0.0 <= self.epsilon_w <= 1.0:

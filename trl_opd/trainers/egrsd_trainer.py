@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +15,7 @@ from transformers import PreTrainedModel
 from trl import GRPOTrainer
 from trl.models import prepare_deepspeed, prepare_fsdp
 from trl.models.utils import _ForwardRedirection, disable_gradient_checkpointing
-from trl.trainer.utils import maybe_gather_lm_head_ctx
+from trl.trainer.utils import maybe_gather_lm_head_ctx, pad
 
 from ..data import ColumnMap, prepare_dataset, privileged_prompt
 from ..heads import logit_head
@@ -23,15 +24,20 @@ from ..ops.egrsd import egrsd_token_advantages, likelihood_ratio_magnitude, mask
 from ..ops.reductions import after_collapse_weights
 from ..runtime import UnwrapCacheMixin
 from ..teacher import (
+    SelfTeacherCheckError,
     TeacherHandle,
     check_privileged_prompts,
     completion_hidden_states,
     scoring_teacher,
     self_teacher_copy,
+    self_teacher_verdict,
     tokenize_teacher_prompts,
 )
 from .egrsd_config import EGRSDConfig
 from .prompts import PromptLimitMixin
+
+
+logger = logging.getLogger("trl_opd")
 
 
 class EGRSDTrainer(UnwrapCacheMixin, PromptLimitMixin, GRPOTrainer):
@@ -121,6 +127,7 @@ class EGRSDTrainer(UnwrapCacheMixin, PromptLimitMixin, GRPOTrainer):
         self._forward_redirection = _ForwardRedirection()
         self._teacher_prompt_ids: dict[str, torch.Tensor] = {}  # teacher prompt -> its token ids
         self._loss_inputs: dict[str, Any] | None = None  # a loss micro-batch waiting for its forward's log-probs
+        self.teacher_weights_on = self._needs_teacher(args)  # False after the self-teacher check's fallback
         if self._needs_teacher(args) and train_dataset is not None:
             check_privileged_prompts(self, self.train_dataset)
         self.check_prompt_lengths(self.train_dataset)
@@ -237,6 +244,72 @@ class EGRSDTrainer(UnwrapCacheMixin, PromptLimitMixin, GRPOTrainer):
             )
         return logps.float()
 
+    # ----------------------------------------------------------------- self-teacher check
+    def self_teacher_scores(self) -> dict[str, float]:
+        """Mean log-prob per token the self-teacher gives the reference solutions of the first
+        `self_teacher_check_rows` training rows, teacher-forced after the student's prompt (`none`) and after the
+        privileged prompt (`full`, [`EGRSDTrainer.teacher_prompt`]), through the teacher path that scores rollouts
+        ([`EGRSDTrainer._score`]). Every process scores the same rows."""
+        rows = [self.train_dataset[i] for i in range(min(self.args.self_teacher_check_rows, len(self.train_dataset)))]
+        device, tok = self.accelerator.device, self._tokenizer
+        solutions = [
+            torch.tensor(tok(r["solution"], add_special_tokens=False)["input_ids"], device=device) for r in rows
+        ]
+        completion_ids = pad(solutions, padding_value=tok.pad_token_id, padding_side="right")
+        completion_mask = pad([torch.ones_like(c) for c in solutions], padding_value=0, padding_side="right")
+        share = not (self.is_deepspeed_enabled or self.is_fsdp_enabled)
+        scores = {}
+        for name, prompts in (("none", [r["prompt"] for r in rows]), ("full", [self.teacher_prompt(r) for r in rows])):
+            prompt_ids, prompt_mask = tokenize_teacher_prompts(self, prompts)
+            with torch.no_grad(), self._teacher_module() as teacher:
+                logp, _ = teacher.run(
+                    self._forward_redirection,
+                    self._score,
+                    prompt_ids,
+                    prompt_mask,
+                    completion_ids,
+                    completion_mask,
+                    1.0,
+                    share,
+                )
+            scores[name] = (logp.float() * completion_mask).sum().item() / completion_mask.sum().item()
+        return scores
+
+    def check_self_teacher(self) -> None:
+        """Log [`EGRSDTrainer.self_teacher_scores`] (`egrsd/self_teacher_logp_*`). Unless the full reference beats
+        none by `SELF_TEACHER_MARGIN` ([`~trl_opd.teacher.self_teacher_verdict`]): `fallback` warns in one line and
+        switches the teacher's token weights off (plain GRPO from here on), `warn` only warns, `error` raises
+        [`~trl_opd.teacher.SelfTeacherCheckError`]."""
+        scores = self.self_teacher_scores()
+        for name, value in scores.items():
+            self._metrics["train"][f"egrsd/self_teacher_logp_{name}"].append(value)
+        message = self_teacher_verdict(scores, min(self.args.self_teacher_check_rows, len(self.train_dataset)))
+        if message is None:
+            return
+        mode = self.args.self_teacher_check
+        if mode == "error":
+            raise SelfTeacherCheckError(f"{message} Set self_teacher_check: warn (or fallback) to train anyway.")
+        if mode == "fallback":
+            self.teacher_weights_on = False
+            self._metrics["train"]["egrsd/teacher_off"].append(1.0)
+        if self.accelerator.is_main_process:
+            then = (
+                "Training as plain GRPO (self_teacher_check: fallback); set self_teacher_check: warn to keep the "
+                "teacher's token weights."
+                if mode == "fallback"
+                else "Set self_teacher_check: fallback to train as plain GRPO, or error to stop."
+            )
+            logger.warning("%s %s", message, then)
+
+    def _prepare_for_training(self, max_steps, train_dataloader, resume_from_checkpoint):
+        """transformers' preparation (models wrapped, a checkpoint loaded), then the self-teacher check when the
+        teacher runs: before the progress bar and any optimizer step (a resumed run checks again)."""
+        prepared = super()._prepare_for_training(max_steps, train_dataloader, resume_from_checkpoint)
+        self.teacher_weights_on = self._needs_teacher(self.args)
+        if self.teacher_weights_on and self.args.self_teacher_check != "off":
+            self.check_self_teacher()
+        return prepared
+
     # ----------------------------------------------------------------- advantages
     def _defers_magnitude(self, output: dict[str, Any]) -> bool:
         """Whether the magnitude waits for the loss: with `ε_w > 0`, no offset to gather (`delta_centering: none`) and
@@ -248,6 +321,8 @@ class EGRSDTrainer(UnwrapCacheMixin, PromptLimitMixin, GRPOTrainer):
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         output = super()._generate_and_score_completions(inputs)
+        if self._needs_teacher(self.args) and not self.teacher_weights_on:  # the self-teacher check's fallback
+            return output  # GRPO's own advantages
         mask = output["completion_mask"]
         mask = mask * output["tool_mask"] if "tool_mask" in output else mask
         zeros = torch.zeros_like(mask, dtype=torch.float32)
