@@ -48,6 +48,7 @@ lab: bootstrap
 	$(LAB) --output-dir benchmarks/results/ablations/egrsd-guard --world ambiguous --methods egrsd:teacher_collapse_logp=-6.9:self_teacher_check=warn --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/trust-threshold --world mismatch --methods tropd:trust_threshold=0.1 --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/trust-threshold --world arith --methods tropd:trust_threshold=0.1 --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations/grpo-settings --world arith --methods grpo,grpo:learning_rate=3e-5,grpo:learning_rate=1e-4,grpo:learning_rate=1e-4:loss_type=grpo,grpo:num_generations=16,grpo:num_generations=16:learning_rate=1e-4 --jobs 2
 
 test: bootstrap
 	$(VENV)/bin/ruff check trl_opd tests benchmarks

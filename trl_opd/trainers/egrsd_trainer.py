@@ -60,6 +60,9 @@ class EGRSDTrainer(UnwrapCacheMixin, PromptLimitMixin, GRPOTrainer):
     log-probs (no vLLM, aligned steps), `log p_S` is the loss forward's own: the magnitude is applied there
     ([`EGRSDTrainer.token_advantages`]) instead of after a second, no-grad student forward.
 
+    Before the first step, [`EGRSDTrainer.check_self_teacher`] checks that the reference helps the self-teacher; where
+    it does not, `self_teacher_check: fallback` (the default) trains with the parent's own advantages.
+
     The teacher is a frozen copy of the student (prepared like GRPO's reference model: ZeRO-3 / FSDP / device), or,
     with PEFT, the student with its adapter switched off (no copy); `self_teacher: live` scores with the current
     weights. Logged: `egrsd/gate_mean`, `egrsd/gate_below_half`, `egrsd/magnitude_mean`, `egrsd/teacher_entropy`,
