@@ -33,6 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 import torch  # noqa: E402
+from interleaved import interleaved_steps  # noqa: E402
 
 from trl_opd.demo.task import make_dataset  # noqa: E402
 from trl_opd.testing import build_tiny_model, build_tiny_tokenizer, tiny_training_kwargs  # noqa: E402
@@ -75,18 +76,6 @@ def timed(trainer: ATESDTrainer, clock: dict[str, float]) -> None:
         setattr(trainer, name, wrapper)
 
 
-def one_step(trainer: ATESDTrainer, rows: list[dict], seed: int) -> tuple[float, float]:
-    """One optimizer step; returns `(wall seconds, CPU seconds)`."""
-    torch.manual_seed(seed)
-    wall, cpu = time.perf_counter(), time.process_time()
-    trainer.training_step(trainer.model_wrapped, rows, None)
-    trainer.optimizer.step()
-    trainer.lr_scheduler.step()
-    trainer.optimizer.zero_grad()
-    trainer.state.global_step += 1
-    return time.perf_counter() - wall, time.process_time() - cpu
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=16, help="measured steps per trainer")
@@ -107,16 +96,7 @@ def main() -> None:
         }
         clock: dict[str, float] = defaultdict(float)
         timed(trainers["atesd"], clock)
-        times: dict[str, list[tuple[float, float]]] = {name: [] for name in trainers}
-        for step in range(args.warmup + args.steps):
-            rows = [dataset[(step * args.batch + i) % len(dataset)] for i in range(args.batch)]
-            order = ("atesd", "opsd") if step % 2 == 0 else ("opsd", "atesd")
-            if step == args.warmup:
-                clock.clear()
-            for name in order:
-                elapsed = one_step(trainers[name], rows, seed=1000 + step)
-                if step >= args.warmup:
-                    times[name].append(elapsed)
+        times = interleaved_steps(trainers, dataset, args.batch, args.warmup, args.steps, on_measure_start=clock.clear)
     report(times, clock, args, trainers["atesd"])
 
 
