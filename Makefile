@@ -46,6 +46,8 @@ lab: bootstrap
 	$(LAB) --output-dir benchmarks/results/ablations/boundary-floor --world long-chains --methods motab:boundary_floor=0.5 --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/egrsd-guard --world privileged --methods egrsd:teacher_collapse_logp=-6.9 --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/egrsd-guard --world ambiguous --methods egrsd:teacher_collapse_logp=-6.9:self_teacher_check=warn --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations/egrsd-epsilon --world privileged --methods egrsd:epsilon_w=1.0,egrsd:epsilon_w=1.0:teacher_collapse_logp=-6.9 --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations/egrsd-epsilon --world ambiguous-reader --methods egrsd:epsilon_w=1.0,egrsd:epsilon_w=1.0:teacher_collapse_logp=-6.9 --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/trust-threshold --world mismatch --methods tropd:trust_threshold=0.1 --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/trust-threshold --world arith --methods tropd:trust_threshold=0.1 --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/grpo-settings --world arith --methods grpo,grpo:learning_rate=3e-5,grpo:learning_rate=1e-4,grpo:learning_rate=1e-4:loss_type=grpo,grpo:num_generations=16,grpo:num_generations=16:learning_rate=1e-4 --jobs 2
