@@ -39,7 +39,7 @@ from torch.profiler import ProfilerActivity, profile
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
-from interleaved import interleaved_steps  # noqa: E402
+from interleaved import interleaved_steps, synchronize  # noqa: E402
 
 from trl_opd.demo.task import make_dataset  # noqa: E402
 from trl_opd.testing import build_tiny_model, build_tiny_tokenizer, save_tiny_pair, tiny_training_kwargs  # noqa: E402
@@ -54,11 +54,6 @@ BATCH, NEW_TOKENS, SEGMENT, BACKTRACKS, REPEATS = 8, 64, 16, 2, 9
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _sync():
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
-
-
 def _interleaved_times(fns: dict[str, object]) -> dict[str, list[float]]:
     """Wall seconds of each function over `REPEATS` rounds after one warm-up call each; in every round each function
     runs once, the order reversed from one round to the next, so that drift in the machine's load hits all alike."""
@@ -68,10 +63,10 @@ def _interleaved_times(fns: dict[str, object]) -> dict[str, list[float]]:
     names = list(fns)
     for k in range(REPEATS):
         for name in names if k % 2 == 0 else reversed(names):
-            _sync()
+            synchronize()
             start = time.perf_counter()
             fns[name]()
-            _sync()
+            synchronize()
             times[name].append(time.perf_counter() - start)
     return times
 

@@ -261,10 +261,11 @@ class EGRSDTrainer(UnwrapCacheMixin, PromptLimitMixin, GRPOTrainer):
         completion_ids = pad(solutions, padding_value=tok.pad_token_id, padding_side="right")
         completion_mask = pad([torch.ones_like(c) for c in solutions], padding_value=0, padding_side="right")
         share = not (self.is_deepspeed_enabled or self.is_fsdp_enabled)
+        prompts = {"none": [r["prompt"] for r in rows], "full": [self.teacher_prompt(r) for r in rows]}
         scores = {}
-        for name, prompts in (("none", [r["prompt"] for r in rows]), ("full", [self.teacher_prompt(r) for r in rows])):
-            prompt_ids, prompt_mask = tokenize_teacher_prompts(self, prompts)
-            with torch.no_grad(), self._teacher_module() as teacher:
+        with torch.no_grad(), self._teacher_module() as teacher:  # one teacher set-up for both scorings
+            for name, texts in prompts.items():
+                prompt_ids, prompt_mask = tokenize_teacher_prompts(self, texts)
                 logp, _ = teacher.run(
                     self._forward_redirection,
                     self._score,
@@ -275,7 +276,7 @@ class EGRSDTrainer(UnwrapCacheMixin, PromptLimitMixin, GRPOTrainer):
                     1.0,
                     share,
                 )
-            scores[name] = (logp.float() * completion_mask).sum().item() / completion_mask.sum().item()
+                scores[name] = (logp.float() * completion_mask).sum().item() / completion_mask.sum().item()
         return scores
 
     def check_self_teacher(self) -> None:
