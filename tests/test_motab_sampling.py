@@ -118,3 +118,27 @@ def test_the_comparison_has_power(peaked_model, tiny_tokenizer):
     ours = rollout_tokens(peaked_model, prompt, SAMPLINGS["plain"], seed=0)
     hotter = generate_tokens(peaked_model, prompt, {"temperature": 0.8, "top_k": 0, "top_p": 1.0}, seed=1)
     assert min(_two_sample_p(ours[:, p], hotter[:, p]) for p in range(NEW_TOKENS)) < 1e-6
+
+
+def test_sample_categorical_draws_each_row_from_its_probabilities():
+    """The inverse-CDF sampler against the probabilities themselves (chi-square per row), never a zero-probability
+    token, also for unnormalised rows (float32 softmax rounding) and a row with all mass on its last token."""
+    from trl_opd.trainers.motab_rollout import sample_categorical
+
+    probs = torch.tensor(
+        [
+            [0.0, 0.2, 0.0, 0.5, 0.3, 0.0],
+            [0.1, 0.1, 0.1, 0.1, 0.1, 0.5],
+            [0.0, 0.0, 0.0, 0.0, 0.0, 1.0],
+            [0.6, 0.0, 0.0, 0.0, 0.0, 0.0],  # unnormalised: mass 0.6 on the first token only
+        ]
+    )
+    torch.manual_seed(0)
+    draws = torch.stack([sample_categorical(probs) for _ in range(N)])  # (N, 4)
+    for row in range(probs.size(0)):
+        counts = torch.bincount(draws[:, row], minlength=probs.size(1)).double()
+        support = probs[row] > 0
+        assert counts[~support].sum() == 0, row
+        if support.sum() > 1:
+            expected = probs[row][support].double() / probs[row].sum() * N
+            assert chisquare(counts[support].numpy(), expected.numpy()).pvalue > 1e-3, row

@@ -49,6 +49,18 @@ from ..heads import logit_head
 from ..ops.motab import monitor_signal, project_logits, segment_stray_scores, token_logprob_and_best
 
 
+def sample_categorical(probs: torch.Tensor) -> torch.Tensor:
+    """One token per row of `probs` `(b, V)` -> `(b,)`, by inverting the cumulative distribution: the first token
+    whose cumulative probability (float64) exceeds `u · total`, `u ~ U[0, 1)`, one uniform per row. Zero-probability
+    tokens span no interval and are never drawn. Several times cheaper than `torch.multinomial` on a CPU (one uniform
+    per row instead of its setup per call); the distribution is the same."""
+    cdf = probs.double().cumsum(dim=-1)  # (b, V)
+    total = cdf[:, -1:]  # (b, 1)
+    u = torch.rand(total.shape, dtype=cdf.dtype, device=cdf.device) * total
+    last = (cdf < total).sum(dim=-1, keepdim=True)  # the last token of positive probability (rounding of u · total)
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=last).squeeze(-1)
+
+
 class SegmentStopper:
     """Decides where a segment ends: after the token that completes `delimiter` (also across tokens), or at EOS.
 
@@ -332,46 +344,41 @@ class HFStepBackend:
         idx = self._idx(rows)
         live = torch.zeros(b, dtype=torch.bool, device=idx.device)
         live[idx] = True
-        budget = torch.zeros(b, dtype=torch.long, device=idx.device)
-        budget[idx] = torch.tensor(list(budgets), device=idx.device)
+        live_list, budget_list = live.tolist(), [0] * b  # host copies: the loop decides on them, once per token
+        for i, budget in zip(idx.tolist(), budgets, strict=True):
+            budget_list[i] = budget
         segments = {r: Segment([]) for r in rows}
         stopper.start(rows)
-        while self.any_process(bool(live.any())):
-            if not live.any():  # done here, others still decode
+        while self.any_process(any(live_list)):
+            if not any(live_list):  # done here, others still decode
                 self._idle_forward()
                 continue
             log_probs = torch.log_softmax(self.next_logits, dim=-1)
-            logits = self.warpers(None, self.next_logits.clone()) if self.warpers else self.next_logits
-            probs = torch.softmax(logits, dim=-1)
-            tokens = torch.multinomial(probs, 1).squeeze(-1)
+            probs = (
+                torch.softmax(self.warpers(None, self.next_logits.clone()), -1) if self.warpers else log_probs.exp()
+            )
+            tokens = sample_categorical(probs)
             picked = log_probs.gather(-1, tokens[:, None]).squeeze(-1)
-            stop = self._record(live, tokens, picked, budget, segments, stopper)
-            tokens = torch.where(live, tokens, torch.full_like(tokens, self.pad_token_id))
+            stop = self._record(live_list, tokens.tolist(), picked.tolist(), budget_list, segments, stopper)
+            tokens = torch.where(live, tokens, self.pad_token_id)
             hidden = self._forward(tokens[:, None], live[:, None].long())
             self.next_logits = torch.where(live[:, None], self._logits(hidden[:, 0]), self.next_logits)
-            live &= ~stop
+            live_list = [is_live and not stops for is_live, stops in zip(live_list, stop, strict=True)]
+            live = torch.tensor(live_list, dtype=torch.bool, device=live.device)
         return [segments[r] for r in rows]
 
-    def _record(self, live, tokens, picked, budget, segments, stopper) -> torch.Tensor:
-        """Append each live row's sampled token and log-prob to its segment; the `(b,)` mask of rows that stop.
-
-        One host transfer per tensor (`tolist`), not one per row and element: the loop runs once per decoded token.
-        """
-        live_list, token_list, picked_list, budget_list = (
-            live.tolist(),
-            tokens.tolist(),
-            picked.tolist(),
-            budget.tolist(),
-        )
-        stop = [False] * len(live_list)
-        for i, is_live in enumerate(live_list):
+    def _record(self, live, tokens, picked, budget, segments, stopper) -> list[bool]:
+        """Append each live row's sampled token and log-prob to its segment (host lists: one transfer per tensor and
+        decoded token); returns which rows stop."""
+        stop = [False] * len(live)
+        for i, is_live in enumerate(live):
             if not is_live:
                 continue
-            segment, tok = segments[self.rows[i]], token_list[i]
+            segment, tok = segments[self.rows[i]], tokens[i]
             segment.tokens.append(tok)
-            segment.logps.append(picked_list[i])
-            stop[i] = stopper.step(self.rows[i], tok) or len(segment.tokens) >= budget_list[i]
-        return torch.tensor(stop, dtype=torch.bool, device=live.device)
+            segment.logps.append(picked[i])
+            stop[i] = stopper.step(self.rows[i], tok) or len(segment.tokens) >= budget[i]
+        return stop
 
     def extend(self, rows: Sequence[int], tokens: Sequence[Sequence[int]], score: bool = True):
         if not rows:
