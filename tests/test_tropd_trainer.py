@@ -49,8 +49,11 @@ def hand_built_batch(vocab: int, seed: int = 0) -> dict[str, torch.Tensor]:
     }
 
 
-def dense_reference_loss(student, teacher, batch, threshold, k, lambda_out=1.0, lambda_off=1.0, tail_bucket=True):
-    """TrOPD's loss from full logits (torch log_softmax / topk / kl_div): the independent reference."""
+def dense_reference_loss(
+    student, teacher, batch, threshold, k, lambda_out=1.0, lambda_off=1.0, tail_bucket=True, in_region="k1"
+):
+    """TrOPD's loss from full logits (torch log_softmax / topk / kl_div): the independent reference. `in_region`:
+    `k1`, or `forward_kl` (`trust_region_loss: divergence` at `beta: 0`)."""
     ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
     attention = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
     n = batch["completion_ids"].size(1)
@@ -75,8 +78,9 @@ def dense_reference_loss(student, teacher, batch, threshold, k, lambda_out=1.0, 
     forward_kl = F.kl_div(ls_all, lt_all, log_target=True, reduction="none").sum(-1)
     mask = batch["completion_mask"].float()
     prefix = batch.get("teacher_token_mask", torch.zeros_like(mask)).float()
+    in_region_loss = k1 if in_region == "k1" else forward_kl
     per_token = (1 - prefix) * (
-        trusted * k1 + lambda_out * (1 - trusted) * outlier_kl
+        trusted * in_region_loss + lambda_out * (1 - trusted) * outlier_kl
     ) + lambda_off * prefix * forward_kl
     return (per_token * mask).sum() / mask.sum(), trusted * mask * (1 - prefix)
 
@@ -119,6 +123,31 @@ def test_reduces_to_opd_k1_and_to_dense_k1(make_trainer, tiny_tokenizer):
     assert_same_grads(grads, dense_grads, rtol=1e-4, atol=1e-6)
     assert tropd._metrics["train"]["tropd/trusted_fraction"][-1] == 1.0
     assert tropd._metrics["train"]["tropd/loss_outlier"][-1] == 0.0
+
+
+def test_dense_trust_region_loss_reduces_to_opd_and_matches_dense_reference(make_trainer, tiny_tokenizer):
+    """`trust_region_loss: divergence`: at `δ = 0` without guidance, `opd`'s forward KL (`divergence: jsd`,
+    `beta: 0`) in loss and gradients; at `δ = 0.9` the dense reference with forward KL on trusted tokens."""
+    batch = hand_built_batch(len(tiny_tokenizer), seed=2)
+    tropd = make_trainer(trust_region_loss="divergence", trust_threshold=0.0, guidance_prob_start=0.0, beta=0.0)
+    opd = make_trainer(OPDTrainer, OPDConfig, divergence="jsd", beta=0.0)
+    loss, grads = loss_and_grads(tropd, batch)
+    opd_loss, opd_grads = loss_and_grads(opd, batch)
+    torch.testing.assert_close(loss, opd_loss, rtol=1e-6, atol=1e-7)
+    assert_same_grads(grads, opd_grads, rtol=1e-6, atol=1e-7)
+    trainer = make_trainer(trust_region_loss="divergence", trust_threshold=0.9, outlier_top_k=16, beta=0.0)
+    loss, grads = loss_and_grads(trainer, batch)
+    dense, dense_grads, trusted = dense_and_grads(trainer, batch, threshold=0.9, k=16, in_region="forward_kl")
+    torch.testing.assert_close(loss, dense, rtol=1e-5, atol=1e-6)
+    assert_same_grads(grads, dense_grads, rtol=1e-4, atol=1e-6)
+    assert 0 < trusted.sum() < batch["completion_mask"].sum()  # both routes are exercised
+    k1_trainer = make_trainer(trust_threshold=0.9, outlier_top_k=16, beta=0.0)
+    assert not torch.allclose(loss_and_grads(k1_trainer, batch)[0], loss)  # the option changes the loss
+
+
+def test_trust_region_loss_is_checked():
+    with pytest.raises(ValueError, match="trust_region_loss"):
+        TrOPDConfig(output_dir="unused", trust_region_loss="jsd")
 
 
 @pytest.mark.parametrize("tail_bucket", [True, False])

@@ -253,7 +253,7 @@ class EGRSDTrainer(UnwrapCacheMixin, PromptLimitMixin, GRPOTrainer):
         `self_teacher_check_rows` training rows, teacher-forced after the student's prompt (`none`) and after the
         privileged prompt (`full`, [`EGRSDTrainer.teacher_prompt`]), through the teacher path that scores rollouts
         ([`EGRSDTrainer._score`]). Every process scores the same rows."""
-        rows = [self.train_dataset[i] for i in range(min(self.args.self_teacher_check_rows, len(self.train_dataset)))]
+        rows = [self.train_dataset[i] for i in range(self._check_rows())]
         device, tok = self.accelerator.device, self._tokenizer
         solutions = [
             torch.tensor(tok(r["solution"], add_special_tokens=False)["input_ids"], device=device) for r in rows
@@ -279,6 +279,10 @@ class EGRSDTrainer(UnwrapCacheMixin, PromptLimitMixin, GRPOTrainer):
                 scores[name] = (logp.float() * completion_mask).sum().item() / completion_mask.sum().item()
         return scores
 
+    def _check_rows(self) -> int:
+        """How many training rows the self-teacher check scores."""
+        return min(self.args.self_teacher_check_rows, len(self.train_dataset))
+
     def check_self_teacher(self) -> None:
         """Log [`EGRSDTrainer.self_teacher_scores`] (`egrsd/self_teacher_logp_*`). Unless the full reference beats
         none by `SELF_TEACHER_MARGIN` ([`~trl_opd.teacher.self_teacher_verdict`]): `fallback` warns in one line and
@@ -287,7 +291,7 @@ class EGRSDTrainer(UnwrapCacheMixin, PromptLimitMixin, GRPOTrainer):
         scores = self.self_teacher_scores()
         for name, value in scores.items():
             self._metrics["train"][f"egrsd/self_teacher_logp_{name}"].append(value)
-        message = self_teacher_verdict(scores, min(self.args.self_teacher_check_rows, len(self.train_dataset)))
+        message = self_teacher_verdict(scores, self._check_rows())
         if message is None:
             return
         mode = self.args.self_teacher_check

@@ -9,15 +9,19 @@ from ..ops.tropd import TRUST_MODES
 from .opd_config import OPDConfig
 
 
+TRUST_REGION_LOSSES = ("k1", "divergence")
+
+
 @dataclass
 class TrOPDConfig(OPDConfig):
     r"""
     Configuration for [`TrOPDTrainer`]: [`OPDConfig`] plus TrOPD's trust region, outlier loss and teacher-prefix
     guidance.
 
-    The loss is `L = L_TR + lambda_out·L_OUT + lambda_off·L_OFF`: the K1 policy-gradient loss on student tokens inside
-    the trust region (`min(p_T/p_S, 1) ≥ trust_threshold`, or a Bernoulli draw with `trust_mode="stochastic"`), the
-    forward KL over the teacher's `outlier_top_k` tokens (renormalised) on the other student tokens, and the
+    The loss is `L = L_TR + lambda_out·L_OUT + lambda_off·L_OFF`: the K1 policy-gradient loss (or, with
+    `trust_region_loss="divergence"`, the dense JSD_`beta`) on student tokens inside the trust region
+    (`min(p_T/p_S, 1) ≥ trust_threshold`, or a Bernoulli draw with `trust_mode="stochastic"`), the forward KL over the
+    teacher's `outlier_top_k` tokens (with a tail bucket, or renormalised) on the other student tokens, and the
     teacher-forced divergence JSD_`beta` (forward KL with the default `beta=0`) on teacher-written prefix tokens.
 
     Guidance: with probability `p_guide(step)` a prompt starts from the first `rho(step)` share of a teacher rollout
@@ -40,6 +44,15 @@ class TrOPDConfig(OPDConfig):
         metadata={
             "help": "JSD_β of the teacher-forced loss on teacher-prefix tokens (and of the logged `divergence`): "
             "0.0 = forward KL (TrOPD's L_OFF), 1.0 = reverse KL."
+        },
+    )
+    trust_region_loss: str = field(
+        default="k1",
+        metadata={
+            "help": "Loss on student tokens inside the trust region: `k1` (the paper's K1 policy-gradient loss) or "
+            "`divergence` (the fused pass's dense JSD_`beta` over the vocabulary, the `opd` baseline's per-token loss; "
+            "with `trust_threshold: 0` and guidance off TrOPD is then `opd` with `divergence: jsd`).",
+            "choices": list(TRUST_REGION_LOSSES),
         },
     )
     trust_mode: str = field(
@@ -124,6 +137,10 @@ class TrOPDConfig(OPDConfig):
             (
                 self.divergence == "k1",
                 f"TrOPD's in-region loss is K1: divergence must be 'k1', got {self.divergence!r}",
+            ),
+            (
+                self.trust_region_loss in TRUST_REGION_LOSSES,
+                f"trust_region_loss must be one of {TRUST_REGION_LOSSES}, got {self.trust_region_loss!r}",
             ),
             (self.trust_mode in TRUST_MODES, f"trust_mode must be one of {TRUST_MODES}, got {self.trust_mode!r}"),
             (0.0 <= self.trust_threshold <= 1.0, f"trust_threshold must be in [0, 1], got {self.trust_threshold}"),

@@ -193,7 +193,8 @@ class TrOPDTrainer(OPDTrainer):
     # ----------------------------------------------------------------- loss
     def token_losses(self, stats: dict[str, torch.Tensor], inputs: dict[str, Any]) -> torch.Tensor:
         """`ℓ_t = (1 − O_t)[M_t ℓ^K1_t + λ_out (1 − M_t) KL_topk,t] + λ_off O_t JSD_β,t`, `(B, K)`; see
-        [`~trl_opd.ops.tropd.tropd_token_losses`]. `O` is `teacher_token_mask`, `M` the trust mask."""
+        [`~trl_opd.ops.tropd.tropd_token_losses`]. `O` is `teacher_token_mask`, `M` the trust mask; with
+        `trust_region_loss="divergence"` the in-region `ℓ^K1_t` is the dense `JSD_β,t`."""
         student_logp, teacher_logp = stats["student_logp"], stats["teacher_logp"]
         mask = self.loss_mask(inputs).to(student_logp.device)
         prefix = inputs.get("teacher_token_mask", torch.zeros_like(mask)).to(mask.device) * mask
@@ -203,8 +204,9 @@ class TrOPDTrainer(OPDTrainer):
         outliers = on_policy.bool() & ~trusted.bool()
         # Parts not routed anywhere are constant zeros, so they cost nothing in the backward.
         prefix_div = stats["divergence"] if prefix.any() else torch.zeros_like(student_logp)
+        in_region = self.k1_losses(stats, inputs) if self.args.trust_region_loss == "k1" else stats["divergence"]
         parts = tropd_token_losses(
-            self.k1_losses(stats, inputs),
+            in_region,
             self._outlier_kl(stats, outliers),
             prefix_div,
             trusted,
