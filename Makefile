@@ -44,6 +44,7 @@ lab: bootstrap
 	$(LAB) --output-dir benchmarks/results/ablations/exposure-prior --world privileged --methods opsd,opsd:teacher_collapse_logp=-6.9,atesd:collapse_repair=false:alpha_prior_mean=null,atesd:collapse_repair=false --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/exposure-prior --world arith --methods opsd,atesd:collapse_repair=false:alpha_prior_mean=null,atesd:collapse_repair=false --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/boundary-floor --world long-chains --methods motab:boundary_floor=0.5 --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations/lr-schedule --world long-chains --methods opd:lr_scheduler_type=linear,motab:lr_scheduler_type=linear --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/egrsd-guard --world privileged --methods egrsd:teacher_collapse_logp=-6.9 --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/egrsd-guard --world ambiguous --methods egrsd:teacher_collapse_logp=-6.9:self_teacher_check=warn --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/egrsd-epsilon --world privileged --methods egrsd:epsilon_w=1.0,egrsd:epsilon_w=1.0:teacher_collapse_logp=-6.9 --jobs 2
