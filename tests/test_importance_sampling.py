@@ -121,7 +121,14 @@ def test_tropd_k1_part_is_corrected_as_opd(tmp_path, tiny_tokenizer):
     common = {"vllm_importance_sampling_correction": True, "vllm_importance_sampling_clip_max": CAP}
     opd = _trainer(OPDTrainer, OPDConfig, tmp_path, tiny_tokenizer, **common)
     tropd = _trainer(
-        TrOPDTrainer, TrOPDConfig, tmp_path, tiny_tokenizer, trust_threshold=0.0, guidance_prob_start=0.0, **common
+        TrOPDTrainer,
+        TrOPDConfig,
+        tmp_path,
+        tiny_tokenizer,
+        trust_region_loss="k1",
+        trust_threshold=0.0,
+        guidance_prob_start=0.0,
+        **common,
     )
     batch = _batch_with_sampler(tiny_tokenizer, opd.model, opd.temperature)
     torch.testing.assert_close(_loss_and_grads(tropd, batch)[0], _loss_and_grads(opd, batch)[0])

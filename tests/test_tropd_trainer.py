@@ -111,7 +111,7 @@ def assert_same_grads(grads, ref, **tol):
 
 
 def test_reduces_to_opd_k1_and_to_dense_k1(make_trainer, tiny_tokenizer):
-    tropd = make_trainer(trust_threshold=0.0, guidance_prob_start=0.0)
+    tropd = make_trainer(trust_region_loss="k1", trust_threshold=0.0, guidance_prob_start=0.0)
     opd = make_trainer(OPDTrainer, OPDConfig, divergence="k1")
     batch = hand_built_batch(len(tiny_tokenizer))
     loss, grads = loss_and_grads(tropd, batch)
@@ -129,7 +129,7 @@ def test_dense_trust_region_loss_reduces_to_opd_and_matches_dense_reference(make
     """`trust_region_loss: divergence`: at `δ = 0` without guidance, `opd`'s forward KL (`divergence: jsd`,
     `beta: 0`) in loss and gradients; at `δ = 0.9` the dense reference with forward KL on trusted tokens."""
     batch = hand_built_batch(len(tiny_tokenizer), seed=2)
-    tropd = make_trainer(trust_region_loss="divergence", trust_threshold=0.0, guidance_prob_start=0.0, beta=0.0)
+    tropd = make_trainer(trust_threshold=0.0, guidance_prob_start=0.0, beta=0.0)  # the default in-region loss
     opd = make_trainer(OPDTrainer, OPDConfig, divergence="jsd", beta=0.0)
     loss, grads = loss_and_grads(tropd, batch)
     opd_loss, opd_grads = loss_and_grads(opd, batch)
@@ -141,7 +141,7 @@ def test_dense_trust_region_loss_reduces_to_opd_and_matches_dense_reference(make
     torch.testing.assert_close(loss, dense, rtol=1e-5, atol=1e-6)
     assert_same_grads(grads, dense_grads, rtol=1e-4, atol=1e-6)
     assert 0 < trusted.sum() < batch["completion_mask"].sum()  # both routes are exercised
-    k1_trainer = make_trainer(trust_threshold=0.9, outlier_top_k=16, beta=0.0)
+    k1_trainer = make_trainer(trust_region_loss="k1", trust_threshold=0.9, outlier_top_k=16, beta=0.0)
     assert not torch.allclose(loss_and_grads(k1_trainer, batch)[0], loss)  # the option changes the loss
 
 
@@ -150,16 +150,31 @@ def test_trust_region_loss_is_checked():
         TrOPDConfig(output_dir="unused", trust_region_loss="jsd")
 
 
-@pytest.mark.parametrize("tail_bucket", [True, False])
-def test_full_loss_with_outliers_and_prefix_matches_dense_reference(make_trainer, tiny_tokenizer, tail_bucket):
+@pytest.mark.parametrize(("tail_bucket", "trust_region_loss"), [(True, "k1"), (False, "k1"), (True, "divergence")])
+def test_full_loss_with_outliers_and_prefix_matches_dense_reference(
+    make_trainer, tiny_tokenizer, tail_bucket, trust_region_loss
+):
     trainer = make_trainer(
-        trust_threshold=0.9, outlier_top_k=16, lambda_out=0.5, lambda_off=2.0, outlier_tail_bucket=tail_bucket
+        trust_threshold=0.9,
+        outlier_top_k=16,
+        lambda_out=0.5,
+        lambda_off=2.0,
+        outlier_tail_bucket=tail_bucket,
+        trust_region_loss=trust_region_loss,
     )
     batch = hand_built_batch(len(tiny_tokenizer), seed=1)
     batch["teacher_token_mask"] = torch.tensor([[1, 1, 0, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0, 0], [0] * 7])
     loss, grads = loss_and_grads(trainer, batch)
+    in_region = "k1" if trust_region_loss == "k1" else "forward_kl"  # beta 0: the JSD is the forward KL
     dense, dense_grads, trusted = dense_and_grads(
-        trainer, batch, threshold=0.9, k=16, lambda_out=0.5, lambda_off=2.0, tail_bucket=tail_bucket
+        trainer,
+        batch,
+        threshold=0.9,
+        k=16,
+        lambda_out=0.5,
+        lambda_off=2.0,
+        tail_bucket=tail_bucket,
+        in_region=in_region,
     )
     on_policy = batch["completion_mask"] * (1 - batch["teacher_token_mask"])
     assert 0 < trusted.sum() < on_policy.sum()  # both routes are exercised
@@ -215,7 +230,7 @@ def test_guided_continuation_starts_where_the_teacher_prefix_ends(make_trainer, 
     assert trainer._metrics["train"]["guidance/guided_fraction"][-1] == 1.0
     # provenance reaches the loss: the guided batch's loss is the dense reference with prefix routing
     loss, _ = loss_and_grads(trainer, batch)
-    dense, _, _ = dense_and_grads(trainer, batch, threshold=1.0, k=64)
+    dense, _, _ = dense_and_grads(trainer, batch, threshold=1.0, k=64, in_region="forward_kl")  # the default loss
     torch.testing.assert_close(loss, dense, rtol=1e-5, atol=1e-6)
     assert trainer._metrics["train"]["tropd/loss_prefix"][-1] > 0
 

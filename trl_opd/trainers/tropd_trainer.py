@@ -29,7 +29,8 @@ class TrOPDTrainer(OPDTrainer):
 
     What differs from the parent:
     - [`TrOPDTrainer.token_losses`] routes each completion token: student tokens whose trust ratio
-      `min(p_T(y_t)/p_S(y_t), 1)` passes the trust mask get the K1 policy-gradient loss; the other student tokens
+      `min(p_T(y_t)/p_S(y_t), 1)` passes the trust mask get the fused pass's dense JSD_`beta` (the parent's per-token
+      loss; `trust_region_loss="k1"`: the paper's K1 policy-gradient loss); the other student tokens
       (outliers) get the forward KL over the teacher's top-k, renormalised, weighted by `lambda_out`
       ([`~trl_opd.ops.chunked_topk_forward_kl`]: chunked, student logits only on the teacher's top-k ids);
       teacher-written prefix tokens get the fused pass's teacher-forced JSD_`beta` (forward KL by default), weighted
@@ -46,7 +47,8 @@ class TrOPDTrainer(OPDTrainer):
       `guidance/guided_fraction` (prompts given a non-empty prefix), `guidance/mean_prefix_length` (over those),
       `guidance/p_guide`, `guidance/rho`.
 
-    With `trust_threshold=0` and guidance off the loss and gradients are the parent's with `divergence="k1"`.
+    With `trust_threshold=0` and guidance off the loss and gradients are the parent's with `divergence="jsd"` (with
+    `divergence="k1"` at `trust_region_loss="k1"`).
     """
 
     _tag_names = ["trl", "trl-opd", "on-policy-distillation", "tropd"]
@@ -192,9 +194,9 @@ class TrOPDTrainer(OPDTrainer):
 
     # ----------------------------------------------------------------- loss
     def token_losses(self, stats: dict[str, torch.Tensor], inputs: dict[str, Any]) -> torch.Tensor:
-        """`ℓ_t = (1 − O_t)[M_t ℓ^K1_t + λ_out (1 − M_t) KL_topk,t] + λ_off O_t JSD_β,t`, `(B, K)`; see
-        [`~trl_opd.ops.tropd.tropd_token_losses`]. `O` is `teacher_token_mask`, `M` the trust mask; with
-        `trust_region_loss="divergence"` the in-region `ℓ^K1_t` is the dense `JSD_β,t`."""
+        """`ℓ_t = (1 − O_t)[M_t ℓ^TR_t + λ_out (1 − M_t) KL_topk,t] + λ_off O_t JSD_β,t`, `(B, K)`; see
+        [`~trl_opd.ops.tropd.tropd_token_losses`]. `O` is `teacher_token_mask`, `M` the trust mask, `ℓ^TR` the dense
+        `JSD_β` (`trust_region_loss="divergence"`) or the K1 loss (`"k1"`)."""
         student_logp, teacher_logp = stats["student_logp"], stats["teacher_logp"]
         mask = self.loss_mask(inputs).to(student_logp.device)
         prefix = inputs.get("teacher_token_mask", torch.zeros_like(mask)).to(mask.device) * mask
