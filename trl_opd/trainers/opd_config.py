@@ -97,8 +97,8 @@ class OPDConfig(CPUSafeConfigMixin, PromptLimitConfigMixin, DistillationConfig):
             "help": "K1 with vLLM rollouts (`use_vllm`): weight each sampled token's K1 loss by the truncated "
             "importance ratio `min(p_train(y)/p_vLLM(y), vllm_importance_sampling_clip_max)` (detached) against the "
             "sampler's log-probs, for the gap between vLLM's and the trainer's numerics (TRL GRPO's "
-            "`token_truncate`). Applies where a K1 loss is used: `divergence: k1`, TrOPD's trust-region tokens. Off: "
-            "no correction (TRL's DistillationTrainer has none)."
+            "`token_truncate`). Applies where a K1 loss is used: `divergence: k1`, TrOPD's trust-region tokens with "
+            "`trust_region_loss: k1`. Off: no correction (TRL's DistillationTrainer has none)."
         },
     )
     vllm_importance_sampling_clip_max: float = field(

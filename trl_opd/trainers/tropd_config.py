@@ -36,7 +36,8 @@ class TrOPDConfig(OPDConfig):
     divergence: str = field(
         default="k1",
         metadata={
-            "help": "TrOPD's in-region loss is always the K1 policy-gradient loss; only `k1` is accepted.",
+            "help": "The parent's field, not read by TrOPD's loss (its in-region loss is `trust_region_loss`); only "
+            "`k1` is accepted.",
             "choices": ["k1"],
         },
     )
