@@ -29,7 +29,6 @@ import math
 import os
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -39,7 +38,7 @@ from torch.profiler import ProfilerActivity, profile
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
-from interleaved import interleaved_steps, synchronize  # noqa: E402
+from interleaved import interleaved_calls, interleaved_steps  # noqa: E402
 
 from trl_opd.demo.task import make_dataset  # noqa: E402
 from trl_opd.testing import build_tiny_model, build_tiny_tokenizer, save_tiny_pair, tiny_training_kwargs  # noqa: E402
@@ -52,24 +51,6 @@ from trl_opd.trainers.opd_trainer import OPDTrainer  # noqa: E402
 
 BATCH, NEW_TOKENS, SEGMENT, BACKTRACKS, REPEATS = 8, 64, 16, 2, 21
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _interleaved_times(fns: dict[str, object]) -> dict[str, list[tuple[float, float]]]:
-    """`(wall, process CPU)` seconds of each function over `REPEATS` rounds after one warm-up call each; in every round
-    each function runs once, the order reversed from one round to the next, so that drift in the machine's load hits
-    all alike."""
-    for fn in fns.values():
-        fn()  # warm-up
-    times: dict[str, list[tuple[float, float]]] = {name: [] for name in fns}
-    names = list(fns)
-    for k in range(REPEATS):
-        for name in names if k % 2 == 0 else reversed(names):
-            synchronize()
-            wall, cpu = time.perf_counter(), time.process_time()
-            fns[name]()
-            synchronize()
-            times[name].append((time.perf_counter() - wall, time.process_time() - cpu))
-    return times
 
 
 def rollout_times() -> dict[str, float]:
@@ -114,8 +95,9 @@ def rollout_times() -> dict[str, float]:
 
         return run
 
-    times = _interleaved_times(
-        {"plain": plain, "motab": motab(math.inf, BACKTRACKS), "motab_backtracking": motab(-math.inf, BACKTRACKS)}
+    times = interleaved_calls(
+        {"plain": plain, "motab": motab(math.inf, BACKTRACKS), "motab_backtracking": motab(-math.inf, BACKTRACKS)},
+        REPEATS,
     )
     medians = {name: statistics.median(wall for wall, _ in values) for name, values in times.items()}
     for index, kind in enumerate(("wall", "cpu")):

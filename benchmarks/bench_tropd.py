@@ -17,7 +17,7 @@ import argparse
 import os
 import statistics
 import tempfile
-import time
+from functools import partial
 from pathlib import Path
 
 
@@ -25,6 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 import torch  # noqa: E402
+from interleaved import interleaved_calls  # noqa: E402
 from torch.multiprocessing.reductions import StorageWeakRef  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils._pytree import tree_flatten  # noqa: E402
@@ -127,21 +128,15 @@ def bench_pair(label: str, student: str, teacher: str, out: str, reps: int) -> N
     for trainer in trainers.values():
         trainer.model.train()
     batch = fixed_batch(len(trainers[names[0]].processing_class))
-    times = {name: [] for name in names}
-    for trainer in trainers.values():
-        loss_step(trainer, batch)  # warm-up
-    for _ in range(reps):  # interleaved, so machine noise hits every variant alike
-        for name, trainer in trainers.items():
-            start, wall = time.process_time(), time.perf_counter()
-            loss_step(trainer, batch)
-            times[name].append((time.process_time() - start, time.perf_counter() - wall))
+    # interleaved (after one warm-up step each), so machine noise hits every variant alike
+    times = interleaved_calls({name: partial(loss_step, trainer, batch) for name, trainer in trainers.items()}, reps)
     peaks = {}
     for name, trainer in trainers.items():
         with PeakTensorMemory() as tracker:
             loss_step(trainer, batch)
         peaks[name] = tracker.peak
-    cpu = {name: statistics.median(t for t, _ in times[name]) for name in names}
-    wall = {name: statistics.median(w for _, w in times[name]) for name in names}
+    wall = {name: statistics.median(w for w, _ in times[name]) for name in names}
+    cpu = {name: statistics.median(t for _, t in times[name]) for name in names}
     base = {name: VARIANTS[name][0] if name in VARIANTS else name for name in names}
     trusted = trainers["tropd δ=1 (default)"]._metrics["train"]["tropd/trusted_fraction"][-1]
     print(f"\n{label} (trusted fraction at δ=1: {trusted:.2f}); x opd: against the baseline named in brackets")

@@ -17,6 +17,24 @@ def synchronize() -> None:
         torch.cuda.synchronize()
 
 
+def interleaved_calls(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[tuple[float, float]]]:
+    """`(wall, process CPU)` seconds of each function over `rounds` rounds after one warm-up call each; in every round
+    each function runs once, the order reversed from one round to the next, so that drift in the machine's load hits
+    all alike."""
+    for fn in fns.values():
+        fn()  # warm-up
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in fns}
+    names = list(fns)
+    for k in range(rounds):
+        for name in names if k % 2 == 0 else reversed(names):
+            synchronize()
+            wall, cpu = time.perf_counter(), time.process_time()
+            fns[name]()
+            synchronize()
+            times[name].append((time.perf_counter() - wall, time.process_time() - cpu))
+    return times
+
+
 def optimizer_step(trainer, rows: list[dict], seed: int) -> tuple[float, float]:
     """One optimizer step of a TRL trainer (`training_step`, then its optimizer and scheduler) on `rows`, with the
     global RNG seeded by `seed`; returns `(wall seconds, process CPU seconds)`."""
