@@ -43,7 +43,7 @@ def trust_mask(
 
 
 def tropd_token_losses(
-    k1_loss: torch.Tensor,
+    trust_region_loss: torch.Tensor,
     outlier_kl: torch.Tensor,
     prefix_divergence: torch.Tensor,
     trusted: torch.Tensor,
@@ -53,20 +53,21 @@ def tropd_token_losses(
 ) -> dict[str, torch.Tensor]:
     """Route each token to one of TrOPD's three losses. `5 x (B, T) -> dict of (B, T)`.
 
-    On-policy (student-written, `prefix_mask = 0`) tokens inside the trust region get the K1 loss, the others the
-    outlier KL; teacher-written prefix tokens get the teacher-forced divergence:
+    On-policy (student-written, `prefix_mask = 0`) tokens inside the trust region get `trust_region_loss` (the K1
+    loss, or a dense divergence), the others the outlier KL; teacher-written prefix tokens get the teacher-forced
+    divergence:
 
-    `ℓ_t = (1 − O_t)·[M_t·ℓ^K1_t + λ_out·(1 − M_t)·KL(p̄_T,t || p̄_S,t)] + λ_off·O_t·D_t`, with `O_t` the prefix
+    `ℓ_t = (1 − O_t)·[M_t·ℓ^TR_t + λ_out·(1 − M_t)·KL(p̄_T,t || p̄_S,t)] + λ_off·O_t·D_t`, with `O_t` the prefix
     mask. Returns `trust_region`, `outlier`, `prefix` (unweighted parts, zero where not routed) and `total`.
     Values where a part is not routed never reach the result (even if they are inf or NaN).
     """
-    on_policy = 1.0 - prefix_mask.to(k1_loss.dtype)
+    on_policy = 1.0 - prefix_mask.to(trust_region_loss.dtype)
     in_region = (on_policy * trusted).bool()
     outlier = (on_policy * (1.0 - trusted)).bool()
     parts = {
-        "trust_region": torch.where(in_region, k1_loss, torch.zeros_like(k1_loss)),
-        "outlier": torch.where(outlier, outlier_kl, torch.zeros_like(k1_loss)),
-        "prefix": torch.where(prefix_mask.bool(), prefix_divergence, torch.zeros_like(k1_loss)),
+        "trust_region": torch.where(in_region, trust_region_loss, torch.zeros_like(trust_region_loss)),
+        "outlier": torch.where(outlier, outlier_kl, torch.zeros_like(trust_region_loss)),
+        "prefix": torch.where(prefix_mask.bool(), prefix_divergence, torch.zeros_like(trust_region_loss)),
     }
     parts["total"] = parts["trust_region"] + lambda_out * parts["outlier"] + lambda_off * parts["prefix"]
     return parts

@@ -19,9 +19,9 @@ class TrOPDConfig(OPDConfig):
     guidance.
 
     The loss is `L = L_TR + lambda_out·L_OUT + lambda_off·L_OFF`: the dense JSD_`beta`
-    (`trust_region_loss="divergence"`, the default) or the paper's K1 policy-gradient loss (`"k1"`) on student tokens inside the trust region
-    (`min(p_T/p_S, 1) ≥ trust_threshold`, or a Bernoulli draw with `trust_mode="stochastic"`), the forward KL over the
-    teacher's `outlier_top_k` tokens (with a tail bucket, or renormalised) on the other student tokens, and the
+    (`trust_region_loss="divergence"`, the default) or the paper's K1 policy-gradient loss (`"k1"`) on student tokens
+    inside the trust region (`min(p_T/p_S, 1) ≥ trust_threshold`, or a Bernoulli draw with `trust_mode="stochastic"`),
+    the forward KL over the teacher's `outlier_top_k` tokens (with a tail bucket, or renormalised) on the other student tokens, and the
     teacher-forced divergence JSD_`beta` (forward KL with the default `beta=0`) on teacher-written prefix tokens.
 
     Guidance: with probability `p_guide(step)` a prompt starts from the first `rho(step)` share of a teacher rollout
@@ -139,7 +139,8 @@ class TrOPDConfig(OPDConfig):
         checks = [
             (
                 self.divergence == "k1",
-                f"TrOPD's in-region loss is K1: divergence must be 'k1', got {self.divergence!r}",
+                f"divergence is the parent's field, unused by TrOPD (whose in-region loss is trust_region_loss): it must "
+                f"be 'k1', got {self.divergence!r}",
             ),
             (
                 self.trust_region_loss in TRUST_REGION_LOSSES,
