@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from trl import DistillationTrainer
 
 from trl_opd import OPDConfig, OPDTrainer
-from trl_opd.testing import tiny_training_kwargs
+from trl_opd.testing import fixed_generation_batch, tiny_training_kwargs
 from trl_opd.trainers.tropd_config import TrOPDConfig
 from trl_opd.trainers.tropd_trainer import TrOPDTrainer
 
@@ -286,3 +286,46 @@ def test_training_logs_trust_and_guidance_metrics(make_trainer):
         assert math.isfinite(logged[key]), key
     assert logged["guidance/p_guide"] == 1.0 and logged["guidance/guided_fraction"] > 0
     assert trainer.state.log_history[1]["guidance/p_guide"] == pytest.approx(0.5)
+
+
+def test_collapse_repair_sends_the_teachers_continuation_to_the_teacher_forced_loss(make_trainer, monkeypatch):
+    """With `collapse_repair` (accepted whatever the in-region loss), the teacher's continuation after a collapse is
+    in `teacher_token_mask`, and there TrOPD's per-token loss is `lambda_off` times the fused teacher-forced JSD; the
+    student's kept tokens are routed by the trust mask as before. The rollout is a fixed batch in which, at a threshold
+    taken from a dense teacher forward, two rows collapse part-way and two never do."""
+    trainer = make_trainer(
+        guidance_prob_start=0.0,
+        teacher_collapse_logp=-1.0,
+        collapse_repair=True,
+        trust_region_loss="k1",
+        lambda_off=0.5,
+    )
+    rollout = fixed_generation_batch(trainer.processing_class, batch=4, completion_len=6)
+    ids, mask = rollout["completion_ids"], rollout["completion_mask"]
+    with torch.no_grad():
+        logits = trainer.teacher_model(
+            input_ids=torch.cat([rollout["prompt_ids"], ids], 1),
+            attention_mask=torch.cat([rollout["prompt_mask"], mask], 1),
+        ).logits[:, -ids.size(1) - 1 : -1]
+    dense_logp = torch.log_softmax(logits.float(), -1).gather(-1, ids[..., None]).squeeze(-1)
+    minima = sorted(dense_logp.masked_fill(~mask.bool(), 0.0).min(-1).values.tolist())
+    trainer.args.teacher_collapse_logp = (minima[1] + minima[2]) / 2
+    monkeypatch.setattr(
+        DistillationTrainer,
+        "_generate_and_score_completions",
+        lambda self, inputs: {k: v.clone() for k, v in rollout.items()},
+    )
+    batch = trainer._generate_and_score_completions([{}] * 4)
+    written = batch["teacher_written"] * batch["completion_mask"]
+    assert written.any(dim=1).sum() == 2 and (batch["completion_mask"] * (1 - written)).sum() > 0
+    assert torch.equal(batch["teacher_token_mask"], written)
+    captured = {}
+
+    def spy(stats, inputs, original=trainer.token_losses):
+        captured["stats"], captured["losses"] = stats, original(stats, inputs)
+        return captured["losses"]
+
+    trainer.token_losses = spy
+    trainer.compute_loss(trainer.model, batch).backward()
+    teacher = batch["teacher_token_mask"].bool()
+    torch.testing.assert_close(captured["losses"][teacher], 0.5 * captured["stats"]["divergence"][teacher])

@@ -114,6 +114,12 @@ class OPDConfig(CPUSafeConfigMixin, PromptLimitConfigMixin, DistillationConfig):
         },
     )
 
+    @property
+    def teacher_tokens_get_divergence(self) -> bool:
+        """Whether teacher-written completion tokens (`collapse_repair`) are trained with the per-position JSD_β, which
+        the repair needs: with `divergence: k1` they would be scored as if the student had sampled them."""
+        return self.divergence == "jsd"
+
     def __post_init__(self):
         super().__post_init__()
         if self.teacher_collapse_logp is not None and self.teacher_collapse_logp > 0:
@@ -128,7 +134,7 @@ class OPDConfig(CPUSafeConfigMixin, PromptLimitConfigMixin, DistillationConfig):
                 f"collapse_repair is not supported under {sharding} (the teacher writes its repair with whole "
                 "weights): launch with ddp or zero2 (recipes/accelerate_configs/), or set collapse_repair: false."
             )
-        if self.collapse_repair and (self.teacher_collapse_logp is None or self.divergence != "jsd"):
+        if self.collapse_repair and (self.teacher_collapse_logp is None or not self.teacher_tokens_get_divergence):
             raise ValueError(
                 "collapse_repair needs teacher_collapse_logp (where the teacher collapses) and divergence 'jsd' (a "
                 f"per-position loss), got teacher_collapse_logp={self.teacher_collapse_logp}, "

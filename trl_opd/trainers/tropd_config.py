@@ -177,6 +177,12 @@ class TrOPDConfig(OPDConfig):
                 raise ValueError(message)
 
     @property
+    def teacher_tokens_get_divergence(self) -> bool:
+        """TrOPD routes every teacher-written token (a guidance prefix or a `collapse_repair` continuation) to the
+        teacher-forced JSD_`beta`, whatever the in-region loss."""
+        return True
+
+    @property
     def guidance_enabled(self) -> bool:
         """Whether any prompt can be guided by a teacher prefix."""
         return self.guidance_prob_start > 0.0 and self.guidance_rho_start > 0.0

@@ -182,14 +182,17 @@ class TrOPDTrainer(OPDTrainer):
         metrics["guidance/rho"].append(rho)
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
-        """The parent's batch plus `teacher_token_mask` `(B, C)`: 1 on teacher-written (prefix) completion tokens."""
+        """The parent's batch plus `teacher_token_mask` `(B, C)`: 1 on teacher-written completion tokens, the guidance
+        prefix and, with `collapse_repair`, the teacher's continuation after a collapse (`teacher_written`)."""
         self._pending_prefix_lengths = None
         output = super()._generate_and_score_completions(inputs)
         completion_mask = output["completion_mask"]
         lengths = self._pending_prefix_lengths or [0] * completion_mask.size(0)
         self._pending_prefix_lengths = None
-        output["teacher_token_mask"] = provenance_mask(lengths, completion_mask.size(1), completion_mask.device)
-        output["teacher_token_mask"] *= completion_mask
+        teacher_tokens = provenance_mask(lengths, completion_mask.size(1), completion_mask.device)
+        if "teacher_written" in output:
+            teacher_tokens = torch.maximum(teacher_tokens, output["teacher_written"].to(teacher_tokens.dtype))
+        output["teacher_token_mask"] = teacher_tokens * completion_mask
         return output
 
     # ----------------------------------------------------------------- loss
