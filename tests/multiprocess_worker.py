@@ -187,6 +187,8 @@ def fixed_step(method: str, output_dir: str, world: int, rank: int = 0, **overri
 
     def first_batch_fixed(inputs):
         if trainer.state.global_step > 0:
+            if method == "tropd":  # its repair on sampled rollouts: every row on rank 0 (all collapse), none on 1
+                trainer.args.teacher_collapse_logp = 0.0 if rank == 0 else -1e9
             return generate(inputs)
         batch = _distillation_batch(trainer, method)
         share = slice(rank * 4 // world, (rank + 1) * 4 // world)
@@ -223,7 +225,16 @@ def fixed_step(method: str, output_dir: str, world: int, rank: int = 0, **overri
         "teacher": teacher,
         "steps": trainer.state.global_step,
         "backend": backend,
+        "repaired": _repaired_fractions(trainer),
     }
+
+
+def _repaired_fractions(trainer) -> list:
+    """Each process's logged `repair/repaired_fraction` values (gathered: one list per rank)."""
+    from accelerate.utils import gather_object
+
+    key = "repair/repaired_fraction"
+    return gather_object([[h[key] for h in trainer.state.log_history if key in h]])
 
 
 def full_parameters(trainer, model) -> dict[str, torch.Tensor]:
@@ -292,9 +303,7 @@ def main(out_path: str, mode: str, methods: list[str]) -> None:
             "grads": grads,
             "steps": trainer.state.global_step,
             "backtracks": gather_object([sum(backtracks)]),
-            "repaired": gather_object(
-                [[h[k] for h in trainer.state.log_history if (k := "repair/repaired_fraction") in h]]
-            ),
+            "repaired": _repaired_fractions(trainer),
             "world": world,
         }
     if int(os.environ.get("RANK", "0")) == 0:

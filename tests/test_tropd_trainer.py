@@ -19,6 +19,10 @@ from trl_opd.trainers.tropd_trainer import TrOPDTrainer
 @pytest.fixture(scope="module")
 def make_trainer(tmp_path_factory, tiny_pair_dir, arithmetic_dataset):
     def build(cls=TrOPDTrainer, config_cls=TrOPDConfig, **overrides):
+        """TrOPD (or `cls`) on the tiny pair; TrOPD without its collapse repair unless asked (the tests below hold
+        the other parts against references; the repair has its own)."""
+        if config_cls is TrOPDConfig:
+            overrides = {"teacher_collapse_logp": None, "collapse_repair": False, **overrides}
         out = tmp_path_factory.mktemp("tropd_out")
         config = config_cls(**tiny_training_kwargs(out, **overrides))
         trainer = cls(
@@ -288,11 +292,13 @@ def test_training_logs_trust_and_guidance_metrics(make_trainer):
     assert trainer.state.log_history[1]["guidance/p_guide"] == pytest.approx(0.5)
 
 
-def test_collapse_repair_sends_the_teachers_continuation_to_the_teacher_forced_loss(make_trainer, monkeypatch):
-    """With `collapse_repair` (accepted whatever the in-region loss), the teacher's continuation after a collapse is
-    in `teacher_token_mask`, and there TrOPD's per-token loss is `lambda_off` times the fused teacher-forced JSD; the
-    student's kept tokens are routed by the trust mask as before. The rollout is a fixed batch in which, at a threshold
-    taken from a dense teacher forward, two rows collapse part-way and two never do."""
+def test_collapse_repair_samples_the_teachers_continuation_and_trains_it_teacher_forced(make_trainer, monkeypatch):
+    """TrOPD's default repair on a fixed rollout in which, at a threshold taken from a dense teacher forward, two rows
+    collapse part-way and two never do: the teacher is asked once, through the parent's generation layer, for every
+    row (prompt + the student's tokens before the collapse; a row that never collapses, its prompt), each collapsed
+    row becomes its kept tokens + that rollout within the budget, the others are unchanged. The teacher's tokens are
+    `teacher_token_mask`, and there the per-token loss is `lambda_off` times the fused teacher-forced JSD, whatever the
+    in-region loss (`k1` here)."""
     trainer = make_trainer(
         guidance_prob_start=0.0,
         teacher_collapse_logp=-1.0,
@@ -301,31 +307,65 @@ def test_collapse_repair_sends_the_teachers_continuation_to_the_teacher_forced_l
         lambda_off=0.5,
     )
     rollout = fixed_generation_batch(trainer.processing_class, batch=4, completion_len=6)
-    ids, mask = rollout["completion_ids"], rollout["completion_mask"]
+    ids, mask, prompt_ids, prompt_mask = (
+        rollout[k] for k in ("completion_ids", "completion_mask", "prompt_ids", "prompt_mask")
+    )
     with torch.no_grad():
         logits = trainer.teacher_model(
-            input_ids=torch.cat([rollout["prompt_ids"], ids], 1),
-            attention_mask=torch.cat([rollout["prompt_mask"], mask], 1),
+            input_ids=torch.cat([prompt_ids, ids], 1), attention_mask=torch.cat([prompt_mask, mask], 1)
         ).logits[:, -ids.size(1) - 1 : -1]
     dense_logp = torch.log_softmax(logits.float(), -1).gather(-1, ids[..., None]).squeeze(-1)
     minima = sorted(dense_logp.masked_fill(~mask.bool(), 0.0).min(-1).values.tolist())
-    trainer.args.teacher_collapse_logp = (minima[1] + minima[2]) / 2
+    threshold = trainer.args.teacher_collapse_logp = (minima[1] + minima[2]) / 2
     monkeypatch.setattr(
         DistillationTrainer,
         "_generate_and_score_completions",
         lambda self, inputs: {k: v.clone() for k, v in rollout.items()},
     )
+    calls = []
+    parent = DistillationTrainer._generate_single_turn
+
+    def spy(self, prompts, *args, **kwargs):
+        completions = parent(self, prompts, *args, **kwargs)
+        calls.append((self.model_wrapped is self.teacher_model, [list(p) for p in prompts], completions))
+        return completions
+
+    monkeypatch.setattr(DistillationTrainer, "_generate_single_turn", spy)
     batch = trainer._generate_and_score_completions([{}] * 4)
-    written = batch["teacher_written"] * batch["completion_mask"]
-    assert written.any(dim=1).sum() == 2 and (batch["completion_mask"] * (1 - written)).sum() > 0
-    assert torch.equal(batch["teacher_token_mask"], written)
+    ((by_teacher, prefixes, rollouts),) = calls
+    assert by_teacher
+    budget, repaired = trainer.args.max_completion_length, 0
+    for b in range(4):
+        n = int(mask[b].sum())
+        cut = next((t for t in range(n) if dense_logp[b, t] < threshold), None)
+        prompt = prompt_ids[b][prompt_mask[b].bool()].tolist()
+        assert prefixes[b] == prompt + ids[b, : cut or 0].tolist()
+        if cut is None:
+            expected, written = ids[b, :n].tolist(), [0] * n
+        else:
+            repaired += 1
+            continuation = list(rollouts[b][: budget - cut])
+            expected, written = ids[b, :cut].tolist() + continuation, [0] * cut + [1] * len(continuation)
+        m = int(batch["completion_mask"][b].sum())
+        assert batch["completion_ids"][b, :m].tolist() == expected
+        assert batch["teacher_token_mask"][b, :m].tolist() == written
+    assert repaired == 2
     captured = {}
 
-    def spy(stats, inputs, original=trainer.token_losses):
+    def token_losses_spy(stats, inputs, original=trainer.token_losses):
         captured["stats"], captured["losses"] = stats, original(stats, inputs)
         return captured["losses"]
 
-    trainer.token_losses = spy
+    trainer.token_losses = token_losses_spy
     trainer.compute_loss(trainer.model, batch).backward()
     teacher = batch["teacher_token_mask"].bool()
     torch.testing.assert_close(captured["losses"][teacher], 0.5 * captured["stats"]["divergence"][teacher])
+
+
+def test_tropd_defaults_repair_collapses_and_allow_sharding(tmp_path):
+    config = TrOPDConfig(**tiny_training_kwargs(tmp_path))
+    assert (config.teacher_collapse_logp, config.collapse_repair) == (-6.9, True)
+    assert (
+        config.collapse_repair_supports_sharding
+        and not OPDConfig(**tiny_training_kwargs(tmp_path)).collapse_repair_supports_sharding
+    )

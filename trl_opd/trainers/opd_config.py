@@ -120,6 +120,12 @@ class OPDConfig(CPUSafeConfigMixin, PromptLimitConfigMixin, DistillationConfig):
         the repair needs: with `divergence: k1` they would be scored as if the student had sampled them."""
         return self.divergence == "jsd"
 
+    @property
+    def collapse_repair_supports_sharding(self) -> bool:
+        """Whether `collapse_repair` runs under ZeRO-3 / FSDP: not here (greedy `generate` on whole weights); TrOPD
+        writes its repairs through its generation layer, which does."""
+        return False
+
     def __post_init__(self):
         super().__post_init__()
         if self.teacher_collapse_logp is not None and self.teacher_collapse_logp > 0:
@@ -129,7 +135,7 @@ class OPDConfig(CPUSafeConfigMixin, PromptLimitConfigMixin, DistillationConfig):
         if self.divergence not in ("jsd", "k1"):
             raise ValueError(f"divergence must be 'jsd' or 'k1', got {self.divergence!r}")
         sharding = launched_sharded()
-        if self.collapse_repair and sharding:
+        if self.collapse_repair and sharding and not self.collapse_repair_supports_sharding:
             raise ValueError(
                 f"collapse_repair is not supported under {sharding} (the teacher writes its repair with whole "
                 "weights): launch with ddp or zero2 (recipes/accelerate_configs/), or set collapse_repair: false."

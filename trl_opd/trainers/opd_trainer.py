@@ -154,7 +154,9 @@ class OPDTrainer(UnwrapCacheMixin, PromptLimitMixin, DistillationTrainer):
             check_privileged_prompts(self, self.train_dataset, self.teacher_chat_template_kwargs)
         self.check_prompt_lengths(self.train_dataset)
         if args.collapse_repair and (
-            self.tools or args.vllm_importance_sampling_correction or self._sharded_weights()
+            self.tools
+            or args.vllm_importance_sampling_correction
+            or (self._sharded_weights() and not args.collapse_repair_supports_sharding)
         ):
             raise ConfigValueError(
                 "collapse_repair does not support tools, vllm_importance_sampling_correction, ZeRO-3 or FSDP (the "
@@ -207,18 +209,14 @@ class OPDTrainer(UnwrapCacheMixin, PromptLimitMixin, DistillationTrainer):
                 hidden, weight.to(hidden.device), ids, self.temperature, head=self.teacher_logit_head(student)
             )
         cut = first_collapse_index(logp, mask, self.args.teacher_collapse_logp).tolist()
-        rows = [b for b, t in enumerate(cut) if t >= 0]
-        continuations = {}
-        if rows:
-            prompt_ids = output.get("teacher_prompt_ids", output["prompt_ids"])
-            prompt_mask = output.get("teacher_prompt_mask", output["prompt_mask"])
-            prefixes = [prompt_ids[b][prompt_mask[b].bool()].tolist() + ids[b, : cut[b]].tolist() for b in rows]
-            budgets = [self.args.max_completion_length - cut[b] for b in rows]
-            tok = self.processing_class
-            adapter_off = self._self_teacher_kind == "frozen"
-            with scoring_teacher(self.teacher_model, self.accelerator, student, adapter_off, self._unwrap) as teacher:
-                written = greedy_continuations(teacher.module, prefixes, budgets, [tok.eos_token_id], tok.pad_token_id)
-            continuations = dict(zip(rows, written, strict=True))
+        prompt_ids = output.get("teacher_prompt_ids", output["prompt_ids"])
+        prompt_mask = output.get("teacher_prompt_mask", output["prompt_mask"])
+        prefixes = [
+            prompt_ids[b][prompt_mask[b].bool()].tolist() + ids[b, : max(t, 0)].tolist() for b, t in enumerate(cut)
+        ]
+        budgets = [self.args.max_completion_length - max(t, 0) for t in cut]
+        continuations = self.repair_continuations(prefixes, budgets, [t >= 0 for t in cut])
+        rows = list(continuations)
         new_ids, new_mask, teacher_written = splice_completions(
             ids, mask, torch.tensor(cut), continuations, self.processing_class.pad_token_id
         )
@@ -227,6 +225,28 @@ class OPDTrainer(UnwrapCacheMixin, PromptLimitMixin, DistillationTrainer):
         metrics = self._metrics["train"]
         metrics["repair/repaired_fraction"].append(len(rows) / max(len(cut), 1))
         metrics["repair/teacher_token_fraction"].append((teacher_written.sum() / new_mask.sum().clamp(min=1)).item())
+
+    def repair_continuations(
+        self, prefixes: list[list[int]], budgets: list[int], collapsed: list[bool]
+    ) -> dict[int, list[int]]:
+        """The teacher's continuation of each collapsed row (`collapse_repair`), keyed by row: `prefixes[b]` is the
+        teacher's prompt plus the student's tokens before the collapse, cut to `budgets[b]` tokens and after the first
+        EOS (kept). Here: greedy decoding on the teacher's whole weights ([`greedy_continuations`]), collapsed rows
+        only; TrOPD samples through its generation layer instead."""
+        rows = [b for b, c in enumerate(collapsed) if c]
+        if not rows:
+            return {}
+        tok, student = self.processing_class, self._unwrap(self.model)
+        adapter_off = self._self_teacher_kind == "frozen"
+        with scoring_teacher(self.teacher_model, self.accelerator, student, adapter_off, self._unwrap) as teacher:
+            written = greedy_continuations(
+                teacher.module,
+                [prefixes[b] for b in rows],
+                [budgets[b] for b in rows],
+                [tok.eos_token_id],
+                tok.pad_token_id,
+            )
+        return dict(zip(rows, written, strict=True))
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, has_tool_images=False):
         """TRL's generation; with `vllm_importance_sampling_correction` in training, the vLLM path keeps the sampled

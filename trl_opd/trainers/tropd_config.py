@@ -88,6 +88,24 @@ class TrOPDConfig(OPDConfig):
             "see the student's mass outside the top-k: a token the teacher rejects gets no gradient pushing it down."
         },
     )
+    teacher_collapse_logp: float | None = field(
+        default=-6.9,
+        metadata={
+            "help": "TrOPD's default -6.9 (p_T < 1e-3): a student token the teacher all but rules out ends the "
+            "rollout's stay on the teacher's support; with `collapse_repair` the teacher writes the rest from there, "
+            "otherwise the later tokens get weight `teacher_collapse_weight`. None: off (the paper's TrOPD)."
+        },
+    )
+    collapse_repair: bool = field(
+        default=True,
+        metadata={
+            "help": "TrOPD's default: where the rollout collapses (`teacher_collapse_logp`), the teacher continues it "
+            "from the student's tokens before, sampled through the generation layer the guidance uses (transformers "
+            "`generate`, also under ZeRO-3/FSDP, or the teacher's vLLM engine/server), and its tokens get the "
+            "teacher-forced loss like a guidance prefix. In the lab it lifts TrOPD on `mismatch` and `arith` "
+            "(docs/methods.md). Not with tools or `vllm_importance_sampling_correction`."
+        },
+    )
     lambda_out: float = field(default=1.0, metadata={"help": "Weight of the outlier loss L_OUT (≥ 0)."})
     lambda_off: float = field(default=1.0, metadata={"help": "Weight of the teacher-prefix loss L_OFF (≥ 0)."})
     guidance_prob_start: float = field(
@@ -175,6 +193,11 @@ class TrOPDConfig(OPDConfig):
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+
+    @property
+    def collapse_repair_supports_sharding(self) -> bool:
+        """TrOPD's repairs are sampled through the generation layer its guidance uses (ZeRO-3, FSDP and vLLM too)."""
+        return True
 
     @property
     def teacher_tokens_get_divergence(self) -> bool:

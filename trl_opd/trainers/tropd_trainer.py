@@ -74,9 +74,15 @@ class TrOPDTrainer(OPDTrainer):
                 "TrOPD guidance needs a separate teacher model to write prefixes (this teacher is the student's own "
                 "weights): pass a teacher or set guidance_prob_start: 0"
             )
+        if args.collapse_repair and self.teacher_model is None and self._sharded_weights():
+            raise ValueError(
+                "TrOPD's collapse_repair with a self-teacher writes greedily on whole weights, not under ZeRO-3 or "
+                "FSDP: pass a teacher, launch with ddp or zero2, or set collapse_repair: false"
+            )
         self._pending_prefix_lengths: list[int] | None = None
         self.teacher_vllm_generation = None
-        if self.use_vllm and args.guidance_enabled:  # built on every rank at once (vLLM init is collective)
+        teacher_writes = args.guidance_enabled or args.collapse_repair
+        if self.use_vllm and teacher_writes and self.teacher_model is not None:  # built on every rank at once
             self.teacher_vllm_generation = self._build_teacher_vllm(args)
 
     # ----------------------------------------------------------------- guidance
@@ -120,6 +126,18 @@ class TrOPDTrainer(OPDTrainer):
         self._pending_prefix_lengths = [min(len(x), limit) for x in prefixes]
         self._log_guidance(self._pending_prefix_lengths, p_guide, rho)
         return completions
+
+    def repair_continuations(
+        self, prefixes: list[list[int]], budgets: list[int], collapsed: list[bool]
+    ) -> dict[int, list[int]]:
+        """The parent's hook, through the guidance's generation layer ([`teacher_rollouts`]): the teacher samples a
+        continuation of every row's prefix (a row that did not collapse asks for its prompt's, discarded), so every
+        process makes the same calls with as many prompts (ZeRO-3/FSDP `generate`, vLLM). A self-teacher (no
+        separate teacher model) writes greedily, as in the parent."""
+        if self.teacher_model is None:
+            return super().repair_continuations(prefixes, budgets, collapsed)
+        rollouts = self.teacher_rollouts(prefixes)
+        return {b: list(rollouts[b][: budgets[b]]) for b, c in enumerate(collapsed) if c}
 
     def teacher_rollouts(self, prompt_ids: list[list[int]]) -> list[list[int]]:
         """Teacher completions (EOS included, nothing after it) through the parent's generation layer."""
