@@ -42,8 +42,9 @@ from interleaved import interleaved_calls, interleaved_steps  # noqa: E402
 
 from trl_opd.demo.task import make_dataset  # noqa: E402
 from trl_opd.testing import build_tiny_model, build_tiny_tokenizer, save_tiny_pair, tiny_training_kwargs  # noqa: E402
+from trl_opd.trainers.motab_backends import HFStepBackend  # noqa: E402
 from trl_opd.trainers.motab_config import MOTABConfig  # noqa: E402
-from trl_opd.trainers.motab_rollout import HFStepBackend, SegmentRollout, SegmentStopper  # noqa: E402
+from trl_opd.trainers.motab_rollout import SegmentRollout, SegmentStopper  # noqa: E402
 from trl_opd.trainers.motab_trainer import MOTABTrainer  # noqa: E402
 from trl_opd.trainers.opd_config import OPDConfig  # noqa: E402
 from trl_opd.trainers.opd_trainer import OPDTrainer  # noqa: E402

@@ -10,7 +10,8 @@ import threading
 import torch
 
 from trl_opd.testing import build_tiny_model
-from trl_opd.trainers.motab_rollout import HFStepBackend, SegmentRollout, SegmentStopper
+from trl_opd.trainers.motab_backends import HFStepBackend
+from trl_opd.trainers.motab_rollout import SegmentRollout, SegmentStopper
 
 
 class FakeGroup:

@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from trl_opd.trainers.motab_rollout import HFStepBackend, Segment, SegmentRollout, SegmentStopper
+from trl_opd.trainers.motab_backends import HFStepBackend
+from trl_opd.trainers.motab_rollout import Segment, SegmentRollout, SegmentStopper
 
 
 EOS = 2

@@ -14,7 +14,8 @@ import torch
 from scipy.stats import chi2_contingency, chisquare
 
 from trl_opd.testing import build_tiny_model
-from trl_opd.trainers.motab_rollout import HFStepBackend, SegmentRollout, SegmentStopper
+from trl_opd.trainers.motab_backends import HFStepBackend
+from trl_opd.trainers.motab_rollout import SegmentRollout, SegmentStopper
 
 
 N, NEW_TOKENS = 2000, 4
@@ -123,7 +124,7 @@ def test_the_comparison_has_power(peaked_model, tiny_tokenizer):
 def test_sample_categorical_draws_each_row_from_its_probabilities():
     """The inverse-CDF sampler against the probabilities themselves (chi-square per row), never a zero-probability
     token, also for unnormalised rows (float32 softmax rounding) and a row with all mass on its last token."""
-    from trl_opd.trainers.motab_rollout import sample_categorical
+    from trl_opd.trainers.motab_backends import sample_categorical
 
     probs = torch.tensor(
         [

@@ -136,7 +136,7 @@ METHODS: dict[str, MethodSpec] = {
             "TrOPD: Trust Region On-Policy Distillation",
             "external",
             ("prompt",),
-            description="trust-region OPD with top-k outliers and teacher-prefix guidance",
+            description="trust-region OPD with top-k outliers, teacher-prefix guidance and collapse repair",
             baselines=("opd",),
         ),
         MethodSpec(

@@ -14,8 +14,9 @@ from trl.trainer.utils import pad
 from ..controllers.boundary import AdaptiveBoundary
 from ..ops.motab import route_token_losses, teacher_token_forward_kl
 from ..rewards import math_accuracy_reward
+from .motab_backends import HFStepBackend, VLLMStudentBackend
 from .motab_config import MOTABConfig, check_step_delimiter
-from .motab_rollout import HFStepBackend, RolloutTrace, SegmentRollout, SegmentStopper, VLLMStudentBackend
+from .motab_rollout import RolloutTrace, SegmentRollout, SegmentStopper
 from .opd_trainer import OPDTrainer
 
 

@@ -28,8 +28,12 @@ class TrOPDConfig(OPDConfig):
     and the student continues; both decay linearly from `guidance_prob_start` / `guidance_rho_start` to 0 over the
     first `guidance_prob_decay_share` / `guidance_rho_decay_share` of training.
 
-    With `trust_threshold=0` and `guidance_prob_start=0` it is the `opd` baseline: with `divergence="jsd"` and the same
-    `beta` (the default in-region loss), or with `divergence="k1"` (`trust_region_loss="k1"`).
+    Collapse repair (`teacher_collapse_logp`, `collapse_repair`, on by default): after the first student token the
+    teacher all but rules out, the teacher samples the rest of the rollout, trained like a guidance prefix.
+
+    With `trust_threshold=0`, `guidance_prob_start=0`, `teacher_collapse_logp=None` and `collapse_repair=False` it is
+    the `opd` baseline: with `divergence="jsd"` and the same `beta` (the default in-region loss), or with
+    `divergence="k1"` (`trust_region_loss="k1"`).
     Defaults are the ones in `docs/methods.md` (the thresholds, weights and schedules are our design).
     """
 

@@ -42,13 +42,18 @@ class TrOPDTrainer(OPDTrainer):
       (transformers `generate` under `unwrap_model_for_generation`, or a second vLLM engine/server). The completion
       is prefix + continuation (cut to `max_completion_length`); the batch gets `teacher_token_mask` `(B, C)`, 1 on
       teacher-written tokens.
+    - Collapse repair (the parent's `collapse_repair`, on by default here): where a student token's teacher log-prob
+      falls below `teacher_collapse_logp`, [`TrOPDTrainer.repair_continuations`] has the teacher sample the rest
+      through the same generation layer (so it runs under ZeRO-3, FSDP and vLLM, unlike the parent's greedy repair),
+      and those tokens join `teacher_token_mask`.
     - Logged: `tropd/loss_trust_region`, `tropd/loss_outlier`, `tropd/loss_prefix` (per-token means of the unweighted
       parts over the loss tokens), `tropd/trusted_fraction` and `tropd/mean_trust_ratio` (over student tokens),
       `guidance/guided_fraction` (prompts given a non-empty prefix), `guidance/mean_prefix_length` (over those),
       `guidance/p_guide`, `guidance/rho`.
 
-    With `trust_threshold=0` and guidance off the loss and gradients are the parent's with `divergence="jsd"` (with
-    `divergence="k1"` at `trust_region_loss="k1"`).
+    With `trust_threshold=0`, guidance off and no collapse handling (`teacher_collapse_logp=None`,
+    `collapse_repair=False`) the loss and gradients are the parent's with `divergence="jsd"` (with `divergence="k1"`
+    at `trust_region_loss="k1"`).
     """
 
     _tag_names = ["trl", "trl-opd", "on-policy-distillation", "tropd"]
