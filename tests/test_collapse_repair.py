@@ -81,12 +81,19 @@ def test_trainer_repairs_each_collapsed_row_from_its_safe_prefix(tmp_path, tiny_
     trainer = OPDTrainer(
         model=build_tiny_model(tiny_tokenizer, "student", seed=0),
         teacher_model=teacher,
-        args=OPDConfig(**tiny_training_kwargs(tmp_path), teacher_collapse_logp=threshold, collapse_repair=True),
+        args=OPDConfig(
+            **tiny_training_kwargs(tmp_path),
+            teacher_collapse_logp=threshold,
+            collapse_repair=True,
+            vllm_importance_sampling_correction=True,
+        ),
         train_dataset=arithmetic_dataset,
         processing_class=tiny_tokenizer,
     )
     trainer.model.train()
     output = {k: v.clone() for k, v in batch.items()}
+    sampler = torch.linspace(-3.0, -0.1, ids.numel()).view(ids.shape).masked_fill(~mask.bool(), math.nan)
+    output["sampler_logps"] = sampler.clone()  # vLLM's log-probs of the student's tokens (importance sampling)
     trainer._repair_collapsed(output)
 
     eos, budget = tiny_tokenizer.eos_token_id, trainer.args.max_completion_length
@@ -104,6 +111,10 @@ def test_trainer_repairs_each_collapsed_row_from_its_safe_prefix(tmp_path, tiny_
         m = int(output["completion_mask"][b].sum())
         assert output["completion_ids"][b, :m].tolist() == expected
         assert output["teacher_written"][b, :m].tolist() == written
+        kept = n if cut is None else cut  # the sampler's log-probs stay on the student's kept tokens only
+        torch.testing.assert_close(output["sampler_logps"][b, :kept], sampler[b, :kept])
+        assert output["sampler_logps"][b, kept:].isnan().all()
+    assert output["sampler_logps"].shape == output["completion_ids"].shape
     assert repaired == 2
     assert output["num_items_in_batch"].item() == output["completion_mask"].sum().item()
     assert trainer._metrics["train"]["repair/repaired_fraction"] == [repaired / ids.size(0)]

@@ -117,7 +117,7 @@ def test_trainer_weights_k1_by_the_sampler_ratio(tmp_path, tiny_tokenizer):
 
 
 def test_tropd_k1_part_is_corrected_as_opd(tmp_path, tiny_tokenizer):
-    """TrOPD at `trust_threshold=0`, guidance off, is OPD's K1: also with the correction."""
+    """TrOPD at `trust_threshold=0`, guidance off, no collapse handling, is OPD's K1: also with the correction."""
     common = {"vllm_importance_sampling_correction": True, "vllm_importance_sampling_clip_max": CAP}
     opd = _trainer(OPDTrainer, OPDConfig, tmp_path, tiny_tokenizer, **common)
     tropd = _trainer(
@@ -128,6 +128,8 @@ def test_tropd_k1_part_is_corrected_as_opd(tmp_path, tiny_tokenizer):
         trust_region_loss="k1",
         trust_threshold=0.0,
         guidance_prob_start=0.0,
+        teacher_collapse_logp=None,
+        collapse_repair=False,
         **common,
     )
     batch = _batch_with_sampler(tiny_tokenizer, opd.model, opd.temperature)

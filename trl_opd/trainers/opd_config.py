@@ -81,7 +81,7 @@ class OPDConfig(CPUSafeConfigMixin, PromptLimitConfigMixin, DistillationConfig):
             "the completion greedily from the student's tokens before that point and its own prompt, and the loss "
             "covers the student's prefix and the teacher's continuation (instead of `teacher_collapse_weight` on the "
             "student's later tokens). One extra teacher forward and a teacher generation per batch. Needs the JSD "
-            "divergence; not with tools, vLLM importance sampling correction, ZeRO-3 or FSDP."
+            "divergence; not with tools, ZeRO-3 or FSDP (TrOPD's repair runs there)."
         },
     )
     privileged_context: bool = field(

@@ -155,13 +155,11 @@ class OPDTrainer(UnwrapCacheMixin, PromptLimitMixin, DistillationTrainer):
             check_privileged_prompts(self, self.train_dataset, self.teacher_chat_template_kwargs)
         self.check_prompt_lengths(self.train_dataset)
         if args.collapse_repair and (
-            self.tools
-            or args.vllm_importance_sampling_correction
-            or (self._sharded_weights() and not args.collapse_repair_supports_sharding)
+            self.tools or (self._sharded_weights() and not args.collapse_repair_supports_sharding)
         ):
             raise ConfigValueError(
-                "collapse_repair does not support tools, vllm_importance_sampling_correction, ZeRO-3 or FSDP (the "
-                "teacher writes its continuation with transformers' generate on unsharded weights)."
+                "collapse_repair does not support tools, ZeRO-3 or FSDP (the teacher writes its continuation with "
+                "transformers' generate on unsharded weights)."
             )
         self._sampler_logps: list[list[float]] | None = None
         if args.vllm_importance_sampling_correction and self.use_vllm:
@@ -222,6 +220,8 @@ class OPDTrainer(UnwrapCacheMixin, PromptLimitMixin, DistillationTrainer):
             ids, mask, torch.tensor(cut), continuations, self.processing_class.pad_token_id
         )
         output.update(completion_ids=new_ids, completion_mask=new_mask, teacher_written=teacher_written)
+        if "sampler_logps" in output:  # the sampler's log-probs of the kept student tokens, NaN on the teacher's
+            output["sampler_logps"] = _kept_sampler_logps(output["sampler_logps"], mask, cut, new_ids.size(1))
         output["num_items_in_batch"] = self.accelerator.gather(new_mask.sum()).sum()
         metrics = self._metrics["train"]
         metrics["repair/repaired_fraction"].append(len(rows) / max(len(cut), 1))
@@ -460,3 +460,13 @@ def _vocab_size(model, args: OPDConfig) -> int:
     if isinstance(model, str):
         return AutoConfig.from_pretrained(model, trust_remote_code=args.trust_remote_code).get_text_config().vocab_size
     return model.get_output_embeddings().weight.shape[0]
+
+
+def _kept_sampler_logps(sampler_logps: torch.Tensor, mask: torch.Tensor, cut: list[int], width: int) -> torch.Tensor:
+    """`(B, C) -> (B, width)`: each row's sampler log-probs up to its cut (all its tokens where it did not collapse),
+    NaN after (the teacher's tokens, padding)."""
+    out = torch.full((sampler_logps.size(0), width), math.nan, device=sampler_logps.device)
+    for b, t in enumerate(cut):
+        n = t if t >= 0 else int(mask[b].sum())
+        out[b, :n] = sampler_logps[b, :n]
+    return out

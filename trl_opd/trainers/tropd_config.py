@@ -107,7 +107,7 @@ class TrOPDConfig(OPDConfig):
             "from the student's tokens before, sampled through the generation layer the guidance uses (transformers "
             "`generate`, also under ZeRO-3/FSDP, or the teacher's vLLM engine/server), and its tokens get the "
             "teacher-forced loss like a guidance prefix. In the lab it lifts TrOPD on `mismatch` and `arith` "
-            "(docs/methods.md). Not with tools or `vllm_importance_sampling_correction`."
+            "(docs/methods.md). Not with tools."
         },
     )
     lambda_out: float = field(default=1.0, metadata={"help": "Weight of the outlier loss L_OUT (≥ 0)."})
