@@ -62,6 +62,20 @@ def test_greedy_continuations_equal_unbatched_greedy_decoding(tiny_tokenizer):
     assert got == [_greedy_by_hand(model, p, b, eos) for p, b in zip(prefixes, budgets, strict=True)]
 
 
+def dense_logps_and_split_threshold(teacher, batch) -> tuple[torch.Tensor, float]:
+    """The teacher's log-probs of a fixed rollout's completion tokens from one dense forward `(B, C)`, and a collapse
+    threshold between the second- and third-lowest row minima: two rows of four collapse somewhere, two never."""
+    ids, mask = batch["completion_ids"], batch["completion_mask"]
+    with torch.no_grad():
+        logits = teacher(
+            input_ids=torch.cat([batch["prompt_ids"], ids], 1),
+            attention_mask=torch.cat([batch["prompt_mask"], mask], 1),
+        ).logits[:, -ids.size(1) - 1 : -1]
+    dense_logp = torch.log_softmax(logits.float(), -1).gather(-1, ids[..., None]).squeeze(-1)
+    row_minima = sorted(dense_logp.masked_fill(~mask.bool(), 0.0).min(-1).values.tolist())
+    return dense_logp, (row_minima[1] + row_minima[2]) / 2
+
+
 def test_trainer_repairs_each_collapsed_row_from_its_safe_prefix(tmp_path, tiny_tokenizer, arithmetic_dataset):
     """At a threshold where random completions collapse part-way, each collapsed row keeps the student's tokens
     before t* (from a dense teacher forward) and continues with the teacher's greedy decoding of its prompt and that
@@ -71,13 +85,7 @@ def test_trainer_repairs_each_collapsed_row_from_its_safe_prefix(tmp_path, tiny_
     ids, mask, prompt_ids, prompt_mask = (
         batch[k] for k in ("completion_ids", "completion_mask", "prompt_ids", "prompt_mask")
     )
-    with torch.no_grad():
-        logits = teacher(
-            input_ids=torch.cat([prompt_ids, ids], 1), attention_mask=torch.cat([prompt_mask, mask], 1)
-        ).logits[:, prompt_ids.size(1) - 1 : -1]
-    dense_logp = torch.log_softmax(logits.float(), -1).gather(-1, ids[..., None]).squeeze(-1)
-    row_minima = sorted(dense_logp.masked_fill(~mask.bool(), 0.0).min(-1).values.tolist())
-    threshold = (row_minima[1] + row_minima[2]) / 2  # two rows collapse somewhere, two never
+    dense_logp, threshold = dense_logps_and_split_threshold(teacher, batch)
     trainer = OPDTrainer(
         model=build_tiny_model(tiny_tokenizer, "student", seed=0),
         teacher_model=teacher,

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from test_collapse_repair import dense_logps_and_split_threshold
 from trl import DistillationTrainer
 
 from trl_opd import OPDConfig, OPDTrainer
@@ -310,13 +311,8 @@ def test_collapse_repair_samples_the_teachers_continuation_and_trains_it_teacher
     ids, mask, prompt_ids, prompt_mask = (
         rollout[k] for k in ("completion_ids", "completion_mask", "prompt_ids", "prompt_mask")
     )
-    with torch.no_grad():
-        logits = trainer.teacher_model(
-            input_ids=torch.cat([prompt_ids, ids], 1), attention_mask=torch.cat([prompt_mask, mask], 1)
-        ).logits[:, -ids.size(1) - 1 : -1]
-    dense_logp = torch.log_softmax(logits.float(), -1).gather(-1, ids[..., None]).squeeze(-1)
-    minima = sorted(dense_logp.masked_fill(~mask.bool(), 0.0).min(-1).values.tolist())
-    threshold = trainer.args.teacher_collapse_logp = (minima[1] + minima[2]) / 2
+    dense_logp, threshold = dense_logps_and_split_threshold(trainer.teacher_model, rollout)
+    trainer.args.teacher_collapse_logp = threshold
     monkeypatch.setattr(
         DistillationTrainer,
         "_generate_and_score_completions",
