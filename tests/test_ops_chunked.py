@@ -92,9 +92,7 @@ def test_token_logprobs_and_entropy_equal_dense(inputs):
 
 def test_chunked_topk_equals_dense(inputs):
     student_hidden, student_weight, teacher_hidden, teacher_weight, _ = inputs
-    got = chunked_topk_forward_kl(
-        student_hidden, student_weight, teacher_hidden, teacher_weight, k=5, token_chunk_size=3
-    )
+    got = chunked_topk_forward_kl(student_hidden, student_weight, teacher_hidden, teacher_weight, k=5)
     want = topk_forward_kl(teacher_hidden @ teacher_weight.T, student_hidden @ student_weight.T, 5)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
     g1 = torch.autograd.grad(got.sum(), student_hidden)[0]

@@ -77,7 +77,7 @@ def test_topk_kl_matches_a_dense_renormalised_reference():
     vocab, k = 50, 8
     h_s, h_t = torch.randn(10, 6, requires_grad=True), torch.randn(10, 10)
     w_s, w_t = torch.randn(vocab, 6, requires_grad=True), torch.randn(vocab, 10)
-    chunked = chunked_topk_forward_kl(h_s, w_s, h_t, w_t, k, temperature=1.0, token_chunk_size=3)
+    chunked = chunked_topk_forward_kl(h_s, w_s, h_t, w_t, k, temperature=1.0)
     # independent reference: dense logits, renormalise the teacher's top-k, torch's KL
     z_s, z_t = h_s @ w_s.t(), h_t @ w_t.t()
     top_t, idx = z_t.topk(k, dim=-1)
@@ -142,7 +142,7 @@ def test_chunked_topk_kl_equals_the_dense_one_and_its_gradients():
     vocab, k, temperature = 40, 5, 0.7
     h_s, h_t = torch.randn(13, 6, requires_grad=True), torch.randn(13, 9)
     w_s, w_t = torch.randn(vocab, 6, requires_grad=True), torch.randn(vocab, 9)
-    ours = chunked_topk_forward_kl(h_s, w_s, h_t, w_t, k, temperature, token_chunk_size=4)
+    ours = chunked_topk_forward_kl(h_s, w_s, h_t, w_t, k, temperature)
     core = topk_forward_kl(h_t @ w_t.T / temperature, h_s @ w_s.T / temperature, k)
     torch.testing.assert_close(ours, core)
     for g, r in zip(torch.autograd.grad(ours.sum(), (h_s, w_s)), torch.autograd.grad(core.sum(), (h_s, w_s))):
@@ -162,9 +162,8 @@ def test_chunked_topk_kl_with_tail_bucket_equals_the_dense_one(token_chunk_size,
     vocab, k = 45, 6
     h_s, h_t = torch.randn(11, 6, requires_grad=True), torch.randn(11, 9)
     w_s, w_t = torch.randn(vocab, 6, requires_grad=True), torch.randn(vocab, 9)
-    ours = chunked_topk_forward_kl(
-        h_s, w_s, h_t, w_t, k, temperature, token_chunk_size=token_chunk_size, tail_bucket=True
-    )
+    monkeypatch.setattr(chunked, "TOKEN_CHUNK_SIZE", token_chunk_size)
+    ours = chunked_topk_forward_kl(h_s, w_s, h_t, w_t, k, temperature, tail_bucket=True)
     dense = topk_forward_kl(h_t @ w_t.T / temperature, h_s @ w_s.T / temperature, k, tail_bucket=True)
     torch.testing.assert_close(ours, dense)
     for g, r in zip(torch.autograd.grad(ours.sum(), (h_s, w_s)), torch.autograd.grad(dense.sum(), (h_s, w_s))):

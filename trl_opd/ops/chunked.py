@@ -9,7 +9,7 @@ recomputes the tiles. Inputs are flattened to `N = B·T` positions; callers mask
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import torch
 from trl.kernels.chunked_divergence import TOKEN_CHUNK_SIZE, VOCAB_CHUNK_SIZE, _jsd_tile, _project
@@ -68,6 +68,20 @@ def _head_jacobian_(grad: torch.Tensor, z: torch.Tensor, head: LogitHead, inv_t:
     return grad
 
 
+class OutlierPass(Protocol):
+    """What [`FusedDistillationFunction`] calls to add a loss on selected positions from its own tiles
+    ([`~trl_opd.ops.chunked_topk.FusedOutlierKL`], TrOPD's outlier KL)."""
+
+    def forward_chunk(self, sl: slice, stats, tiles, models, heads, inv_t: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss `(n,)` and the mask `(n,)` of one token chunk `sl`."""
+
+    def dense_coefficient(self, g_out: torch.Tensor, sl: slice) -> torch.Tensor:
+        """Its gradient's per-row coefficient of `p_S` on chunk `sl`, `(n,)`."""
+
+    def add_sparse_grad_(self, grad: torch.Tensor, g_out: torch.Tensor, sl: slice, v0: int, v1: int) -> None:
+        """Add the rest of its gradient to the logit-gradient tile `grad` `(n, v1 − v0)`."""
+
+
 class _Online:
     """Online log-sum-exp statistics of one model over the vocabulary tiles of a token chunk of `n` positions.
 
@@ -108,40 +122,55 @@ class _Online:
 class FusedDistillationFunction(torch.autograd.Function):
     """Per-token generalized JSD_β, both models' sampled-token log-probs and both entropies, in one tiled pass.
 
-    `(N, H_s), (V, H_s), (V,)?, (N, H_t), (V, H_t), (V,)?, (N,) -> 7 x (N,)`: divergence, `log p_S(y)`, `log p_T(y)`,
-    `H(p_S)`, `H(p_T)` and both log-normalisers `log Z_S`, `log Z_T`, all at softmax temperature `temperature`, on logits
-    post-processed as each model's [`LogitHead`] says (bias, scale, softcap). Gradients flow to the student's hidden
-    states, `lm_head` weight and bias through the divergence, `log p_S(y)` and `log Z_S` (`∂ log Z_S / ∂z = p_S`);
-    the teacher outputs and the entropies are constants.
+    `(N, H_s), (V, H_s), (V,)?, (N, H_t), (V, H_t), (V,)?, (N,) -> 9 x (N,)`: divergence, `log p_S(y)`, `log p_T(y)`,
+    `H(p_S)`, `H(p_T)`, both log-normalisers `log Z_S`, `log Z_T`, then the outlier KL and the outlier mask (zeros
+    without `outliers`), all at softmax temperature `temperature`, on logits post-processed as each model's
+    [`LogitHead`] says (bias, scale, softcap). Gradients flow to the student's hidden states, `lm_head` weight and bias
+    through the divergence, `log p_S(y)`, `log Z_S` (`∂ log Z_S / ∂z = p_S`) and the outlier KL; the teacher outputs,
+    the entropies and the mask are constants. `outliers` ([`~trl_opd.ops.chunked_topk.FusedOutlierKL`], one per call)
+    adds TrOPD's top-k forward KL on the positions it selects, from this pass's own tiles and backward.
     """
 
     @staticmethod
     def forward(
-        ctx, s_hidden, s_weight, s_bias, t_hidden, t_weight, t_bias, targets, beta, temperature, s_post, t_post
+        ctx,
+        s_hidden,
+        s_weight,
+        s_bias,
+        t_hidden,
+        t_weight,
+        t_bias,
+        targets,
+        beta,
+        temperature,
+        s_post,
+        t_post,
+        outliers,
     ):  # noqa: D102
         ctx.set_materialize_grads(False)
         n_tok, device = s_hidden.size(0), s_hidden.device
         inv_t, mode = 1.0 / temperature, _divergence_mode(beta)
         heads = (LogitHead(s_bias, *s_post), LogitHead(t_bias, *t_post))
-        outputs = torch.zeros((8, n_tok), device=device)  # div, s_logp, t_logp, s_ent, t_ent, s_log_z, t_log_z, aux
+        # div, s_logp, t_logp, s_ent, t_ent, s_log_z, t_log_z, aux, outlier KL, outlier mask
+        outputs = torch.zeros((10, n_tok), device=device)
         with maybe_gather_lm_head_ctx(s_weight, t_weight, s_bias, t_bias):  # ZeRO-3: heads read outside forward
             for a in range(0, n_tok, TOKEN_CHUNK_SIZE):
                 sl = slice(a, min(a + TOKEN_CHUNK_SIZE, n_tok))
-                outputs[:, sl] = _forward_chunk(
-                    s_hidden[sl], s_weight, t_hidden[sl], t_weight, targets[sl], beta, inv_t, heads
-                )
-        divergence, s_logp, t_logp, s_entropy, t_entropy, s_log_z, t_log_z, aux = outputs.unbind(0)
+                models = (s_hidden[sl], s_weight, t_hidden[sl], t_weight)
+                outputs[:, sl] = _forward_chunk(models, targets[sl], beta, inv_t, heads, outliers, sl)
+        divergence, s_logp, t_logp, s_entropy, t_entropy, s_log_z, t_log_z, aux, outlier_kl, outlier = outputs
         ctx.save_for_backward(s_hidden, s_weight, s_bias, t_hidden, t_weight, t_bias, targets, s_log_z, t_log_z, aux)
-        ctx.beta, ctx.mode, ctx.inv_t, ctx.posts = beta, mode, inv_t, (s_post, t_post)
-        ctx.mark_non_differentiable(t_logp, s_entropy, t_entropy, t_log_z)
-        outs = (divergence, s_logp, t_logp, s_entropy, t_entropy, s_log_z, t_log_z)
+        ctx.beta, ctx.mode, ctx.inv_t, ctx.posts, ctx.outliers = beta, mode, inv_t, (s_post, t_post), outliers
+        ctx.mark_non_differentiable(t_logp, s_entropy, t_entropy, t_log_z, outlier)
+        outs = (divergence, s_logp, t_logp, s_entropy, t_entropy, s_log_z, t_log_z, outlier_kl, outlier)
         return tuple(o.clone() for o in outs)
 
     @staticmethod
-    def backward(ctx, g_div, g_logp, _t_logp, _s_entropy, _t_entropy, g_log_z, _t_log_z):  # noqa: D102
+    def backward(ctx, g_div, g_logp, _t_logp, _s_entropy, _t_entropy, g_log_z, _t_log_z, g_out, _mask):  # noqa: D102
         s_hidden, s_weight, s_bias, t_hidden, t_weight, t_bias, targets, s_log_z, t_log_z, aux = ctx.saved_tensors
-        none = (None,) * 11
-        if g_div is None and g_logp is None and g_log_z is None:
+        none = (None,) * 12
+        g_out = g_out if ctx.outliers is not None else None
+        if g_div is None and g_logp is None and g_log_z is None and g_out is None:
             return none
         need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         heads = (LogitHead(s_bias, *ctx.posts[0]), LogitHead(t_bias, *ctx.posts[1]))
@@ -158,7 +187,7 @@ class FusedDistillationFunction(torch.autograd.Function):
                 (s_hidden, s_weight, t_hidden, t_weight, targets),
                 heads,
                 (s_log_z, t_log_z, aux),
-                (g_div, g_logp, g_log_z),
+                (g_div, g_logp, g_log_z, g_out),
                 grads,
                 s_buf,
                 torch.empty_like(s_buf),
@@ -167,7 +196,7 @@ class FusedDistillationFunction(torch.autograd.Function):
             grads.hidden.to(s_hidden.dtype) if grads.hidden is not None else None,
             grads.weight.to(s_weight.dtype) if grads.weight is not None else None,
             grads.bias.to(s_bias.dtype) if grads.bias is not None else None,
-            *none[:8],
+            *none[:9],
         )
 
 
@@ -183,7 +212,7 @@ def _backward_tiles(ctx, tensors, heads, stats, output_grads, grads: _StudentGra
     """Accumulate the student's hidden-state, head and bias gradients tile by tile, recomputing each tile."""
     s_hidden, s_weight, t_hidden, t_weight, targets = tensors
     s_log_z, t_log_z, aux = stats
-    g_div, g_logp, g_log_z = output_grads
+    g_div, g_logp, g_log_z, g_out = output_grads
     n_tok, vocab = s_hidden.size(0), s_weight.size(0)
     for a in range(0, n_tok, TOKEN_CHUNK_SIZE):
         sl = slice(a, min(a + TOKEN_CHUNK_SIZE, n_tok))
@@ -202,6 +231,7 @@ def _backward_tiles(ctx, tensors, heads, stats, output_grads, grads: _StudentGra
                 None if g_div is None else g_div[sl],
                 None if g_logp is None else g_logp[sl],
                 None if g_log_z is None else g_log_z[sl],
+                None if g_out is None else (g_out, sl, v0, v1),
             )
             grad = _head_jacobian_(grad, zs, heads[0], ctx.inv_t)
             if grads.hidden is not None:
@@ -212,9 +242,12 @@ def _backward_tiles(ctx, tensors, heads, stats, output_grads, grads: _StudentGra
                 grads.bias[v0:v1] += grad.sum(0)
 
 
-def _forward_chunk(h_s, s_weight, h_t, t_weight, targets, beta, inv_t, heads) -> torch.Tensor:
-    """Statistics of one token chunk, `(n, H_s), (V, H_s), (n, H_t), (V, H_t), (n,) -> (8, n)`: divergence, both
-    target log-probs, both entropies, both log-normalisers and the backward's auxiliary term."""
+def _forward_chunk(models, targets, beta, inv_t, heads, outliers: OutlierPass | None, sl) -> torch.Tensor:
+    """Statistics of one token chunk `sl`, `models = (h_s (n, H_s), W_s (V, H_s), h_t (n, H_t), W_t (V, H_t))`,
+    `targets (n,) -> (10, n)`: divergence, both target log-probs, both entropies, both log-normalisers, the backward's
+    auxiliary term, the outlier KL and mask (from `outliers`, with this pass's tiles when one tile holds the vocabulary).
+    """
+    h_s, s_weight, h_t, t_weight = models
     n, vocab, device = h_s.size(0), s_weight.size(0), h_s.device
     s_buf = torch.empty((n, min(vocab, VOCAB_CHUNK_SIZE)), device=device)
     t_buf = torch.empty_like(s_buf)
@@ -240,7 +273,16 @@ def _forward_chunk(h_s, s_weight, h_t, t_weight, targets, beta, inv_t, heads) ->
             _jsd_tile(
                 zs, 0, zt, 0, s_log_z, t_log_z, div, aux, v1 - v0, beta, 1.0, 1.0, 1.0, 1.0, 1.0, False, False, 0
             )
-    return torch.stack([div, s.target - s_log_z, t.target - t_log_z, s.entropy(), t.entropy(), s_log_z, t_log_z, aux])
+    s_logp, t_logp = s.target - s_log_z, t.target - t_log_z
+    outlier_kl = outlier = torch.zeros(n, device=device)
+    if outliers is not None:
+        tiles = (zs, zt) if vocab <= VOCAB_CHUNK_SIZE else None  # the last tiles hold the whole vocabulary
+        outlier_kl, outlier = outliers.forward_chunk(
+            sl, (s_logp, t_logp, s_log_z, t_log_z), tiles, models, heads, inv_t
+        )
+    return torch.stack(
+        [div, s_logp, t_logp, s.entropy(), t.entropy(), s_log_z, t_log_z, aux, outlier_kl, outlier.to(div.dtype)]
+    )
 
 
 def _tiles(s_buf, t_buf, h_s, s_weight, h_t, t_weight, v0, v1, inv_t, heads):
@@ -254,13 +296,17 @@ def _tiles(s_buf, t_buf, h_s, s_weight, h_t, t_weight, v0, v1, inv_t, heads):
     return s_tile, t_tile
 
 
-def _logit_grad(ctx, zs, zt, s_log_z, t_log_z, aux, local_targets, g_div, g_logp, g_log_z=None):
-    """Gradient of `g_div·D + g_logp·log p_S(y) + g_log_z·log Z_S` with respect to the raw student logits of one
-    tile. `(n, v)`. The terms that are `p_S` times a per-row coefficient ([`_ps_coefficient`]) cost one pass."""
+def _logit_grad(ctx, zs, zt, s_log_z, t_log_z, aux, local_targets, g_div, g_logp, g_log_z=None, outlier=None):
+    """Gradient of `g_div·D + g_logp·log p_S(y) + g_log_z·log Z_S (+ g_out·KL_out)` with respect to the raw student
+    logits of one tile. `(n, v)`. The terms that are `p_S` times a per-row coefficient ([`_ps_coefficient`]) cost one
+    pass; the outlier KL's other term sits on the teacher's top-k ids only (`outlier = (g_out, sl, v0, v1)`)."""
     log_ps = zs - s_log_z.unsqueeze(-1)
     keep_log_ps = g_div is not None and ctx.mode != 0  # the reverse KL and the mixture need log p_S again
     ps = log_ps.exp() if keep_log_ps else log_ps.exp_()
     coef = _ps_coefficient(ctx.mode, g_div, g_logp, g_log_z)
+    if outlier is not None:
+        extra = ctx.outliers.dense_coefficient(outlier[0], outlier[1])  # (n,)
+        coef = extra if coef is None else coef + extra
     if coef is None:
         grad = torch.zeros_like(zs)
     else:
@@ -279,6 +325,8 @@ def _logit_grad(ctx, zs, zt, s_log_z, t_log_z, aux, local_targets, g_div, g_logp
         inside = (local_targets >= 0) & (local_targets < zs.size(-1))
         rows = inside.nonzero().squeeze(-1)
         grad[rows, local_targets[rows]] += g_logp.float()[rows]
+    if outlier is not None:
+        ctx.outliers.add_sparse_grad_(grad, *outlier)
     return grad.mul_(ctx.inv_t) if ctx.inv_t != 1.0 else grad
 
 
@@ -301,6 +349,7 @@ def fused_distillation_stats(
     temperature: float = 1.0,
     student_head: LogitHead = PLAIN_HEAD,
     teacher_head: LogitHead = PLAIN_HEAD,
+    outliers: OutlierPass | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-token student/teacher statistics for on-policy distillation, without full logits.
 
@@ -309,7 +358,8 @@ def fused_distillation_stats(
     `teacher_entropy`, `student_log_z` (differentiable: `log Σ_v exp(z_S[v])`) and `teacher_log_z` (a constant).
     Logits are `z = softcap(scale·(h·Wᵀ + b))/T` per model ([`LogitHead`]). The student's hidden states, head and head
     bias receive gradients through `divergence`, `student_logp` and `student_log_z`. The teacher inputs should be
-    detached.
+    detached. With `outliers` ([`~trl_opd.ops.chunked_topk.FusedOutlierKL`], a fresh one per call) the dict also
+    holds `outlier_kl` (differentiable, 0 off the outliers) and `outlier` (the float mask of the positions it covers).
     """
     shape = targets.shape
     out = FusedDistillationFunction.apply(
@@ -324,6 +374,7 @@ def fused_distillation_stats(
         float(temperature),
         (float(student_head.scale), student_head.softcap),
         (float(teacher_head.scale), teacher_head.softcap),
+        outliers,
     )
     names = (
         "divergence",
@@ -333,8 +384,13 @@ def fused_distillation_stats(
         "teacher_entropy",
         "student_log_z",
         "teacher_log_z",
+        "outlier_kl",
+        "outlier",
     )
-    return {name: value.view(shape) for name, value in zip(names, out)}
+    stats = {name: value.view(shape) for name, value in zip(names, out)}
+    if outliers is None:
+        del stats["outlier_kl"], stats["outlier"]
+    return stats
 
 
 def token_logprobs_and_entropy(

@@ -1,20 +1,121 @@
 # Copyright 2026 The trl-opd developers. Licensed under the Apache License, Version 2.0.
-"""The forward KL over the teacher's top-k, from hidden states and `lm_head` weights, without full logits.
+"""The forward KL over the teacher's top-k (TrOPD's outlier loss), inside the fused pass, without full logits.
 
-The teacher's top-k ids and logits come from `[token_chunk_size, VOCAB_CHUNK_SIZE]` fp32 tiles, projected and
-post-processed exactly as in the fused pass ([`~trl_opd.ops.chunked`]); the student's logits exist only on those ids,
-and its (and the teacher's) log-normaliser can come from the fused pass, so no student `(n, V)` tile is ever computed.
+[`FusedOutlierKL`] rides on [`~trl_opd.ops.fused_distillation_stats`]: on the positions it selects (outside the trust
+region), the teacher's top-k ids and logits come from the pass's own fp32 tile when one tile holds the vocabulary
+(otherwise from [`teacher_topk`]'s `[token_chunk_size, VOCAB_CHUNK_SIZE]` tiles), both log-normalisers from the pass,
+and its gradient joins the pass's backward tiles: no student `(n, V)` tile is ever computed for it.
 """
 
 from __future__ import annotations
 
 import torch
 from trl.kernels.chunked_divergence import _project
-from trl.kernels.chunked_logprob import ChunkedLogProbFunction
-from trl.trainer.utils import maybe_gather_lm_head_ctx
 
-from .chunked import PLAIN_HEAD, LogitHead, _transform_tile_, apply_logit_head, vocab_chunk_size
+from .chunked import (
+    PLAIN_HEAD,
+    LogitHead,
+    _transform_tile_,
+    apply_logit_head,
+    fused_distillation_stats,
+    vocab_chunk_size,
+)
 from .divergences import forward_kl, log1mexp
+from .tropd import trust_ratio
+
+
+def topk_kl_parts(
+    teacher_top: torch.Tensor,
+    student_top: torch.Tensor,
+    teacher_log_z: torch.Tensor,
+    student_log_z: torch.Tensor,
+    tail_bucket: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The forward KL over the teacher's top-k ids `K` and its gradient with respect to the student's logits `z_S`.
+
+    `(m, k), (m, k), (m,), (m,) -> kl (m,), a (m,), w (m, k)`, from both models' logits on `K` and their full
+    log-normalisers. Renormalised: `KL(p̄_T || p̄_S)`, `p̄(v) = p(v)/Σ_{u∈K} p(u)`; with `tail_bucket`:
+    `Σ_{v∈K} p_T(v) log(p_T(v)/p_S(v)) + p_T(¬K) log(p_T(¬K)/p_S(¬K))` (see [`~trl_opd.ops.topk_forward_kl`]).
+    The gradient is `∂kl/∂z_S(u) = a·p_S(u) + 1[u∈K]·w(u)` over the whole vocabulary:
+    tail bucket `a = 1 − r`, `w = r·p_S − p_T` with `r = p_T(¬K)/p_S(¬K)` (so `p_S − p_T` on `K`, `(1 − r)·p_S` off
+    it); renormalised `a = 0`, `w = p̄_S − p̄_T`.
+    """
+    t_in = teacher_top - teacher_log_z.unsqueeze(-1)  # log p_T(v), v ∈ K
+    s_in = student_top - student_log_z.unsqueeze(-1)  # log p_S(v), v ∈ K
+    if not tail_bucket:
+        t_bar, s_bar = teacher_top.log_softmax(-1), student_top.log_softmax(-1)
+        return forward_kl(t_bar, s_bar), torch.zeros_like(t_in[..., 0]), s_bar.exp() - t_bar.exp()
+    t_tail, s_tail = log1mexp(t_in.logsumexp(-1)), log1mexp(s_in.logsumexp(-1))
+    tail = torch.nan_to_num(t_tail.exp() * (t_tail - s_tail), nan=0.0)
+    r = torch.nan_to_num((t_tail - s_tail).exp(), nan=0.0)
+    return forward_kl(t_in, s_in) + tail, 1.0 - r, r.unsqueeze(-1) * s_in.exp() - t_in.exp()
+
+
+class FusedOutlierKL:
+    """TrOPD's outlier loss as an add-on of the fused pass ([`~trl_opd.ops.fused_distillation_stats`]); one per call.
+
+    Position `n` is an outlier when `eligible[n]` and its trust ratio `P = min(p_T(y)/p_S(y), 1)`
+    ([`~trl_opd.ops.tropd.trust_ratio`] of the pass's log-probs) is below `cutoff[n]` (the threshold `δ`, or a
+    uniform draw for the stochastic mask: [`~trl_opd.ops.tropd.trust_cutoff`]). On outliers the pass returns
+    [`topk_kl_parts`]'s KL over the teacher's top-`k` (tail bucket or renormalised), elsewhere 0; this object keeps
+    the gradient's parts between the forward and the backward. `eligible`, `cutoff`: `(...)`, flattened like the pass.
+    With `with_kl=False` only the mask is computed (the KL stays 0).
+    """
+
+    def __init__(self, k: int, tail_bucket: bool, eligible: torch.Tensor, cutoff: torch.Tensor, with_kl: bool = True):
+        if k < 1:
+            raise ValueError(f"k must be ≥ 1, got {k}")
+        self.k, self.tail_bucket, self.with_kl = k, tail_bucket, with_kl
+        self.eligible, self.cutoff = eligible.reshape(-1).bool(), cutoff.reshape(-1).float()
+        self._dense = torch.zeros(self.eligible.shape, device=self.eligible.device)  # a (N,)
+        self._rows, self._ids, self._weights = [], [], []  # per chunk: (m,) global rows, (m, k) ids, (m, k) w
+
+    def forward_chunk(self, sl: slice, stats, tiles, models, heads: tuple[LogitHead, LogitHead], inv_t: float):
+        """One token chunk `sl` of `n` positions: `stats = (log p_S(y), log p_T(y), log Z_S, log Z_T)` each `(n,)`,
+        `tiles` the chunk's whole-vocabulary `(zs, zt)` logits `(n, V)` or None, `models = (h_s, W_s, h_t, W_t)`
+        -> outlier KL `(n,)`, outlier mask `(n,)` bool."""
+        s_logp, t_logp, s_log_z, t_log_z = stats
+        outlier = self.eligible[sl] & (trust_ratio(s_logp, t_logp) < self.cutoff[sl])
+        kl = torch.zeros_like(s_logp)
+        local = outlier.nonzero().squeeze(-1)
+        if local.numel() == 0 or not self.with_kl:
+            return kl, outlier
+        h_s, s_weight, h_t, t_weight = models
+        if self.k > t_weight.size(0):
+            raise ValueError(f"k must be in [1, {t_weight.size(0)}], got {self.k}")
+        if tiles is not None:
+            zs, zt = tiles
+            teacher_top, ids = zt[local].topk(self.k, dim=-1, sorted=False)
+            student_top = zs[local.unsqueeze(-1), ids]  # (m, k), without copying the rows
+        else:
+            teacher_top, ids, _ = teacher_topk(h_t[local], t_weight, self.k, 1.0 / inv_t, heads[1], local.numel())
+            student_top = logits_at(h_s[local], s_weight, ids, heads[0]) * inv_t
+        values, dense, sparse = topk_kl_parts(
+            teacher_top, student_top, t_log_z[local], s_log_z[local], self.tail_bucket
+        )
+        kl[local] = values
+        rows = local + sl.start
+        self._dense[rows] = dense
+        self._rows.append(rows)
+        self._ids.append(ids)
+        self._weights.append(sparse)
+        return kl, outlier
+
+    def dense_coefficient(self, g_out: torch.Tensor, sl: slice) -> torch.Tensor:
+        """`(n,)`: `g_out·a` on the chunk, the outlier KL's share of the `p_S` coefficient in the backward tile."""
+        return g_out[sl].float() * self._dense[sl]
+
+    def add_sparse_grad_(self, grad: torch.Tensor, g_out: torch.Tensor, sl: slice, v0: int, v1: int) -> None:
+        """Add `g_out·w` on the teacher's top-k ids inside the tile `[v0, v1)` of chunk `sl` to `grad` `(n, v1 − v0)`."""
+        if not self._rows:
+            return
+        rows, ids, weights = (torch.cat(x) for x in (self._rows, self._ids, self._weights))
+        lo, hi = torch.searchsorted(rows, torch.tensor([sl.start, sl.stop], device=rows.device)).tolist()
+        rows, ids, weights = rows[lo:hi], ids[lo:hi], weights[lo:hi]
+        inside = (ids >= v0) & (ids < v1)
+        r = (rows - sl.start).unsqueeze(-1).expand_as(ids)
+        values = g_out.float()[rows].unsqueeze(-1) * weights
+        grad.index_put_((r[inside], ids[inside] - v0), values[inside], accumulate=True)
 
 
 def chunked_topk_forward_kl(
@@ -24,53 +125,32 @@ def chunked_topk_forward_kl(
     teacher_weight: torch.Tensor,
     k: int,
     temperature: float = 1.0,
-    token_chunk_size: int = 256,
     student_head: LogitHead = PLAIN_HEAD,
     teacher_head: LogitHead = PLAIN_HEAD,
     tail_bucket: bool = False,
-    student_log_z: torch.Tensor | None = None,
-    teacher_log_z: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Forward KL over the teacher's top-k, renormalised: `KL(p̄_T || p̄_S)`, `p̄(v) = p(v)/Σ_{u∈K} p(u)` (see
-    [`~trl_opd.ops.topk_forward_kl`]), without full logits. `(..., H_s), (V, H_s), (..., H_t), (V, H_t) -> (...)`.
-
-    With `tail_bucket`, nothing is renormalised and the mass outside `K` is one more bucket:
-    `Σ_{v∈K} p_T(v) log(p_T(v)/p_S(v)) + p_T(¬K) log(p_T(¬K)/p_S(¬K))`, so a student that puts its mass outside the
-    teacher's top-k (e.g. on a token the teacher rejects) is pushed back. It needs both log-normalisers `(...)`:
-    `student_log_z` (differentiable) and `teacher_log_z`, e.g. from [`~trl_opd.ops.fused_distillation_stats`]; when
-    not given, the student's comes from TRL's `ChunkedLogProbFunction` (`log Z = z_y − log p(y)` at the teacher's
-    top-1 id `y`) and the teacher's from its own tiles.
-
-    Logits are `z = head(h·Wᵀ + b)/T` per model ([`LogitHead`]). The teacher's top-k comes from
-    [`teacher_topk`] (fp32 tiles, no gradient); the student's logits on those ids from
-    [`GatheredLogitsFunction`], which never keeps the gathered `(n, k, H_s)` head rows.
-    """
+    """Forward KL over the teacher's top-k at every position (see [`~trl_opd.ops.topk_forward_kl`]), without full
+    logits. `(..., H_s), (V, H_s), (..., H_t), (V, H_t) -> (...)`: the fused pass with every position an outlier
+    ([`FusedOutlierKL`]); differentiable in the student's hidden states, head and head bias."""
+    if k < 1 or k > teacher_weight.size(0):
+        raise ValueError(f"k must be in [1, {teacher_weight.size(0)}], got {k}")
     shape = student_hidden.shape[:-1]
-    hs = student_hidden.reshape(-1, student_hidden.size(-1))
-    ht = teacher_hidden.reshape(-1, teacher_hidden.size(-1))
-    params = (student_weight, teacher_weight, student_head.bias, teacher_head.bias)
-    with maybe_gather_lm_head_ctx(*params):  # ZeRO-3: heads read outside their forward
-        if k < 1 or k > teacher_weight.size(0):
-            raise ValueError(f"k must be in [1, {teacher_weight.size(0)}], got {k}")
-        need_log_z = tail_bucket and teacher_log_z is None
-        teacher_top, idx, own_log_z = teacher_topk(
-            ht, teacher_weight, k, temperature, teacher_head, token_chunk_size, need_log_z
-        )
-        raw = GatheredLogitsFunction.apply(hs, student_weight, student_head.bias, idx, token_chunk_size)
-        student_top = apply_logit_head(raw, student_head) / temperature  # (N, k)
-        if tail_bucket and student_log_z is None:
-            top1 = teacher_top.argmax(-1, keepdim=True)  # (N, 1)
-            student_log_z = _log_z_at(
-                hs, student_weight, idx.gather(-1, top1), student_top.gather(-1, top1), temperature, student_head
-            )
-    if not tail_bucket:
-        return forward_kl(teacher_top.log_softmax(-1), student_top.log_softmax(-1)).view(shape)
-    teacher_log_z = own_log_z if teacher_log_z is None else teacher_log_z.reshape(-1).float()
-    teacher_in = teacher_top - teacher_log_z.unsqueeze(-1)  # log p_T(v), v ∈ K
-    student_in = student_top - student_log_z.reshape(-1).unsqueeze(-1)  # log p_S(v), v ∈ K
-    teacher_tail, student_tail = log1mexp(teacher_in.logsumexp(-1)), log1mexp(student_in.logsumexp(-1))
-    tail = torch.nan_to_num(teacher_tail.exp() * (teacher_tail - student_tail), nan=0.0)
-    return (forward_kl(teacher_in, student_in) + tail).view(shape)
+    everywhere = torch.ones(shape, dtype=torch.bool, device=student_hidden.device)
+    outliers = FusedOutlierKL(k, tail_bucket, everywhere, torch.full(shape, torch.inf, device=everywhere.device))
+    targets = torch.zeros(shape, dtype=torch.long, device=everywhere.device)
+    stats = fused_distillation_stats(
+        student_hidden,
+        student_weight,
+        teacher_hidden,
+        teacher_weight,
+        targets,
+        0.0,
+        temperature,
+        student_head,
+        teacher_head,
+        outliers,
+    )
+    return stats["outlier_kl"]
 
 
 @torch.no_grad()
@@ -123,101 +203,14 @@ def _topk_rows(hidden, weight, k, inv_t, head, buf, with_log_z):
     return best, best_ids, log_z
 
 
-#: A head of at most this many rows per gathered id is projected densely per chunk (`n·V·H` multiply-adds) rather
-#: than gathered (`n·k·H` scattered reads, recomputed in the backward): measured on CPU, the two cost about the same
-#: at `V ≈ 16·k`.
-DENSE_ROWS_PER_ID = 16
-
-
-class GatheredLogitsFunction(torch.autograd.Function):
-    """The raw logits of given ids only, `z[n, j] = h_n · W[idx[n, j]] + b[idx[n, j]]` in fp32.
-
-    `(N, H), (V, H), (V,)?, (N, k) -> (N, k)`. Per chunk of `chunk` positions the `(n, k, H)` head rows are gathered
-    in the forward and again in the backward (never kept), or, for a narrow head (`V ≤ DENSE_ROWS_PER_ID·k`), the
-    `(n, V)` tile is projected and its `k` columns picked; same values either way. Gradients flow to `h`, `W` (a
-    dense `(V, H)` tensor, like an embedding's) and `b`. Under ZeRO-3 the head is gathered in both passes.
-    """
-
-    @staticmethod
-    def forward(ctx, hidden, weight, bias, idx, chunk):  # noqa: D102
-        out = torch.empty(idx.shape, device=hidden.device)
-        with maybe_gather_lm_head_ctx(weight, bias):
-            dense = weight.size(0) <= DENSE_ROWS_PER_ID * idx.size(-1)
-            for sl in _slices(hidden.size(0), chunk):
-                if dense:
-                    out[sl] = (hidden[sl].float() @ weight.float().t()).gather(-1, idx[sl])
-                else:
-                    out[sl] = torch.bmm(_rows(weight, idx[sl]), hidden[sl].float().unsqueeze(-1)).squeeze(-1)
-            if bias is not None:
-                out += bias.float()[idx]
-        ctx.save_for_backward(hidden, weight, bias, idx)
-        ctx.chunk, ctx.dense = chunk, dense
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):  # noqa: D102
-        hidden, weight, bias, idx = ctx.saved_tensors
-        need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        grad = grad.float().contiguous()
-        g_h = torch.empty(hidden.shape, device=hidden.device) if need_h else None
-        with maybe_gather_lm_head_ctx(weight, bias):  # shapes known once gathered (ZeRO-3)
-            g_w = torch.zeros(weight.shape, device=weight.device) if need_w else None
-            for sl in _slices(hidden.size(0), ctx.chunk):
-                step = _dense_grads_ if ctx.dense else _gathered_grads_
-                step(grad[sl], hidden[sl], weight, idx[sl], None if g_h is None else g_h[sl], g_w)
-            g_b = None
-            if need_b:
-                g_b = torch.zeros(weight.size(0), device=grad.device).index_add_(0, idx.reshape(-1), grad.reshape(-1))
-        return (
-            None if g_h is None else g_h.to(hidden.dtype),
-            None if g_w is None else g_w.to(weight.dtype),
-            None if g_b is None else g_b.to(bias.dtype),
-            None,
-            None,
-        )
-
-
-def _gathered_grads_(g, hidden, weight, idx, g_h, g_w) -> None:
-    """One chunk of [`GatheredLogitsFunction`]'s backward on gathered rows: `g` `(n, k)` into `g_h` `(n, H)` (written)
-    and `g_w` `(V, H)` (accumulated), either None."""
-    if g_h is not None:
-        g_h.copy_(torch.bmm(g.unsqueeze(1), _rows(weight, idx)).squeeze(1))
-    if g_w is not None:
-        outer = g.unsqueeze(-1) * hidden.float().unsqueeze(1)  # (n, k, H)
-        g_w.index_add_(0, idx.reshape(-1), outer.reshape(-1, hidden.size(-1)))
-
-
-def _dense_grads_(g, hidden, weight, idx, g_h, g_w) -> None:
-    """The same on a dense `(n, V)` tile: `g` scattered onto the ids, then two products with the head."""
-    tile = torch.zeros((g.size(0), weight.size(0)), device=g.device).scatter_add_(-1, idx, g)
-    if g_h is not None:
-        torch.mm(tile, weight.float(), out=g_h)
-    if g_w is not None:
-        g_w.addmm_(tile.t(), hidden.float())
-
-
-def _slices(n: int, chunk: int) -> list[slice]:
-    return [slice(a, min(a + chunk, n)) for a in range(0, n, chunk)]
-
-
-def _rows(weight: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """`(V, H), (n, k) -> (n, k, H)` fp32 head rows."""
-    return weight.index_select(0, idx.reshape(-1)).float().view(*idx.shape, weight.size(-1))
-
-
-def _log_z_at(hidden, weight, ids, logits, temperature, head) -> torch.Tensor:
-    """The student's log-normaliser `(N,)` without a full tile kept: `log Z = z_y − log p(y)` at the ids `y` `(N, 1)`
-    (the teacher's top-1: a likely token, so `log p(y)` is accurate), `log p(y)` from TRL's `ChunkedLogProbFunction`;
-    `logits` `(N, 1)` holds `z_y` (differentiable)."""
-    logp, *_ = ChunkedLogProbFunction.apply(
-        hidden,
-        weight,
-        head.bias,
-        ids.squeeze(-1),
-        temperature,
-        vocab_chunk_size(),
-        head.softcap,
-        float(head.scale),
-        (),
-    )
-    return logits.squeeze(-1) - logp
+@torch.no_grad()
+def logits_at(
+    hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, head: LogitHead = PLAIN_HEAD
+) -> torch.Tensor:
+    """The fp32 logits `head(h_n · W[ids[n, j]] + b[ids[n, j]])` of given ids only, before the temperature, from the
+    gathered `(n, k, H)` head rows. `(n, H), (V, H), (n, k) -> (n, k)`. No gradient."""
+    rows = weight.index_select(0, ids.reshape(-1)).float().view(*ids.shape, weight.size(-1))
+    raw = torch.bmm(rows, hidden.float().unsqueeze(-1)).squeeze(-1)
+    if head.bias is not None:
+        raw = raw + head.bias.float()[ids]
+    return apply_logit_head(raw, head)

@@ -25,21 +25,33 @@ def trust_ratio(student_logp: torch.Tensor, teacher_logp: torch.Tensor) -> torch
     return torch.nan_to_num(log_ratio.exp(), nan=0.0)
 
 
-def trust_mask(
-    ratio: torch.Tensor, mode: str = "threshold", threshold: float = 1.0, generator: torch.Generator | None = None
+def trust_cutoff(
+    like: torch.Tensor, mode: str = "threshold", threshold: float = 1.0, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Trusted tokens `M_t` as a float `{0, 1}` tensor. `(B, T) -> (B, T)`.
+    """The per-token cutoff `c_t` of the trust mask `M_t = 1[P_t ≥ c_t]`, shaped like `like`. `(B, T) -> (B, T)`.
 
-    `threshold`: `M_t = 1[P_t ≥ δ]` (`δ = 0` trusts every token, `δ = 1` only tokens with `p_T(y_t) ≥ p_S(y_t)`).
-    `stochastic`: `M_t ~ Bernoulli(P_t)` (the speculative-decoding accept step), drawn with `generator`.
+    `threshold`: `c_t = δ`. `stochastic`: `c_t = 1 − U_t`, `U_t ~ U[0, 1)` drawn with `generator`, so that
+    `Pr(M_t = 1) = P_t` (the speculative-decoding accept step). Drawn before the ratio is known, so the fused pass can
+    select the outliers itself ([`~trl_opd.ops.chunked_topk.FusedOutlierKL`]).
     """
     if mode == "threshold":
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-        return (ratio >= threshold).to(ratio.dtype)
+        return torch.full(like.shape, float(threshold), device=like.device)
     if mode == "stochastic":
-        return torch.bernoulli(ratio.clamp(0.0, 1.0), generator=generator)
+        return 1.0 - torch.rand(like.shape, generator=generator, device=like.device)
     raise ValueError(f"mode must be one of {TRUST_MODES}, got {mode!r}")
+
+
+def trust_mask(
+    ratio: torch.Tensor, mode: str = "threshold", threshold: float = 1.0, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Trusted tokens `M_t = 1[P_t ≥ c_t]` as a float `{0, 1}` tensor, `c_t` from [`trust_cutoff`]. `(B, T) -> (B, T)`.
+
+    `threshold`: `M_t = 1[P_t ≥ δ]` (`δ = 0` trusts every token, `δ = 1` only tokens with `p_T(y_t) ≥ p_S(y_t)`).
+    `stochastic`: `M_t ~ Bernoulli(P_t)` (the speculative-decoding accept step), drawn with `generator`.
+    """
+    return (ratio >= trust_cutoff(ratio, mode, threshold, generator)).to(ratio.dtype)
 
 
 def tropd_token_losses(

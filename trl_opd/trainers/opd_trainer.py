@@ -27,6 +27,7 @@ from ..ops import (
     token_logprobs_and_entropy,
 )
 from ..ops.chunked import PLAIN_HEAD, LogitHead
+from ..ops.chunked_topk import FusedOutlierKL
 from ..ops.reductions import after_collapse_weights, first_collapse_index
 from ..runtime import UnwrapCacheMixin
 from ..teacher import (
@@ -305,13 +306,18 @@ class OPDTrainer(UnwrapCacheMixin, PromptLimitMixin, DistillationTrainer):
         """Per-token loss `(B, K)` from the fused statistics; masked and normalised by the caller.
 
         `stats` holds `divergence` (JSD_β), `student_logp` (differentiable), `teacher_logp`, `student_entropy`,
-        `teacher_entropy`, `student_log_z` (differentiable) and `teacher_log_z`, each `(B, K)`, and `hidden`
-        ([`HiddenStates`]) for losses that need another chunked pass (MOTAB's teacher-token KL, TrOPD's top-k outlier
-        KL). Default: the divergence, or the K1 policy-gradient loss.
+        `teacher_entropy`, `student_log_z` (differentiable) and `teacher_log_z`, each `(B, K)`, `outlier_kl` and
+        `outlier` where [`fused_outlier_kl`] asks for them (TrOPD), and `hidden` ([`HiddenStates`]) for losses that
+        need another chunked pass (MOTAB's teacher-token KL). Default: the divergence, or the K1 policy-gradient loss.
         """
         if self.args.divergence == "k1":
             return self.k1_losses(stats, inputs)
         return stats["divergence"]
+
+    def fused_outlier_kl(self, inputs: dict[str, Any]) -> FusedOutlierKL | None:
+        """The outlier KL the fused pass adds to `stats` (`outlier_kl`, `outlier`), a fresh
+        [`~trl_opd.ops.chunked_topk.FusedOutlierKL`] per call, or None (here: none; TrOPD's outlier loss)."""
+        return None
 
     def k1_losses(self, stats: dict[str, torch.Tensor], inputs: dict[str, Any]) -> torch.Tensor:
         """The K1 policy-gradient loss `(B, K)`, importance-weighted against the sampler's log-probs
@@ -327,7 +333,7 @@ class OPDTrainer(UnwrapCacheMixin, PromptLimitMixin, DistillationTrainer):
         )
 
     def every_rank_runs(self, positions: torch.Tensor) -> torch.Tensor:
-        """The positions an extra chunked pass (MOTAB's teacher-token KL, TrOPD's outlier KL) runs on, `(B, K)`.
+        """The positions an extra chunked pass (MOTAB's teacher-token KL) runs on, `(B, K)`.
 
         Under ZeRO-3 such a pass gathers the `lm_head`s in its forward and backward, collectives that every process
         must make: a process with no position runs one dummy position (the caller discards its value, which stays in
@@ -371,6 +377,7 @@ class OPDTrainer(UnwrapCacheMixin, PromptLimitMixin, DistillationTrainer):
             self.temperature,
             student_head,
             teacher_head,
+            self.fused_outlier_kl(inputs),
         )
         stats["hidden"] = HiddenStates(
             student_hidden, student_weight, teacher_hidden, teacher_weight, student_head, teacher_head

@@ -10,13 +10,14 @@ from typing import Any
 import torch
 from trl.generation.vllm_generation import VLLMGeneration
 
-from ..ops import chunked_topk_forward_kl, masked_mean
+from ..ops import masked_mean
+from ..ops.chunked_topk import FusedOutlierKL
 from ..ops.tropd import (
     linear_decay,
     prefix_length,
     provenance_mask,
     tropd_token_losses,
-    trust_mask,
+    trust_cutoff,
     trust_ratio,
 )
 from .opd_trainer import OPDTrainer
@@ -31,11 +32,11 @@ class TrOPDTrainer(OPDTrainer):
     - [`TrOPDTrainer.token_losses`] routes each completion token: student tokens whose trust ratio
       `min(p_T(y_t)/p_S(y_t), 1)` passes the trust mask get the fused pass's dense JSD_`beta` (the parent's per-token
       loss; `trust_region_loss="k1"`: the paper's K1 policy-gradient loss); the other student tokens
-      (outliers) get the forward KL over the teacher's top-k, renormalised, weighted by `lambda_out`
-      ([`~trl_opd.ops.chunked_topk_forward_kl`]: chunked, student logits only on the teacher's top-k ids);
-      teacher-written prefix tokens get the fused pass's teacher-forced JSD_`beta` (forward KL by default), weighted
-      by `lambda_off`. For the outlier KL, `_compute_loss` opens a per-call context that keeps the hidden states the
-      parent computes anyway (no extra forward, no full logits).
+      (outliers) get the forward KL over the teacher's top-k (with a tail bucket, or renormalised), weighted by
+      `lambda_out`; teacher-written prefix tokens get the fused pass's teacher-forced JSD_`beta` (forward KL by
+      default), weighted by `lambda_off`. The outlier KL is computed by the parent's fused pass itself
+      ([`TrOPDTrainer.fused_outlier_kl`], [`~trl_opd.ops.chunked_topk.FusedOutlierKL`]): the teacher's top-k from
+      the pass's own tiles, its gradient in the pass's backward (no extra projection, no full logits).
     - Guidance ([`TrOPDTrainer._generate_single_turn`]): in training, with probability `p_guide(step)` a prompt starts
       from the first `rho(step)` share of a teacher rollout and the student continues from prompt + prefix. The
       teacher rolls out the student's prompt through the parent's own generation layer with the teacher swapped in
@@ -219,23 +220,34 @@ class TrOPDTrainer(OPDTrainer):
         return output
 
     # ----------------------------------------------------------------- loss
+    def fused_outlier_kl(self, inputs: dict[str, Any]) -> FusedOutlierKL:
+        """The outlier KL, computed by the parent's fused pass on the student tokens outside the trust region (the
+        trust cutoff drawn here, the ratio there): the teacher's top-k from the pass's own tiles, its gradient in the
+        pass's backward ([`~trl_opd.ops.chunked_topk.FusedOutlierKL`])."""
+        mask = self.loss_mask(inputs)
+        on_policy = mask * (1 - inputs.get("teacher_token_mask", torch.zeros_like(mask)).to(mask.device))
+        cutoff = trust_cutoff(mask, self.args.trust_mode, self.args.trust_threshold)
+        return FusedOutlierKL(
+            self.args.outlier_top_k, self.args.outlier_tail_bucket, on_policy.bool(), cutoff, self.args.lambda_out != 0
+        )
+
     def token_losses(self, stats: dict[str, torch.Tensor], inputs: dict[str, Any]) -> torch.Tensor:
         """`ℓ_t = (1 − O_t)[M_t ℓ^TR_t + λ_out (1 − M_t) KL_topk,t] + λ_off O_t JSD_β,t`, `(B, K)`; see
-        [`~trl_opd.ops.tropd.tropd_token_losses`]. `O` is `teacher_token_mask`, `M` the trust mask, `ℓ^TR` the dense
-        `JSD_β` (`trust_region_loss="divergence"`) or the K1 loss (`"k1"`)."""
+        [`~trl_opd.ops.tropd.tropd_token_losses`]. `O` is `teacher_token_mask`, `M` the trust mask (1 off the fused
+        pass's `outlier` positions), `ℓ^TR` the dense `JSD_β` (`trust_region_loss="divergence"`) or the K1 loss
+        (`"k1"`)."""
         student_logp, teacher_logp = stats["student_logp"], stats["teacher_logp"]
         mask = self.loss_mask(inputs).to(student_logp.device)
         prefix = inputs.get("teacher_token_mask", torch.zeros_like(mask)).to(mask.device) * mask
         on_policy = mask * (1 - prefix)
         ratio = trust_ratio(student_logp, teacher_logp)
-        trusted = trust_mask(ratio, self.args.trust_mode, self.args.trust_threshold)
-        outliers = on_policy.bool() & ~trusted.bool()
+        trusted = 1.0 - stats["outlier"]
         # Parts not routed anywhere are constant zeros, so they cost nothing in the backward.
         prefix_div = stats["divergence"] if prefix.any() else torch.zeros_like(student_logp)
         in_region = self.k1_losses(stats, inputs) if self.args.trust_region_loss == "k1" else stats["divergence"]
         parts = tropd_token_losses(
             in_region,
-            self._outlier_kl(stats, outliers),
+            stats["outlier_kl"],
             prefix_div,
             trusted,
             prefix,
@@ -244,31 +256,6 @@ class TrOPDTrainer(OPDTrainer):
         )
         self._log_trust(parts, ratio, trusted, on_policy, mask)
         return parts["total"]
-
-    def _outlier_kl(self, stats: dict[str, Any], outliers: torch.Tensor) -> torch.Tensor:
-        """Top-k forward KL (with the tail bucket, or renormalised) on the outlier positions only (zeros elsewhere);
-        both log-normalisers come from the fused pass (`stats`). `(B, K) bool -> (B, K)`."""
-        kl = torch.zeros(outliers.shape, device=outliers.device)
-        positions = self.every_rank_runs(outliers)  # ZeRO-3: every process runs the pass
-        if self.args.lambda_out == 0.0 or not positions.any():
-            return kl
-        rows = positions.nonzero(as_tuple=True)
-        hidden = stats["hidden"]
-        device = hidden.student_weight.device
-        values = chunked_topk_forward_kl(
-            hidden.student[rows],
-            hidden.student_weight,
-            hidden.teacher[rows].to(device),
-            hidden.teacher_weight.to(device),
-            self.args.outlier_top_k,
-            self.temperature,
-            student_head=hidden.student_head,
-            teacher_head=hidden.teacher_head,
-            tail_bucket=self.args.outlier_tail_bucket,
-            student_log_z=stats["student_log_z"][rows],
-            teacher_log_z=stats["teacher_log_z"][rows],
-        )
-        return kl.index_put(rows, values.float() * outliers[rows])  # a dummy position counts 0
 
     def _log_trust(self, parts, ratio, trusted, on_policy, mask) -> None:
         metrics = self._metrics["train" if self.model.training else "eval"]
