@@ -130,6 +130,7 @@ def test_bad_config_fails_at_config_time(tmp_path, overrides, match):
 def test_defaults_are_the_specified_ones(tmp_path):
     config = TrOPDConfig(**tiny_training_kwargs(tmp_path))
     assert (config.trust_mode, config.trust_threshold, config.outlier_top_k) == ("threshold", 1.0, 64)
+    assert config.trust_region_loss == "k1"
     assert config.outlier_tail_bucket
     assert (config.lambda_out, config.lambda_off, config.beta, config.divergence) == (1.0, 1.0, 0.0, "k1")
     assert (config.guidance_prob_start, config.guidance_rho_start) == (0.5, 0.5)

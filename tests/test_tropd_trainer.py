@@ -116,7 +116,7 @@ def assert_same_grads(grads, ref, **tol):
 
 
 def test_reduces_to_opd_k1_and_to_dense_k1(make_trainer, tiny_tokenizer):
-    tropd = make_trainer(trust_region_loss="k1", trust_threshold=0.0, guidance_prob_start=0.0)
+    tropd = make_trainer(trust_threshold=0.0, guidance_prob_start=0.0)  # the default in-region loss
     opd = make_trainer(OPDTrainer, OPDConfig, divergence="k1")
     batch = hand_built_batch(len(tiny_tokenizer))
     loss, grads = loss_and_grads(tropd, batch)
@@ -134,7 +134,7 @@ def test_dense_trust_region_loss_reduces_to_opd_and_matches_dense_reference(make
     """`trust_region_loss: divergence`: at `δ = 0` without guidance, `opd`'s forward KL (`divergence: jsd`,
     `beta: 0`) in loss and gradients; at `δ = 0.9` the dense reference with forward KL on trusted tokens."""
     batch = hand_built_batch(len(tiny_tokenizer), seed=2)
-    tropd = make_trainer(trust_threshold=0.0, guidance_prob_start=0.0, beta=0.0)  # the default in-region loss
+    tropd = make_trainer(trust_region_loss="divergence", trust_threshold=0.0, guidance_prob_start=0.0, beta=0.0)
     opd = make_trainer(OPDTrainer, OPDConfig, divergence="jsd", beta=0.0)
     loss, grads = loss_and_grads(tropd, batch)
     opd_loss, opd_grads = loss_and_grads(opd, batch)
@@ -235,7 +235,7 @@ def test_guided_continuation_starts_where_the_teacher_prefix_ends(make_trainer, 
     assert trainer._metrics["train"]["guidance/guided_fraction"][-1] == 1.0
     # provenance reaches the loss: the guided batch's loss is the dense reference with prefix routing
     loss, _ = loss_and_grads(trainer, batch)
-    dense, _, _ = dense_and_grads(trainer, batch, threshold=1.0, k=64, in_region="forward_kl")  # the default loss
+    dense, _, _ = dense_and_grads(trainer, batch, threshold=1.0, k=64)  # the default in-region loss, K1
     torch.testing.assert_close(loss, dense, rtol=1e-5, atol=1e-6)
     assert trainer._metrics["train"]["tropd/loss_prefix"][-1] > 0
 

@@ -18,8 +18,8 @@ class TrOPDConfig(OPDConfig):
     Configuration for [`TrOPDTrainer`]: [`OPDConfig`] plus TrOPD's trust region, outlier loss and teacher-prefix
     guidance.
 
-    The loss is `L = L_TR + lambda_out·L_OUT + lambda_off·L_OFF`: the dense JSD_`beta`
-    (`trust_region_loss="divergence"`, the default) or the paper's K1 policy-gradient loss (`"k1"`) on student tokens
+    The loss is `L = L_TR + lambda_out·L_OUT + lambda_off·L_OFF`: the paper's K1 policy-gradient loss
+    (`trust_region_loss="k1"`, the default) or the dense JSD_`beta` (`"divergence"`) on student tokens
     inside the trust region (`min(p_T/p_S, 1) ≥ trust_threshold`, or a Bernoulli draw with `trust_mode="stochastic"`),
     the forward KL over the teacher's `outlier_top_k` tokens (with a tail bucket, or renormalised) on the other student tokens, and the
     teacher-forced divergence JSD_`beta` (forward KL with the default `beta=0`) on teacher-written prefix tokens.
@@ -32,8 +32,8 @@ class TrOPDConfig(OPDConfig):
     teacher all but rules out, the teacher samples the rest of the rollout, trained like a guidance prefix.
 
     With `trust_threshold=0`, `guidance_prob_start=0`, `teacher_collapse_logp=None` and `collapse_repair=False` it is
-    the `opd` baseline: with `divergence="jsd"` and the same `beta` (the default in-region loss), or with
-    `divergence="k1"` (`trust_region_loss="k1"`).
+    the `opd` baseline: with `divergence="k1"` (the default in-region loss), or with `divergence="jsd"` and the same
+    `beta` (`trust_region_loss="divergence"`).
     Defaults are the ones in `docs/methods.md` (the thresholds, weights and schedules are our design).
     """
 
@@ -53,12 +53,13 @@ class TrOPDConfig(OPDConfig):
         },
     )
     trust_region_loss: str = field(
-        default="divergence",
+        default="k1",
         metadata={
-            "help": "Loss on student tokens inside the trust region: `divergence` (the fused pass's dense JSD_`beta` "
-            "over the vocabulary, the `opd` baseline's per-token loss; the default: in the lab it beat `k1` in "
-            "average@4 on every seed of `mismatch` and `arith`, see docs/methods.md) or `k1` (the paper's K1 "
-            "policy-gradient loss). At `trust_threshold: 0` with guidance off TrOPD is `opd` with this loss.",
+            "help": "Loss on student tokens inside the trust region: `k1` (the paper's K1 policy-gradient loss; the "
+            "default: with the collapse repair it beat `divergence` on every seed of `arith` and tied on `mismatch` "
+            "in the lab, see docs/methods.md) or `divergence` (the fused pass's dense JSD_`beta` over the "
+            "vocabulary, the `opd` baseline's per-token loss). At `trust_threshold: 0` with guidance off TrOPD is "
+            "`opd` with this loss.",
             "choices": list(TRUST_REGION_LOSSES),
         },
     )
