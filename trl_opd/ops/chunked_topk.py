@@ -69,6 +69,7 @@ class FusedOutlierKL:
         self.eligible, self.cutoff = eligible.reshape(-1).bool(), cutoff.reshape(-1).float()
         self._dense = torch.zeros(self.eligible.shape, device=self.eligible.device)  # a (N,)
         self._rows, self._ids, self._weights = [], [], []  # per chunk: (m,) global rows, (m, k) ids, (m, k) w
+        self._saved = None  # the three concatenated, and the largest id, at the first backward tile
 
     def forward_chunk(self, sl: slice, stats, tiles, models, heads: tuple[LogitHead, LogitHead], inv_t: float):
         """One token chunk `sl` of `n` positions: `stats = (log p_S(y), log p_T(y), log Z_S, log Z_T)` each `(n,)`,
@@ -109,13 +110,19 @@ class FusedOutlierKL:
         """Add `g_out·w` on the teacher's top-k ids inside the tile `[v0, v1)` of chunk `sl` to `grad` `(n, v1 − v0)`."""
         if not self._rows:
             return
-        rows, ids, weights = (torch.cat(x) for x in (self._rows, self._ids, self._weights))
-        lo, hi = torch.searchsorted(rows, torch.tensor([sl.start, sl.stop], device=rows.device)).tolist()
-        rows, ids, weights = rows[lo:hi], ids[lo:hi], weights[lo:hi]
-        inside = (ids >= v0) & (ids < v1)
+        if self._saved is None:  # the forward's chunks, concatenated once per backward
+            rows, ids, weights = (torch.cat(x) for x in (self._rows, self._ids, self._weights))
+            self._saved = (rows, ids, weights, int(ids.max()))
+        rows, ids, weights, max_id = self._saved
+        if sl.start > 0 or sl.stop < self.eligible.numel():  # several token chunks: this one's rows
+            lo, hi = torch.searchsorted(rows, torch.tensor([sl.start, sl.stop], device=rows.device)).tolist()
+            rows, ids, weights = rows[lo:hi], ids[lo:hi], weights[lo:hi]
+        values = g_out.float()[rows].unsqueeze(-1) * weights  # (m, k)
         r = (rows - sl.start).unsqueeze(-1).expand_as(ids)
-        values = g_out.float()[rows].unsqueeze(-1) * weights
-        grad.index_put_((r[inside], ids[inside] - v0), values[inside], accumulate=True)
+        if v0 > 0 or v1 <= max_id:  # several vocabulary tiles: this one's ids
+            inside = (ids >= v0) & (ids < v1)
+            r, ids, values = r[inside], ids[inside], values[inside]
+        grad.index_put_((r, ids - v0), values, accumulate=True)
 
 
 def chunked_topk_forward_kl(
