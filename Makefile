@@ -51,8 +51,8 @@ lab: bootstrap
 	$(LAB) --output-dir benchmarks/results/ablations/egrsd-epsilon --world ambiguous-reader --methods egrsd:epsilon_w=1.0,egrsd:epsilon_w=1.0:teacher_collapse_logp=-6.9 --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/tropd-parts --world mismatch --methods opd,tropd,tropd:collapse_repair=false:teacher_collapse_logp=null,tropd:guidance_prob_start=0,tropd:trust_threshold=0 --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/collapse-repair --world long-chains --methods opd,opd:teacher_collapse_logp=-6.9:collapse_repair=true --jobs 2
-	$(LAB) --output-dir benchmarks/results/ablations/trust-threshold --world mismatch --methods tropd:trust_threshold=0.1 --jobs 2
-	$(LAB) --output-dir benchmarks/results/ablations/trust-threshold --world arith --methods tropd:trust_threshold=0.1 --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations/trust-threshold --world mismatch --methods tropd:trust_threshold=0.1:trust_region_loss=k1 --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations/trust-threshold --world arith --methods tropd:trust_threshold=0.1:trust_region_loss=k1 --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/grpo-settings --world arith --methods grpo,grpo:learning_rate=3e-5,grpo:learning_rate=1e-4,grpo:learning_rate=1e-4:loss_type=grpo,grpo:num_generations=16,grpo:num_generations=16:learning_rate=1e-4 --jobs 2
 
 test: bootstrap
