@@ -21,7 +21,7 @@ from .chunked import (
     vocab_chunk_size,
 )
 from .divergences import forward_kl, log1mexp
-from .tropd import trust_ratio
+from .tropd import trust_ratio, within_cutoff
 
 
 def topk_kl_parts(
@@ -76,7 +76,7 @@ class FusedOutlierKL:
         `tiles` the chunk's whole-vocabulary `(zs, zt)` logits `(n, V)` or None, `models = (h_s, W_s, h_t, W_t)`
         -> outlier KL `(n,)`, outlier mask `(n,)` bool."""
         s_logp, t_logp, s_log_z, t_log_z = stats
-        outlier = self.eligible[sl] & (trust_ratio(s_logp, t_logp) < self.cutoff[sl])
+        outlier = self.eligible[sl] & ~within_cutoff(trust_ratio(s_logp, t_logp), self.cutoff[sl])
         kl = torch.zeros_like(s_logp)
         local = outlier.nonzero().squeeze(-1)
         if local.numel() == 0 or not self.with_kl:

@@ -51,7 +51,13 @@ def trust_mask(
     `threshold`: `M_t = 1[P_t ≥ δ]` (`δ = 0` trusts every token, `δ = 1` only tokens with `p_T(y_t) ≥ p_S(y_t)`).
     `stochastic`: `M_t ~ Bernoulli(P_t)` (the speculative-decoding accept step), drawn with `generator`.
     """
-    return (ratio >= trust_cutoff(ratio, mode, threshold, generator)).to(ratio.dtype)
+    return within_cutoff(ratio, trust_cutoff(ratio, mode, threshold, generator)).to(ratio.dtype)
+
+
+def within_cutoff(ratio: torch.Tensor, cutoff: torch.Tensor) -> torch.Tensor:
+    """The trust rule `M_t = 1[P_t ≥ c_t]` as a bool tensor, for [`trust_mask`] and the fused pass's outlier selection
+    ([`~trl_opd.ops.chunked_topk.FusedOutlierKL`]). `(B, T), (B, T) -> (B, T)`."""
+    return ratio >= cutoff
 
 
 def tropd_token_losses(
