@@ -176,3 +176,23 @@ def test_centred_magnitude_ignores_a_teacher_that_is_uniformly_less_sure():
     offset = (teacher - student).mean()
     expected = torch.exp(torch.sign(advantages)[:, None] * (teacher - student - offset)).clamp(0.8, 1.2)
     torch.testing.assert_close(centred(teacher), expected)
+
+
+def test_per_rollout_weights_keep_each_rollouts_total_and_only_move_credit_within_it():
+    """Against a row-by-row loop; a rollout's weights average 1 over its loss tokens (so `Σ_t A_i w̃_t = A_i n_i`,
+    GRPO's total), their ratios are kept, masked positions do not count, a constant weight (a self-teacher uniformly
+    less sure of every token: the magnitude clipped to `1 − ε_w` everywhere) becomes 1, and an all-masked row is
+    left as it is."""
+    from trl_opd.ops.egrsd import normalize_per_rollout
+
+    weights = VALUES.abs() + 0.5
+    mask = MASK.clone()
+    mask[0] = 0  # an all-masked row
+    out = normalize_per_rollout(weights, mask)
+    for b in range(weights.size(0)):
+        keep = mask[b].bool()
+        expected = weights[b] / weights[b][keep].mean() if keep.any() else weights[b]
+        torch.testing.assert_close(out[b], expected)
+    for b in (1, 2):
+        torch.testing.assert_close(out[b][mask[b].bool()].mean(), torch.tensor(1.0))
+    torch.testing.assert_close(normalize_per_rollout(torch.full((3, 6), 0.8), MASK)[MASK.bool()], torch.ones(14))

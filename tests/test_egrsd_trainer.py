@@ -118,6 +118,8 @@ def _dense_reference(
     normalization="mean",
     centering="none",
     collapse_logp=None,
+    gate_tau="median",
+    weight_norm="none",
 ):
     """Token advantages from the full logits of the (initial) model, one unpadded row at a time; with
     `collapse_logp`, the guard, by a scan of each row: the plain advantage after the first collapsed token."""
@@ -140,7 +142,7 @@ def _dense_reference(
                     s_logp.append(picked)
     t_logp, t_ent, s_logp = torch.stack(t_logp), torch.stack(t_ent), torch.stack(s_logp)
     mask = out["completion_mask"].bool()
-    tau = t_ent[mask].median()
+    tau = t_ent[mask].median() if gate_tau == "median" else t_ent[mask].mean()
     ent = t_ent.clone()
     for b in range(ent.size(0)):  # causal lookahead minimum, brute force, within the rollout
         n = int(mask[b].sum())
@@ -161,22 +163,44 @@ def _dense_reference(
     if centering == "mean":  # minus the mean of Δ over the loss tokens
         delta = delta - delta[mask].mean()
     magnitude = torch.exp(sign * delta).clamp(1 - epsilon_w, 1 + epsilon_w)
-    weighted = torch.where(trusted, magnitude * gate, 1.0)
+    weighted = magnitude * gate
+    if weight_norm == "rollout":  # mean 1 over each row's trusted loss tokens
+        for b in range(mask.size(0)):
+            keep = mask[b] & trusted[b]
+            weighted[b] = weighted[b] / weighted[b][keep].mean()
+    weighted = torch.where(trusted, weighted, 1.0)
     return torch.where(mask, base_advantages.double()[:, None] * weighted, 0.0).float()
 
 
 @pytest.mark.parametrize(
-    ("g_min", "epsilon_w", "lookahead", "normalization", "centering", "collapse_logp"),
+    ("g_min", "epsilon_w", "lookahead", "normalization", "centering", "collapse_logp", "gate_tau", "weight_norm"),
     [
-        (0.2, 0.2, 0, "mean", "none", None),
-        (0.2, 0.2, 3, "mean", "none", None),
-        (1.0, 0.2, 0, "mean", "none", None),
-        (0.2, 0.2, 0, "none", "none", None),
-        (0.2, 0.6, 0, "mean", "mean", None),
-        (0.2, 0.6, 0, "mean", "none", GUARD_LOGP),
-        (0.2, 0.6, 0, "mean", "mean", GUARD_LOGP),
+        (0.2, 0.2, 0, "mean", "none", None, "median", "none"),
+        (0.2, 0.2, 3, "mean", "none", None, "median", "none"),
+        (1.0, 0.2, 0, "mean", "none", None, "median", "none"),
+        (0.2, 0.2, 0, "none", "none", None, "median", "none"),
+        (0.2, 0.6, 0, "mean", "mean", None, "median", "none"),
+        (0.2, 0.6, 0, "mean", "none", GUARD_LOGP, "median", "none"),
+        (0.2, 0.6, 0, "mean", "mean", GUARD_LOGP, "median", "none"),
+        (0.2, 0.2, 0, "mean", "none", None, "mean", "none"),
+        (0.2, 0.2, 3, "none", "none", None, "mean", "none"),
+        (0.2, 0.6, 0, "mean", "none", None, "median", "rollout"),
+        # rollout weights with the guard, at a threshold where rows keep several trusted tokens
+        (0.2, 0.6, 0, "mean", "none", GUARD_LOGP - 0.3, "median", "rollout"),
     ],
-    ids=["egrsd", "cl-egrsd", "rlsd", "egrsd-raw-gate", "egrsd-centred-delta", "egrsd-guard", "egrsd-guard-eager"],
+    ids=[
+        "egrsd",
+        "cl-egrsd",
+        "rlsd",
+        "egrsd-raw-gate",
+        "egrsd-centred-delta",
+        "egrsd-guard",
+        "egrsd-guard-eager",
+        "egrsd-mean-tau",
+        "cl-egrsd-mean-tau-raw-gate",
+        "egrsd-rollout-weights",
+        "egrsd-rollout-weights-guard",
+    ],
 )
 def test_token_advantages_match_dense_reference(
     tmp_path,
@@ -190,6 +214,8 @@ def test_token_advantages_match_dense_reference(
     normalization,
     centering,
     collapse_logp,
+    gate_tau,
+    weight_norm,
 ):
     trainer = _egrsd(
         tmp_path,
@@ -202,6 +228,8 @@ def test_token_advantages_match_dense_reference(
         gate_normalization=normalization,
         delta_centering=centering,
         teacher_collapse_logp=collapse_logp,
+        gate_tau=gate_tau,
+        weight_normalization=weight_norm,
     )
     base = {}
     original = GRPOTrainer._generate_and_score_completions
@@ -229,12 +257,17 @@ def test_token_advantages_match_dense_reference(
         normalization,
         centering,
         collapse_logp,
+        gate_tau,
+        weight_norm,
     )
     advantages = trainer.token_advantages(out)  # the magnitude, when the loss applies it, from a no-grad forward
     torch.testing.assert_close(advantages, expected, rtol=1e-4, atol=1e-5)
     if collapse_logp is not None:  # the guard cut some rows, not all, and left their first tokens trusted
         after = trainer._metrics["train"]["guard/after_collapse"][-1]
         assert 0.0 < after < 0.9, after
+    if weight_norm == "rollout" and collapse_logp is None:  # each rollout's summed advantage is GRPO's
+        n = out["completion_mask"].sum(-1).float()
+        torch.testing.assert_close(advantages.sum(-1), base["advantages"].float() * n, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(advantages, base["advantages"][:, None] * out["completion_mask"])
 
 
@@ -341,6 +374,8 @@ def test_peft_teacher_is_the_adapter_off_student(
         ({"entropy_lookahead": -1}, "entropy_lookahead"),
         ({"epsilon_w": 1.5}, "epsilon_w"),
         ({"delta_centering": "median"}, "delta_centering"),
+        ({"gate_tau": "max"}, "gate_tau"),
+        ({"weight_normalization": "batch"}, "weight_normalization"),
         ({"self_teacher": "ema"}, "self_teacher"),
         ({"teacher_collapse_logp": 0.5}, "teacher_collapse_logp"),
         ({"teacher_collapse_logp": float("nan")}, "teacher_collapse_logp"),

@@ -128,6 +128,21 @@ def egrsd_token_advantages(
     }
 
 
+def normalize_per_rollout(weights: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    r"""Token weights rescaled to mean 1 over each rollout's loss tokens: they only move credit between the tokens of
+    a rollout, and its total, $\sum_t A_i \tilde{w}_{i,t} = A_i\, n_i$, is GRPO's (the reward's alone).
+
+    $$\tilde{w}_{i,t} = w_{i,t} \Big/ \Big(\tfrac{1}{n_i} \sum_{t'} M_{i,t'}\, w_{i,t'}\Big),\qquad
+    n_i = \sum_{t'} M_{i,t'}$$
+
+    The mean is floored at 1e-8; a row without loss tokens keeps its weights. `(B, T), (B, T) -> (B, T)`.
+    """
+    keep = mask.to(weights.dtype)
+    count = keep.sum(-1, keepdim=True)  # (B, 1)
+    mean = (weights * keep).sum(-1, keepdim=True) / count.clamp(min=1.0)  # (B, 1)
+    return torch.where(count > 0, weights / mean.clamp(min=1e-8), weights)
+
+
 def normalize_gate(weights: dict[str, torch.Tensor], gate_mean: torch.Tensor | float) -> dict[str, torch.Tensor]:
     r"""Rescale the gate to mean 1 over the loss tokens, so that it reweights tokens without shrinking the update.
 

@@ -14,6 +14,8 @@ from .prompts import PromptLimitConfigMixin
 
 EGRSD_SELF_TEACHER_KINDS = ("frozen", "live")
 GATE_NORMALIZATIONS = ("mean", "none")
+GATE_TAUS = ("median", "mean")
+WEIGHT_NORMALIZATIONS = ("none", "rollout")
 EGRSD_SELF_TEACHER_CHECKS = ("fallback", "warn", "error", "off")
 
 
@@ -73,6 +75,27 @@ class EGRSDConfig(CPUSafeConfigMixin, PromptLimitConfigMixin, GRPOConfig):
             "choices": list(GATE_NORMALIZATIONS),
         },
     )
+    weight_normalization: str = field(
+        default="none",
+        metadata={
+            "help": "`rollout`: divide each token's teacher weight `m_t g_t` by its mean over the rollout's loss "
+            "tokens, so the verifiable reward alone decides how far each rollout moves (its summed advantage is "
+            "GRPO's) and the teacher only decides which of its tokens carry it; a teacher that is uniformly less "
+            "sure than the student, or a gate that is small everywhere, then changes nothing. Replaces "
+            "`gate_normalization` (moot then); the magnitude is computed at generation (one no-grad student "
+            "forward). `none`: the weights as they are (RLSD's and the paper's form).",
+            "choices": list(WEIGHT_NORMALIZATIONS),
+        },
+    )
+    gate_tau: str = field(
+        default="median",
+        metadata={
+            "help": "The gate's entropy scale `tau_H` over the loss tokens of the global batch: `median` (the paper's; "
+            "half the tokens are then 'uncertain' by construction, even when the teacher is near-certain on almost "
+            "all of them) or `mean` (dominated by the few high-entropy tokens, so only those are gated down).",
+            "choices": list(GATE_TAUS),
+        },
+    )
     teacher_collapse_logp: float | None = field(
         default=None,
         metadata={
@@ -128,6 +151,12 @@ class EGRSDConfig(CPUSafeConfigMixin, PromptLimitConfigMixin, GRPOConfig):
             raise ValueError(
                 f"gate_normalization must be one of {GATE_NORMALIZATIONS}, got {self.gate_normalization!r}"
             )
+        if self.weight_normalization not in WEIGHT_NORMALIZATIONS:
+            raise ValueError(
+                f"weight_normalization must be one of {WEIGHT_NORMALIZATIONS}, got {self.weight_normalization!r}"
+            )
+        if self.gate_tau not in GATE_TAUS:
+            raise ValueError(f"gate_tau must be one of {GATE_TAUS}, got {self.gate_tau!r}")
         if self.teacher_collapse_logp is not None and not self.teacher_collapse_logp <= 0.0:
             raise ValueError(f"teacher_collapse_logp is a log-probability (<= 0), got {self.teacher_collapse_logp}")
         if self.self_teacher not in EGRSD_SELF_TEACHER_KINDS:

@@ -20,7 +20,13 @@ from trl.trainer.utils import maybe_gather_lm_head_ctx, pad
 from ..data import ColumnMap, prepare_dataset, privileged_prompt
 from ..heads import logit_head
 from ..ops import token_logprobs_and_entropy
-from ..ops.egrsd import egrsd_token_advantages, likelihood_ratio_magnitude, masked_median, normalize_gate
+from ..ops.egrsd import (
+    egrsd_token_advantages,
+    likelihood_ratio_magnitude,
+    masked_median,
+    normalize_gate,
+    normalize_per_rollout,
+)
 from ..ops.reductions import after_collapse_weights
 from ..runtime import UnwrapCacheMixin
 from ..teacher import (
@@ -55,7 +61,9 @@ class EGRSDTrainer(UnwrapCacheMixin, PromptLimitMixin, GRPOTrainer):
     `entropy_lookahead` tokens), `τ_H` its median over the loss tokens of the global generation batch. The parent's
     clipped surrogate and loss aggregation (`loss_type`) are used unchanged. With `teacher_collapse_logp` (the guard),
     every token after the first one whose teacher log-prob falls below it keeps the plain `A_i` (the gate's mean is then
-    taken over the trusted tokens). With `g_min=1` this is RLSD; with
+    taken over the trusted tokens). `weight_normalization: rollout` rescales the weights `m_t g_t` to mean 1 over each
+    rollout's (trusted) loss tokens instead, so the teacher only moves credit within a rollout. With `g_min=1` this is
+    RLSD; with
     `g_min=1, epsilon_w=0` it is the parent exactly (the teacher is then not run). When the parent has no old
     log-probs (no vLLM, aligned steps), `log p_S` is the loss forward's own: the magnitude is applied there
     ([`EGRSDTrainer.token_advantages`]) instead of after a second, no-grad student forward.
@@ -320,11 +328,14 @@ class EGRSDTrainer(UnwrapCacheMixin, PromptLimitMixin, GRPOTrainer):
 
     # ----------------------------------------------------------------- advantages
     def _defers_magnitude(self, output: dict[str, Any]) -> bool:
-        """Whether the magnitude waits for the loss: with `ε_w > 0`, no offset to gather (`delta_centering: none`) and
-        no old log-probs (no vLLM, aligned steps: the parent then scores the loss at the sampling weights), the
+        """Whether the magnitude waits for the loss: with `ε_w > 0`, no offset to gather (`delta_centering: none`), no
+        per-rollout normalisation (`weight_normalization: none`) and no old log-probs (no vLLM, aligned steps: the parent then scores the loss at the sampling weights), the
         student log-probs `Δ` needs are the loss forward's own, and the no-grad forward is skipped."""
         return (
-            self.args.epsilon_w > 0.0 and self.args.delta_centering == "none" and "old_per_token_logps" not in output
+            self.args.epsilon_w > 0.0
+            and self.args.delta_centering == "none"
+            and self.args.weight_normalization == "none"
+            and "old_per_token_logps" not in output
         )
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -349,13 +360,16 @@ class EGRSDTrainer(UnwrapCacheMixin, PromptLimitMixin, GRPOTrainer):
             g_min=self.args.g_min,
             epsilon_w=0.0 if deferred else self.args.epsilon_w,  # deferred: magnitude 1 here, applied in the loss
             lookahead=self.args.entropy_lookahead,
-            tau=self._global_median(teacher_entropy, mask),
+            tau=self._gate_tau(teacher_entropy, mask),
             delta_offset=self._delta_offset(teacher_logp - student_logp, mask),
         )
         trust = self._teacher_trust(teacher_logp, mask)  # None without the guard
         raw_gate = weights["gate"]
-        if self.args.gate_normalization == "mean":
-            trusted = mask if trust is None else mask * trust
+        trusted = mask if trust is None else mask * trust
+        if self.args.weight_normalization == "rollout":
+            token_weights = normalize_per_rollout(weights["magnitude"] * raw_gate, trusted)
+            weights["advantages"] = output["advantages"].float().unsqueeze(-1) * token_weights * mask
+        elif self.args.gate_normalization == "mean":
             weights = normalize_gate(weights, self._global_masked_mean(raw_gate, trusted))
         advantages = weights["advantages"]
         if trust is not None:  # the guard: after the teacher's collapse, the plain group advantage
@@ -427,6 +441,12 @@ class EGRSDTrainer(UnwrapCacheMixin, PromptLimitMixin, GRPOTrainer):
         sums = torch.stack([values[keep].sum(), keep.sum().to(values.dtype)]).unsqueeze(0)
         total, count = self.accelerator.gather(sums).sum(0)
         return total / count.clamp(min=1.0)
+
+    def _gate_tau(self, teacher_entropy: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The gate's `τ_H` (`gate_tau`): the median or the mean teacher entropy over the global batch's loss tokens."""
+        if self.args.gate_tau == "mean":
+            return self._global_masked_mean(teacher_entropy.float(), mask)
+        return self._global_median(teacher_entropy, mask)
 
     def _global_median(self, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Median of `values` over the loss tokens of every process's generation batch."""
