@@ -13,7 +13,7 @@ from trl_opd.lab import run as lab_run
 from trl_opd.lab.report import SHARED_PANELS, _band, _panels, add_statistics, write_plot
 from trl_opd.lab.stats import mean, paired_differences, std
 from trl_opd.lab.tasks import STEP, make_rows, sum_problem
-from trl_opd.lab.worlds import WORLDS
+from trl_opd.lab.worlds import WORLDS, free_choice_spans
 
 
 TINY = ["--scale", "0.005", "--steps", "2", "--seeds", "0", "--eval-every", "1"]
@@ -21,7 +21,8 @@ DIAGNOSTIC_KEYS = {
     "arith": "low_teacher_prob_share",
     "long-chains": "next_step_acc_after_correct",
     "mismatch": "low_teacher_prob_share",
-    "ambiguous": "teacher_entropy_ambiguous",
+    "ambiguous": "self_teacher_entropy_free",
+    "ambiguous-noreader": "teacher_entropy_ambiguous",
     "ambiguous-reader": "self_teacher_acc_full",
     "privileged": "self_teacher_acc_full",
 }
@@ -60,6 +61,9 @@ def test_world_problems_are_well_formed():
         assert sum(meta["numbers"]) == int(row["answer"])
         # three freely chosen numbers (4, 3 then 2 choices); the last one is determined
         assert [row["solution"][a:b] for a, b in meta["choices"]] == [str(x) for x in meta["order"][:3]]
+        # the diagnostic's parser finds the same spans in a completion as the generator marked in its reference
+        assert free_choice_spans(row["solution"]) == meta["choices"]
+    assert free_choice_spans("3+8=11\n\nno step here") == [(0, 1), (2, 3)]
     rows, metas = WORLDS["long-chains"].rows(10, seed=0)
     for row, meta in zip(rows, metas):
         lines = row["solution"].split("\n")

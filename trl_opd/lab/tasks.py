@@ -16,6 +16,7 @@ from datasets import Dataset
 
 INSTRUCTION = "Put your final answer within \\boxed{}."
 STEP = re.compile(r"^\s*(\d+)\s*([+-])\s*(\d+)\s*=\s*(\d+)\s*$")
+SUM_LINE = re.compile(r"^(\d+)\+(\d+)=(\d+)")  # one line of a sum problem's solution
 
 
 def apply_op(value: int, op: str, operand: int, modulus: int | None) -> int:

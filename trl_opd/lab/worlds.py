@@ -14,7 +14,7 @@ from functools import partial
 import torch
 
 from ..data import privileged_prompt, truncate_reference
-from .tasks import STEP, chain_problem, chain_step, make_rows, sum_problem
+from .tasks import STEP, SUM_LINE, chain_problem, chain_step, make_rows, sum_problem
 from .training import encode_example, generate_texts, heldout_accuracy, prompt_texts
 
 
@@ -166,7 +166,7 @@ def diagnose_mismatch(world, lab) -> dict:
     return low_teacher_probability_share(lab)
 
 
-def diagnose_ambiguous(world, lab, n: int = 96) -> dict:
+def diagnose_external_teacher_entropy(world, lab, n: int = 96) -> dict:
     """The teacher's entropy on reference solutions at freely chosen numbers vs at determined tokens."""
     rows = lab.heldout.select(range(min(n, len(lab.heldout))))
     metas = lab.heldout_meta[: len(rows)]
@@ -186,6 +186,46 @@ def diagnose_ambiguous(world, lab, n: int = 96) -> dict:
     }
 
 
+def free_choice_spans(completion: str, delimiter: str = "\n\n") -> list[tuple[int, int]]:
+    """Character spans of the freely chosen numbers in a completion of a four-term sum (`sum_problem`'s rule): both
+    terms of the first line and the added term of the second; the last term is forced. Stops at a line that is not
+    `a+b=c`."""
+    spans, offset = [], 0
+    for i, line in enumerate(completion.split(delimiter)[:2]):
+        match = SUM_LINE.match(line)
+        if not match:
+            break
+        if i == 0:
+            spans.append((offset + match.start(1), offset + match.end(1)))
+        spans.append((offset + match.start(2), offset + match.end(2)))
+        offset += len(line) + len(delimiter)
+    return spans
+
+
+def self_teacher_entropy_on_samples(lab, n: int = 96) -> dict:
+    """EGRSD's gate input where it is computed: the self-teacher's entropy (the student with the full reference in its
+    prompt) on the student's own temperature-1 samples, at freely chosen numbers vs at every other token."""
+    rows = lab.heldout.select(range(min(n, len(lab.heldout))))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        completions, _ = generate_texts(
+            lab.student, lab.tokenizer, prompt_texts(lab.tokenizer, rows["prompt"]), lab.world.max_new_tokens, True
+        )
+    scored = completion_logprobs_and_entropy(lab.student, lab.tokenizer, reference_prompts(rows, 1.0), completions)
+    free, other = [], []
+    for (_, entropy), completion in zip(scored, completions):
+        starts = {start for start, _ in free_choice_spans(completion)}
+        offsets = lab.tokenizer(completion, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        for position, (start, _) in enumerate(offsets):
+            (free if start in starts else other).append(entropy[position].item())
+    return {
+        "self_teacher_entropy_free": sum(free) / max(1, len(free)),
+        "self_teacher_entropy_other": sum(other) / max(1, len(other)),
+        "n_free": len(free),
+        "n_other": len(other),
+    }
+
+
 def self_teacher_accuracies(lab, n: int = 128) -> dict:
     """Greedy held-out accuracy of the self-teacher (the student with no, half or the full reference in its prompt)."""
     rows = lab.heldout.select(range(min(n, len(lab.heldout))))
@@ -198,9 +238,26 @@ def self_teacher_accuracies(lab, n: int = 128) -> dict:
     return result
 
 
+def diagnose_ambiguous(world, lab) -> dict:
+    """The external teacher's entropy on the references (free vs determined tokens); in a world whose student reads a
+    reference, also the self-teacher's entropy on the student's samples (the gate's input) and its accuracies."""
+    result = diagnose_external_teacher_entropy(world, lab)
+    if not world.privileged_warmup:
+        return result
+    result.update(self_teacher_entropy_on_samples(lab))
+    result.update(self_teacher_accuracies(lab))
+    result["summary"] += (
+        f"; self-teacher entropy on the student's samples at free numbers {result['self_teacher_entropy_free']:.3f} "
+        f"(n={result['n_free']}), elsewhere {result['self_teacher_entropy_other']:.3f} (n={result['n_other']}); "
+        f"self-teacher greedy accuracy with no reference {result['self_teacher_acc_none']:.3f}, partial "
+        f"{result['self_teacher_acc_partial']:.3f}, full {result['self_teacher_acc_full']:.3f}"
+    )
+    return result
+
+
 def diagnose_ambiguous_reader(world, lab) -> dict:
     """`ambiguous`'s entropy diagnostic, and the self-teacher's accuracy with no, half and the full reference."""
-    result = diagnose_ambiguous(world, lab)
+    result = diagnose_external_teacher_entropy(world, lab)
     result.update(self_teacher_accuracies(lab))
     result["summary"] += (
         f"; self-teacher greedy accuracy with no reference {result['self_teacher_acc_none']:.3f}, partial "
@@ -252,7 +309,20 @@ WORLDS: dict[str, World] = {
         ),
         World(
             "ambiguous",
-            "add four numbers in any order: which number comes next is free, each running sum is determined",
+            "add four numbers in any order: which number comes next is free, each running sum is determined; the "
+            "student first learned to read a reference in its prompt (the GRPO family's self-teacher can use it) and "
+            "starts warm enough that a quarter of its samples are right, so GRPO's groups carry a reward signal",
+            sum_problem,
+            diagnose_ambiguous,
+            privileged_warmup=True,
+            band=(0.40, 0.60),
+            max_new_tokens=48,
+            version="2",  # 2: a reading student and a warm start (version 1 is `ambiguous-noreader`)
+        ),
+        World(
+            "ambiguous-noreader",
+            "add four numbers in any order: which number comes next is free, each running sum is determined (the "
+            "student never saw a reference, so a self-teacher cannot use one; `ambiguous` up to version 1)",
             sum_problem,
             diagnose_ambiguous,
             max_new_tokens=48,
