@@ -51,6 +51,7 @@ lab: bootstrap
 	$(LAB) --output-dir benchmarks/results/ablations/egrsd-epsilon --world privileged --methods egrsd:epsilon_w=1.0,egrsd:epsilon_w=1.0:teacher_collapse_logp=-6.9 --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/egrsd-epsilon --world ambiguous-reader --methods egrsd:epsilon_w=1.0,egrsd:epsilon_w=1.0:teacher_collapse_logp=-6.9 --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/egrsd-weights --world ambiguous --methods grpo,rlsd:weight_normalization=rollout,egrsd:weight_normalization=rollout --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations/self-distillation --world ambiguous --methods opsd,atesd --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/tropd-parts --world mismatch --methods opd,tropd,tropd:collapse_repair=false:teacher_collapse_logp=null,tropd:guidance_prob_start=0,tropd:trust_threshold=0 --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/collapse-repair --world long-chains --methods opd,opd:teacher_collapse_logp=-6.9:collapse_repair=true --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/trust-threshold --world mismatch --methods tropd:trust_threshold=0.1:trust_region_loss=k1 --jobs 2
