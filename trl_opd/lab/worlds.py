@@ -84,14 +84,20 @@ def completion_logprobs_and_entropy(model, tokenizer, prompts, completions: list
     return out
 
 
-def low_teacher_probability_share(lab, n: int = 64, threshold: float = 1e-3) -> dict:
-    """Share of the student's sampled tokens (temperature 1) to which the teacher gives `p_T(y_t) < threshold`."""
-    rows = lab.heldout.select(range(min(n, len(lab.heldout))))
+def student_samples(lab, rows) -> list[str]:
+    """The lab student's temperature-1 completions of `rows`' prompts, seeded (0) without touching the global RNG."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         completions, _ = generate_texts(
             lab.student, lab.tokenizer, prompt_texts(lab.tokenizer, rows["prompt"]), lab.world.max_new_tokens, True
         )
+    return completions
+
+
+def low_teacher_probability_share(lab, n: int = 64, threshold: float = 1e-3) -> dict:
+    """Share of the student's sampled tokens (temperature 1) to which the teacher gives `p_T(y_t) < threshold`."""
+    rows = lab.heldout.select(range(min(n, len(lab.heldout))))
+    completions = student_samples(lab, rows)
     scored = completion_logprobs_and_entropy(lab.teacher, lab.tokenizer, rows["prompt"], completions)
     token_logp = torch.cat([lp for lp, _ in scored])
     share = (token_logp < math.log(threshold)).float().mean().item()
@@ -111,11 +117,7 @@ def next_step_accuracy(lab, teacher, teacher_prompt: Callable, n: int = 96) -> d
     """
     rows = lab.heldout.select(range(min(n, len(lab.heldout))))
     metas = lab.heldout_meta[: len(rows)]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        completions, _ = generate_texts(
-            lab.student, lab.tokenizer, prompt_texts(lab.tokenizer, rows["prompt"]), lab.world.max_new_tokens, True
-        )
+    completions = student_samples(lab, rows)
     contexts, expected, kinds = [], [], []
     for row, meta, completion in zip(rows, metas, completions):
         delimiter = meta["delimiter"]
@@ -206,11 +208,7 @@ def self_teacher_entropy_on_samples(lab, n: int = 96) -> dict:
     """EGRSD's gate input where it is computed: the self-teacher's entropy (the student with the full reference in its
     prompt) on the student's own temperature-1 samples, at freely chosen numbers vs at every other token."""
     rows = lab.heldout.select(range(min(n, len(lab.heldout))))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        completions, _ = generate_texts(
-            lab.student, lab.tokenizer, prompt_texts(lab.tokenizer, rows["prompt"]), lab.world.max_new_tokens, True
-        )
+    completions = student_samples(lab, rows)
     scored = completion_logprobs_and_entropy(lab.student, lab.tokenizer, reference_prompts(rows, 1.0), completions)
     free, other = [], []
     for (_, entropy), completion in zip(scored, completions):
@@ -238,6 +236,14 @@ def self_teacher_accuracies(lab, n: int = 128) -> dict:
     return result
 
 
+def self_teacher_accuracy_summary(result: dict) -> str:
+    """The summary phrase for [`self_teacher_accuracies`]' numbers."""
+    return (
+        f"self-teacher greedy accuracy with no reference {result['self_teacher_acc_none']:.3f}, partial "
+        f"{result['self_teacher_acc_partial']:.3f}, full {result['self_teacher_acc_full']:.3f}"
+    )
+
+
 def diagnose_ambiguous(world, lab) -> dict:
     """The external teacher's entropy on the references (free vs determined tokens); in a world whose student reads a
     reference, also the self-teacher's entropy on the student's samples (the gate's input) and its accuracies."""
@@ -249,8 +255,7 @@ def diagnose_ambiguous(world, lab) -> dict:
     result["summary"] += (
         f"; self-teacher entropy on the student's samples at free numbers {result['self_teacher_entropy_free']:.3f} "
         f"(n={result['n_free']}), elsewhere {result['self_teacher_entropy_other']:.3f} (n={result['n_other']}); "
-        f"self-teacher greedy accuracy with no reference {result['self_teacher_acc_none']:.3f}, partial "
-        f"{result['self_teacher_acc_partial']:.3f}, full {result['self_teacher_acc_full']:.3f}"
+        + self_teacher_accuracy_summary(result)
     )
     return result
 
@@ -259,10 +264,7 @@ def diagnose_ambiguous_reader(world, lab) -> dict:
     """`ambiguous`'s entropy diagnostic, and the self-teacher's accuracy with no, half and the full reference."""
     result = diagnose_external_teacher_entropy(world, lab)
     result.update(self_teacher_accuracies(lab))
-    result["summary"] += (
-        f"; self-teacher greedy accuracy with no reference {result['self_teacher_acc_none']:.3f}, partial "
-        f"{result['self_teacher_acc_partial']:.3f}, full {result['self_teacher_acc_full']:.3f}"
-    )
+    result["summary"] += "; " + self_teacher_accuracy_summary(result)
     return result
 
 
@@ -273,10 +275,7 @@ def diagnose_privileged(world, lab) -> dict:
     steps = next_step_accuracy(lab, lab.student, lambda row: privileged_prompt(row["prompt"], row["solution"]))
     summary = steps.pop("summary").replace("teacher", "privileged self-teacher")
     result.update(steps)
-    result["summary"] = (
-        f"self-teacher greedy accuracy with no reference {result['self_teacher_acc_none']:.3f}, partial "
-        f"{result['self_teacher_acc_partial']:.3f}, full {result['self_teacher_acc_full']:.3f}; {summary}"
-    )
+    result["summary"] = f"{self_teacher_accuracy_summary(result)}; {summary}"
     return result
 
 

@@ -58,13 +58,12 @@ class EGRSDTrainer(UnwrapCacheMixin, PromptLimitMixin, GRPOTrainer):
     `Â_t = A_i · clip(exp(sign(A_i)·Δ_t), 1−ε_w, 1+ε_w) · (g_min + (1−g_min)·exp(−H̃_t/τ_H))`,
 
     `Δ_t = sg(log p_T(y_t) − log p_S(y_t))`, `H̃` the teacher entropy (or, for CL-EGRSD, its minimum over the next
-    `entropy_lookahead` tokens), `τ_H` its median over the loss tokens of the global generation batch. The parent's
-    clipped surrogate and loss aggregation (`loss_type`) are used unchanged. With `teacher_collapse_logp` (the guard),
-    every token after the first one whose teacher log-prob falls below it keeps the plain `A_i` (the gate's mean is then
-    taken over the trusted tokens). `weight_normalization: rollout` rescales the weights `m_t g_t` to mean 1 over each
+    `entropy_lookahead` tokens), `τ_H` its median (or mean, `gate_tau`) over the loss tokens of the global generation
+    batch. The parent's clipped surrogate and loss aggregation (`loss_type`) are used unchanged. With
+    `teacher_collapse_logp` (the guard), every token after the first one whose teacher log-prob falls below it keeps the
+    plain `A_i` (the gate's mean is then taken over the trusted tokens). `weight_normalization: rollout` rescales the weights `m_t g_t` to mean 1 over each
     rollout's (trusted) loss tokens instead, so the teacher only moves credit within a rollout. With `g_min=1` this is
-    RLSD; with
-    `g_min=1, epsilon_w=0` it is the parent exactly (the teacher is then not run). When the parent has no old
+    RLSD; with `g_min=1, epsilon_w=0` it is the parent exactly (the teacher is then not run). When the parent has no old
     log-probs (no vLLM, aligned steps), `log p_S` is the loss forward's own: the magnitude is applied there
     ([`EGRSDTrainer.token_advantages`]) instead of after a second, no-grad student forward.
 
@@ -329,8 +328,9 @@ class EGRSDTrainer(UnwrapCacheMixin, PromptLimitMixin, GRPOTrainer):
     # ----------------------------------------------------------------- advantages
     def _defers_magnitude(self, output: dict[str, Any]) -> bool:
         """Whether the magnitude waits for the loss: with `ε_w > 0`, no offset to gather (`delta_centering: none`), no
-        per-rollout normalisation (`weight_normalization: none`) and no old log-probs (no vLLM, aligned steps: the parent then scores the loss at the sampling weights), the
-        student log-probs `Δ` needs are the loss forward's own, and the no-grad forward is skipped."""
+        per-rollout normalisation (`weight_normalization: none`) and no old log-probs (no vLLM, aligned steps: the
+        parent then scores the loss at the sampling weights), the student log-probs `Δ` needs are the loss forward's
+        own, and the no-grad forward is skipped."""
         return (
             self.args.epsilon_w > 0.0
             and self.args.delta_centering == "none"
