@@ -42,6 +42,15 @@ def test_demo_writes_table_plot_and_a_complete_card(tmp_path, capsys):
     assert len(cached) == 2
 
 
+def test_demo_runs_the_world_it_is_given():
+    from trl_opd.lab.run import LabError
+
+    assert demo.parse_args([]).world == "arith"
+    assert demo.parse_args(["--world", "ambiguous", "--seed", "3"]).world == "ambiguous"
+    with pytest.raises(LabError, match="unknown world"):
+        demo.parse_args(["--world", "nope"])
+
+
 def test_unknown_demo_method_is_an_error():
     from trl_opd.launch.methods import UnknownMethodError
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from trl_opd.cli import main as cli_main
 from trl_opd.lab import run as lab_run
@@ -50,6 +51,8 @@ def test_smoke_run_per_world_writes_files_plot_and_diagnostic(world, cache, tmp_
     md = (out / f"{world}.md").read_text()
     assert md.startswith(f"command: `trl-opd lab --world {world}")
     assert "diagnostic:" in md and "| opd |" in md and "| sft |" in md and "Paired difference to `opd`" in md
+    assert results["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert f"with {results['machine']['cpu_capability']} kernels" in md
     assert (out / f"{world}.png").read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{world}.{ext}" for ext in ("json", "md", "png"))
     assert "diagnostic:" in capsys.readouterr().out

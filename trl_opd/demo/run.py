@@ -1,10 +1,10 @@
 # Copyright 2026 The trl-opd developers. Licensed under the Apache License, Version 2.0.
-"""`trl-opd demo`: a quick one-seed `trl-opd lab` run on the `arith` world, offline, on CPU.
+"""`trl-opd demo`: a quick one-seed `trl-opd lab` run, on the `arith` world unless `--world` names another, offline, on CPU.
 
 It builds (or loads from the cache) the world's tiny teacher and warm-started student, distils the student with each
 chosen method through the CLI's own trainer factory, scores held-out accuracy as it goes, and writes `results.md`,
 `results.png` and `results.json`, plus each distilled student with its model card under `runs/<method>/`.
-For several seeds and the other worlds, use `trl-opd lab`.
+For several seeds, use `trl-opd lab`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def parse_args(argv: list[str] | None):
     parser.set_defaults(methods=",".join(DEFAULT_METHODS), steps="300", output_dir="demo_output")
     parser.add_argument("--seed", default="0", help="The run seed (default 0).")
     args = parser.parse_args(argv)
-    args.world, args.seeds = "arith", args.seed
+    args.seeds = args.seed
     return validate(args)
 
 
@@ -34,7 +34,7 @@ def select_methods(requested: str) -> list[str]:
     return validate(build_parser().parse_args(["--methods", requested])).methods
 
 
-def write_demo_card(trainer, method: str, result: dict, output_dir: Path, teacher: str | None, student: str) -> None:
+def write_demo_card(trainer, method: str, result: dict, output_dir: Path, teacher: str | None, world: str) -> None:
     """Save the distilled student with a complete model card (its eval table: the held-out arithmetic accuracy)."""
     from ..launch.model_card import render_model_card, training_card_info, write_model_card
 
@@ -55,15 +55,15 @@ def write_demo_card(trainer, method: str, result: dict, output_dir: Path, teache
         "sampling": {"temperature": 0.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": 48},
         "num_samples": 1,
         "backend": "transformers (greedy, trl-opd demo)",
-        "data": "the lab's arith world",
+        "data": f"the lab's {world} world",
         "step": trainer.state.global_step,
     }
     info = training_card_info(
         method,
         trainer.args,
-        student,
+        f"the lab's {world} student",
         teacher=teacher,
-        training_data="synthetic multi-step arithmetic (trl_opd.lab.tasks)",
+        training_data=f"synthetic multi-step arithmetic, the lab's {world} world (trl_opd.lab.tasks)",
         evaluation=evaluation,
     )
     write_model_card(str(output_dir), render_model_card(info))
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     def on_trained(trainer, method, result):
         name = parse_variant(method)[0]
         teacher = getattr(trainer.args, "teacher_model_name_or_path", None) if METHODS[name].needs_teacher else None
-        write_demo_card(trainer, name, result, out / "runs" / method, teacher, "the lab's arith student")
+        write_demo_card(trainer, name, result, out / "runs" / method, teacher, args.world)
 
     results = run_lab(args, "trl-opd demo " + shlex.join(argv), stem="results", on_trained=on_trained)
     print((out / "results.md").read_text())

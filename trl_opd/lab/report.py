@@ -71,6 +71,14 @@ def render_markdown(results: dict, plot_name: str) -> str:
         f"{results['build']['val_accuracy']:.3f})",
         f"- {results['steps']} steps per run, seeds {', '.join(map(str, seeds))}, {results['n_heldout']} held-out "
         f"problems; mean ± sample std over seeds; average@{k}: temperature-1 samples; length in tokens.",
+    ]
+    machine = results.get("machine")  # absent from results made before it was recorded
+    if machine:
+        lines.append(
+            f"- machine: torch {machine['torch']} on {machine['architecture']} with {machine['cpu_capability']} "
+            f"kernels, {machine['cores']} cores (runs are deterministic on one kind of CPU, not across kinds)"
+        )
+    lines += [
         "",
         f"| method | held-out greedy | average@{k} | mean length | seconds per run |",
         "|---|---|---|---|---|",

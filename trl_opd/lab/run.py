@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import platform
 import random
 import shlex
 import sys
@@ -378,11 +379,23 @@ def run_lab(
         "start": start_scores,
         "build": {**lab.info, "seconds_this_call": build_seconds},
         "diagnostic": diagnostic,
+        "machine": machine_info(),
         "runs": runs,
     }
     paths = write_outputs(Path(args.output_dir), stem or world.name, results)
     print(f"wrote {', '.join(str(p) for p in paths)}", flush=True)
     return results
+
+
+def machine_info() -> dict:
+    """What a result depends on beyond the command: torch picks its CPU float kernels by instruction set, so the same
+    run rounds differently (and its trajectory drifts) on another kind of CPU."""
+    return {
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "architecture": platform.machine(),
+        "cores": os.cpu_count(),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
