@@ -110,7 +110,13 @@ def opsd(tmp_path_factory, tiny_tokenizer, arithmetic_dataset):
     and one generated batch."""
     model = build_tiny_model(tiny_tokenizer, "student", seed=0)
     initial = copy.deepcopy(model)
-    args = _config(tmp_path_factory.mktemp("opsd"), exposure_policy="fixed", alpha=1.0)
+    args = _config(  # the `opsd` preset: fixed full exposure, no guard, no repair
+        tmp_path_factory.mktemp("opsd"),
+        exposure_policy="fixed",
+        alpha=1.0,
+        teacher_collapse_logp=None,
+        collapse_repair=False,
+    )
     trainer = ATESDTrainer(
         model=model,
         args=args,

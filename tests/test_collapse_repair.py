@@ -139,6 +139,7 @@ def test_bad_settings_are_one_clear_error(tmp_path):
     with pytest.raises(ValueError, match="MOTAB"):
         MOTABConfig(**tiny_training_kwargs(tmp_path), collapse_repair=True, teacher_collapse_logp=-5.0)
     assert ATESDConfig(**tiny_training_kwargs(tmp_path), collapse_repair=True).collapse_repair  # guard on by default
+    assert ATESDConfig(**tiny_training_kwargs(tmp_path)).teacher_collapse_logp == -0.69  # p_T < 0.5 (the lab)
 
 
 def test_with_peft_the_adapter_off_student_writes_the_repair(tiny_tokenizer, arithmetic_dataset, tmp_path):

@@ -67,7 +67,8 @@ def _assert_rowwise_equal(got: torch.Tensor, mask: torch.Tensor, want: list[torc
 def test_atesd_and_opsd_teacher_logprobs_equal_a_plain_forward(alpha, tmp_path, tiny_tokenizer, uneven_rows):
     model = build_tiny_model(tiny_tokenizer, "student", seed=0)
     initial = copy.deepcopy(model).eval()
-    args = ATESDConfig(**tiny_training_kwargs(tmp_path), exposure_policy="fixed", alpha=alpha)
+    # the scoring path on the given completions: no repair rewrites them (tests/test_collapse_repair.py checks it)
+    args = ATESDConfig(**tiny_training_kwargs(tmp_path), exposure_policy="fixed", alpha=alpha, collapse_repair=False)
     dataset = make_dataset(8, seed=3)
     trainer = ATESDTrainer(
         model=model, args=args, train_dataset=dataset, processing_class=copy.deepcopy(tiny_tokenizer)
