@@ -1,7 +1,7 @@
 # Copyright 2026 The trl-opd developers. Licensed under the Apache License, Version 2.0.
 """ATESD step time against OPSD (the same trainer, `exposure_policy: fixed`, `alpha: 1.0`) on the same batches.
 
-The OPSD side keeps ATESD's collapse guard and repair (`teacher_collapse_logp: -6.9`, `collapse_repair: true`), so
+The OPSD side keeps ATESD's collapse guard and repair (its default `teacher_collapse_logp`, `collapse_repair: true`), so
 the ratio is the cost of the controller (probe set, teacher grounding, exposure), the issue's target; the repair's own
 cost (its teacher forward and generation) is printed apart, as a share of the OPSD step.
 
