@@ -12,6 +12,7 @@ import torch
 from datasets import Dataset
 
 from trl_opd.data import DatasetValidationError, privileged_prompt, split_reasoning_segments
+from trl_opd.launch.methods import get_spec
 from trl_opd.testing import build_tiny_model, tiny_training_kwargs
 from trl_opd.trainers.atesd_config import ATESDConfig
 from trl_opd.trainers.atesd_trainer import PROBE_PREFIX, ATESDTrainer, exposed_reference, usable_rows
@@ -110,13 +111,9 @@ def opsd(tmp_path_factory, tiny_tokenizer, arithmetic_dataset):
     and one generated batch."""
     model = build_tiny_model(tiny_tokenizer, "student", seed=0)
     initial = copy.deepcopy(model)
-    args = _config(  # the `opsd` preset: fixed full exposure, no guard, no repair
-        tmp_path_factory.mktemp("opsd"),
-        exposure_policy="fixed",
-        alpha=1.0,
-        teacher_collapse_logp=None,
-        collapse_repair=False,
-    )
+    preset = get_spec("opsd").config_overrides  # fixed full exposure, no guard, no repair
+    assert preset["exposure_policy"] == "fixed" and preset["alpha"] == 1.0
+    args = _config(tmp_path_factory.mktemp("opsd"), **preset)
     trainer = ATESDTrainer(
         model=model,
         args=args,
