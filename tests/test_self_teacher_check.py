@@ -91,6 +91,24 @@ def test_full_reference_must_beat_none_by_the_margin(tmp_path, tiny_tokenizer, c
     assert trainer._metrics["train"]["atesd/self_teacher_logp_full"] == [full, full]
 
 
+@pytest.mark.parametrize(
+    ("none", "full", "helps"),
+    [
+        (-3.0, -2.95, False),  # neither 0.1 nats nor half the NLL
+        (-3.0, -2.85, True),  # 0.15 nats
+        (-0.10, -0.027, True),  # the warm `privileged` student: 0.073 nats, but 73 % of its NLL
+        (-0.10, -0.06, False),  # 40 % of the NLL, 0.04 nats
+        (-0.75, -2.28, False),  # `arith`: the reference makes the teacher worse
+        (0.0, 0.0, False),  # nothing left to remove
+    ],
+)
+def test_reference_helps_by_a_margin_or_by_half_the_nll(none, full, helps):
+    from trl_opd.teacher import reference_helps, self_teacher_verdict
+
+    assert reference_helps(none, full) is helps
+    assert (self_teacher_verdict({"none": none, "full": full}, 8) is None) is helps
+
+
 def test_error_mode_stops_in_one_line_before_any_step(tmp_path, tiny_tokenizer):
     trainer = _trainer(tmp_path, tiny_tokenizer, self_teacher_check="error")
     with pytest.raises(SelfTeacherCheckError) as caught:

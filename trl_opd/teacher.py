@@ -27,6 +27,9 @@ TEACHER_PROMPT_CACHE_SIZE = 4096  # prompts whose token ids a trainer keeps ([`t
 #: The self-teacher check passes when the full reference raises the teacher's mean log-prob per reference-solution
 #: token by more than this many nats over no reference (ATESD/OPSD, EGRSD). [design]
 SELF_TEACHER_MARGIN = 0.1
+#: ... or when it removes more than this share of the teacher's negative log-likelihood per token: a student that
+#: already predicts most of the reference cannot gain `SELF_TEACHER_MARGIN` nats per token. [design]
+SELF_TEACHER_NLL_SHARE = 0.5
 
 
 class TeacherMismatchError(UserError):
@@ -38,18 +41,30 @@ class SelfTeacherCheckError(UserError):
     noise."""
 
 
+def reference_helps(logp_none: float, logp_full: float) -> bool:
+    """Whether the full reference helps a self-teacher, from its mean log-prob per reference-solution token with no
+    reference (`logp_none`) and with the full one (`logp_full`), both <= 0:
+
+        logp_full > logp_none + SELF_TEACHER_MARGIN   or   -logp_full < (1 - SELF_TEACHER_NLL_SHARE) * -logp_none
+
+    The first is a margin in nats; the second says the reference removes more than half of the NLL, which is the
+    only way a student already near the reference (e.g. -0.10 nats per token without it) can show that it reads it.
+    """
+    return logp_full > logp_none + SELF_TEACHER_MARGIN or -logp_full < (1 - SELF_TEACHER_NLL_SHARE) * -logp_none
+
+
 def self_teacher_verdict(scores: dict[str, float], rows: int) -> str | None:
-    """`None` when the full reference raises the self-teacher's mean log-prob per reference-solution token
-    (`scores["full"]`) by more than `SELF_TEACHER_MARGIN` over no reference (`scores["none"]`); else the one-line
-    message that says it does not, with every score in `scores` (scored on `rows` training rows)."""
-    if scores["full"] > scores["none"] + SELF_TEACHER_MARGIN:
+    """`None` when the full reference helps the self-teacher ([`reference_helps`] on `scores["none"]` and
+    `scores["full"]`, mean log-probs per reference-solution token); else the one-line message that says it does not,
+    with every score in `scores` (scored on `rows` training rows)."""
+    if reference_helps(scores["none"], scores["full"]):
         return None
     names = {"none": "with no reference", "partial": "with half", "full": "with the full reference"}
     listed = ", ".join(f"{value:.3f} {names.get(name, name)}" for name, value in scores.items())
     return (
         "Self-teacher check: the reference does not help the self-teacher, so self-distillation trains on noise "
         f"(mean log-prob per reference-solution token on {rows} training rows: {listed}; full must exceed none by "
-        f"{SELF_TEACHER_MARGIN})."
+        f"{SELF_TEACHER_MARGIN} or remove {SELF_TEACHER_NLL_SHARE:.0%} of its negative log-likelihood)."
     )
 
 

@@ -319,8 +319,8 @@ class ATESDTrainer(OPDTrainer):
         return min(self.args.self_teacher_check_rows, len(self.train_dataset))
 
     def check_self_teacher(self) -> None:
-        """Log [`ATESDTrainer.self_teacher_scores`] (`atesd/self_teacher_logp_*`); unless the full reference beats no
-        reference by `SELF_TEACHER_MARGIN`, warn in one line (`self_teacher_check: warn`) or raise
+        """Log [`ATESDTrainer.self_teacher_scores`] (`atesd/self_teacher_logp_*`); unless the full reference helps
+        ([`~trl_opd.teacher.reference_helps`]), warn in one line (`self_teacher_check: warn`) or raise
         [`SelfTeacherCheckError`] (`error`)."""
         scores = self.self_teacher_scores()
         for name, value in scores.items():

@@ -291,8 +291,8 @@ class EGRSDTrainer(UnwrapCacheMixin, PromptLimitMixin, GRPOTrainer):
         return min(self.args.self_teacher_check_rows, len(self.train_dataset))
 
     def check_self_teacher(self) -> None:
-        """Log [`EGRSDTrainer.self_teacher_scores`] (`egrsd/self_teacher_logp_*`). Unless the full reference beats
-        none by `SELF_TEACHER_MARGIN` ([`~trl_opd.teacher.self_teacher_verdict`]): `fallback` warns in one line and
+        """Log [`EGRSDTrainer.self_teacher_scores`] (`egrsd/self_teacher_logp_*`). Unless the full reference helps
+        ([`~trl_opd.teacher.reference_helps`]): `fallback` warns in one line and
         switches the teacher's token weights off (plain GRPO from here on), `warn` only warns, `error` raises
         [`~trl_opd.teacher.SelfTeacherCheckError`]."""
         scores = self.self_teacher_scores()
