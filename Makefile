@@ -27,7 +27,7 @@ demo: bootstrap
 	$(VENV)/bin/trl-opd demo --output-dir demo_output
 
 # The sweeps whose results are committed under benchmarks/results (each file is headed by its exact command).
-# About 6 h on 2 CPU cores (AMD EPYC, AVX2) in all (`--jobs 2` runs two (method, seed) pairs at once).
+# About 7 h on 2 CPU cores (AMD EPYC, AVX2) in all (`--jobs 2` runs two (method, seed) pairs at once).
 LAB_SEEDS ?= 0,1,2
 LAB_STEPS ?= 200
 LAB := $(VENV)/bin/trl-opd lab --seeds $(LAB_SEEDS) --steps $(LAB_STEPS) --output-dir benchmarks/results
@@ -38,20 +38,21 @@ lab: bootstrap
 	$(LAB) --world mismatch --methods opd,gkd,sft,tropd,tropd:trust_region_loss=divergence,opd:teacher_collapse_logp=-6.9:collapse_repair=true --jobs 2
 	$(LAB) --world ambiguous --methods grpo,rlsd,egrsd,cl-egrsd,egrsd:gate_tau=mean,egrsd:delta_centering=mean,opsd,sft --jobs 2
 	$(LAB) --world ambiguous-noreader --methods grpo,rlsd,egrsd,cl-egrsd,egrsd:self_teacher_check=warn,opsd,sft --jobs 2
-	$(LAB) --world privileged --methods opsd,atesd,atesd:teacher_collapse_logp=-6.9,atesd:collapse_repair=false:teacher_collapse_logp=-6.9,atesd:alpha_prior_mean=null:teacher_collapse_logp=-6.9,opsd:teacher_collapse_logp=-6.9,opsd:teacher_collapse_logp=-6.9:collapse_repair=true,grpo,rlsd,egrsd,egrsd:weight_normalization=rollout,sft --jobs 2
+	$(LAB) --world privileged --methods opsd,atesd,opsd:teacher_collapse_logp=-0.69:collapse_repair=true,grpo,rlsd,egrsd,cl-egrsd,sft --jobs 2
+	$(LAB) --world privileged-cold --methods opsd,atesd,atesd:teacher_collapse_logp=-6.9,atesd:collapse_repair=false:teacher_collapse_logp=-6.9,atesd:alpha_prior_mean=null:teacher_collapse_logp=-6.9,opsd:teacher_collapse_logp=-6.9,opsd:teacher_collapse_logp=-6.9:collapse_repair=true,opsd:teacher_collapse_logp=-0.69:collapse_repair=true,grpo,rlsd,egrsd,egrsd:weight_normalization=rollout,sft --jobs 2
 	$(LAB) --world ambiguous-reader --methods grpo,rlsd,egrsd,sft --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations --world ambiguous-noreader --methods grpo,rlsd:delta_centering=mean,egrsd:delta_centering=mean:self_teacher_check=warn --jobs 2
-	$(LAB) --output-dir benchmarks/results/ablations --world privileged --methods opsd:learning_rate=3e-4,opsd:teacher_collapse_logp=-6.9:learning_rate=3e-4,atesd:learning_rate=3e-4:collapse_repair=false:alpha_prior_mean=null:teacher_collapse_logp=-6.9 --jobs 2
-	$(LAB) --output-dir benchmarks/results/ablations/exposure-prior --world privileged --methods opsd,opsd:teacher_collapse_logp=-6.9,atesd:collapse_repair=false:alpha_prior_mean=null:teacher_collapse_logp=-6.9,atesd:collapse_repair=false:teacher_collapse_logp=-6.9 --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations --world privileged-cold --methods opsd:learning_rate=3e-4,opsd:teacher_collapse_logp=-6.9:learning_rate=3e-4,atesd:learning_rate=3e-4:collapse_repair=false:alpha_prior_mean=null:teacher_collapse_logp=-6.9 --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations/exposure-prior --world privileged-cold --methods opsd,opsd:teacher_collapse_logp=-6.9,atesd:collapse_repair=false:alpha_prior_mean=null:teacher_collapse_logp=-6.9,atesd:collapse_repair=false:teacher_collapse_logp=-6.9 --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/exposure-prior --world arith --methods opsd,atesd:collapse_repair=false:alpha_prior_mean=null:teacher_collapse_logp=-6.9,atesd:collapse_repair=false:teacher_collapse_logp=-6.9 --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/boundary-floor --world long-chains --methods motab:boundary_floor=0.5 --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/lr-schedule --world long-chains --methods opd:lr_scheduler_type=linear,motab:lr_scheduler_type=linear --jobs 2
-	$(LAB) --output-dir benchmarks/results/ablations/egrsd-guard --world privileged --methods egrsd:teacher_collapse_logp=-6.9 --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations/egrsd-guard --world privileged-cold --methods egrsd:teacher_collapse_logp=-6.9 --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/egrsd-guard --world ambiguous-noreader --methods egrsd:teacher_collapse_logp=-6.9:self_teacher_check=warn --jobs 2
-	$(LAB) --output-dir benchmarks/results/ablations/egrsd-epsilon --world privileged --methods egrsd:epsilon_w=1.0,egrsd:epsilon_w=1.0:teacher_collapse_logp=-6.9 --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations/egrsd-epsilon --world privileged-cold --methods egrsd:epsilon_w=1.0,egrsd:epsilon_w=1.0:teacher_collapse_logp=-6.9 --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/egrsd-epsilon --world ambiguous-reader --methods egrsd:epsilon_w=1.0,egrsd:epsilon_w=1.0:teacher_collapse_logp=-6.9 --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/egrsd-weights --world ambiguous --methods grpo,rlsd:weight_normalization=rollout,egrsd:weight_normalization=rollout --jobs 2
-	$(LAB) --output-dir benchmarks/results/ablations/self-distillation --world ambiguous --methods opsd,atesd,atesd:teacher_collapse_logp=-6.9,opsd:teacher_collapse_logp=-6.9:collapse_repair=true --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations/self-distillation --world ambiguous --methods opsd,atesd,atesd:teacher_collapse_logp=-6.9,opsd:teacher_collapse_logp=-6.9:collapse_repair=true,opsd:teacher_collapse_logp=-0.69:collapse_repair=true --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/tropd-parts --world mismatch --methods opd,tropd,tropd:collapse_repair=false:teacher_collapse_logp=null,tropd:guidance_prob_start=0,tropd:trust_threshold=0 --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/collapse-repair --world long-chains --methods opd,opd:teacher_collapse_logp=-6.9:collapse_repair=true --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/trust-threshold --world mismatch --methods tropd:trust_threshold=0.1:trust_region_loss=k1 --jobs 2

@@ -26,6 +26,7 @@ DIAGNOSTIC_KEYS = {
     "ambiguous-noreader": "teacher_entropy_ambiguous",
     "ambiguous-reader": "self_teacher_acc_full",
     "privileged": "self_teacher_acc_full",
+    "privileged-cold": "self_teacher_acc_full",
 }
 
 

@@ -337,12 +337,26 @@ WORLDS: dict[str, World] = {
         ),
         World(
             "privileged",
-            "three-step arithmetic (numbers up to 9); the student first learned to read a reference in its prompt, then warmed up on rows with and without one (self-distillation)",
+            "three-step arithmetic (numbers up to 9); the student first learned to read a reference in its prompt, "
+            "then warmed up on rows with and without one (self-distillation), until a quarter of its samples are "
+            "right, so GRPO's groups carry a reward signal",
+            partial(chain_problem, n_ops=3, max_value=9),
+            diagnose_privileged,
+            privileged_warmup=True,
+            band=(0.40, 0.60),
+            max_new_tokens=48,
+            version="3",  # 2: a reading student (build.py `teach_reading`); 3: a warm start (2 is `privileged-cold`)
+        ),
+        World(
+            "privileged-cold",
+            "three-step arithmetic (numbers up to 9); the student first learned to read a reference in its prompt, "
+            "then warmed up on rows with and without one (self-distillation), only into the band 0.10-0.25, so "
+            "few of its samples are right (`privileged` up to version 2)",
             partial(chain_problem, n_ops=3, max_value=9),
             diagnose_privileged,
             privileged_warmup=True,
             max_new_tokens=48,
-            version="2",  # 2: the student first learns to read a reference (build.py `teach_reading`)
+            version="2",
         ),
     ]
 }
