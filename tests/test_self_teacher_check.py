@@ -18,6 +18,7 @@ from trl_opd.data import privileged_prompt
 from trl_opd.demo.task import make_dataset
 from trl_opd.errors import UserError
 from trl_opd.launch.methods import METHODS
+from trl_opd.teacher import reference_helps, self_teacher_verdict
 from trl_opd.testing import build_tiny_model, tiny_training_kwargs
 from trl_opd.trainers.atesd_config import SELF_TEACHER_MARGIN, ATESDConfig
 from trl_opd.trainers.atesd_trainer import ATESDTrainer, SelfTeacherCheckError, exposed_reference
@@ -103,8 +104,6 @@ def test_full_reference_must_beat_none_by_the_margin(tmp_path, tiny_tokenizer, c
     ],
 )
 def test_reference_helps_by_a_margin_or_by_half_the_nll(none, full, helps):
-    from trl_opd.teacher import reference_helps, self_teacher_verdict
-
     assert reference_helps(none, full) is helps
     assert (self_teacher_verdict({"none": none, "full": full}, 8) is None) is helps
 

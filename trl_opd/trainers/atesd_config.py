@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from ..controllers.exposure import EXPOSURE_POLICIES
 from ..ops.atesd import beta_raw_for
-from ..teacher import SELF_TEACHER_MARGIN
+from ..teacher import SELF_TEACHER_MARGIN, SELF_TEACHER_NLL_SHARE
 from .opd_config import OPDConfig
 
 
@@ -165,8 +165,8 @@ class ATESDConfig(OPDConfig):
             "help": "At the start of training, score the reference answers of the first `self_teacher_check_rows` "
             "training rows under the teacher with no, half (α=0.5) and the full reference in its prompt (logged as "
             "`atesd/self_teacher_logp_none|partial|full`). If the full reference does not raise the mean log-prob "
-            f"per answer token by more than {SELF_TEACHER_MARGIN} nats, nor halve its negative log-likelihood, the "
-            "reference does not help the teacher "
+            f"per answer token by more than {SELF_TEACHER_MARGIN} nats, nor remove {SELF_TEACHER_NLL_SHARE:.0%} of "
+            "its negative log-likelihood, the reference does not help the teacher "
             "and self-distillation trains on noise: `warn` (default) logs one warning line, `error` stops before "
             "any optimizer step, `off` skips the check (no extra forward pass).",
             "choices": list(SELF_TEACHER_CHECKS),

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from trl import GRPOConfig
 
 from ..runtime import CPUSafeConfigMixin
-from ..teacher import SELF_TEACHER_MARGIN
+from ..teacher import SELF_TEACHER_MARGIN, SELF_TEACHER_NLL_SHARE
 from .prompts import PromptLimitConfigMixin
 
 
@@ -120,8 +120,8 @@ class EGRSDConfig(CPUSafeConfigMixin, PromptLimitConfigMixin, GRPOConfig):
             "help": "At the start of training, score the reference solutions of the first `self_teacher_check_rows` "
             "training rows under the self-teacher with no and with the full reference in its prompt (logged as "
             "`egrsd/self_teacher_logp_none|full`). If the reference does not raise the mean log-prob per solution "
-            f"token by more than {SELF_TEACHER_MARGIN} nats, nor halve its negative log-likelihood, the teacher "
-            "cannot use it and its token weights are "
+            f"token by more than {SELF_TEACHER_MARGIN} nats, nor remove {SELF_TEACHER_NLL_SHARE:.0%} of its "
+            "negative log-likelihood, the teacher cannot use it and its token weights are "
             "noise: `fallback` (default) warns in one line and trains as plain GRPO (every weight 1, the teacher no "
             "longer runs); `warn` warns and keeps the teacher's weights (the paper's behaviour); `error` stops "
             "before any optimizer step; `off` skips the check. Run only when the teacher runs.",
