@@ -231,6 +231,43 @@ def test_parallel_build_trains_the_same_teacher_and_student_as_a_serial_one(tmp_
     assert digest(serial.student_path) == digest(parallel.student_path)
 
 
+@pytest.mark.parametrize("n_confirm", [0, 40])
+def test_a_band_entry_must_hold_on_fresh_problems_where_the_world_asks(n_confirm, monkeypatch):
+    """Validation (12 problems) enters the band by luck at steps 20 and 24; the fresh problems (40) only agree at 28.
+    Without `n_confirm` the first lucky entry stops the warm-up (what `long-chains` version 1 did at chance)."""
+    import dataclasses
+
+    from trl_opd.lab import build
+    from trl_opd.lab.report import confirmation_note
+
+    world = dataclasses.replace(WORLDS["long-chains"], n_val=12, n_confirm=n_confirm)
+    size = {"n_val": 12, "student_steps": 100, **({"n_confirm": 40} if n_confirm else {})}
+    assert ("n_confirm" in build.sizes(world)) == bool(n_confirm) and "n_confirm" not in build.sizes(WORLDS["arith"])
+    script = {12: {20: 0.125, 24: 0.125, 28: 0.125}, 40: {28: 0.1}}  # by dataset size, then step; else 0.05
+    calls, step_now = [], [0]
+
+    def accuracy(model, tokenizer, dataset, max_new_tokens=48, prompts=None):
+        calls.append((step_now[0], len(dataset)))
+        return script[len(dataset)].get(step_now[0], 0.05)
+
+    def warmup(model, tokenizer, dataset, steps, on_step, **kwargs):
+        for step in range(1, steps + 1):
+            step_now[0] = step
+            if on_step(step, model):
+                return
+
+    monkeypatch.setattr(build, "heldout_accuracy", accuracy)
+    monkeypatch.setattr(build, "supervised_warmup", warmup)
+    _, info = build.warm_up_student(world, build.build_tiny_tokenizer(), None, world.rows(12, 1)[0], size)
+    if not n_confirm:
+        assert info["warmup_steps"] == 20 and "confirm_accuracy" not in info and confirmation_note(info) == ""
+        assert all(n == 12 for _, n in calls)
+        return
+    assert info["warmup_steps"] == 28 and info["confirm_accuracy"] == 0.1 and info["entries_rejected"] == 2
+    assert [c for c in calls if c[1] == 40] == [(20, 40), (24, 40), (28, 40)]  # only at entries
+    assert confirmation_note(info) == "; confirmed at 0.100 on fresh problems, after 2 entries that did not hold there"
+
+
 def _lab_run_key(command: str) -> tuple:
     """What decides a lab result's numbers (not `--jobs`: a parallel run gives the same ones)."""
     import shlex

@@ -4,7 +4,8 @@
 The teacher is trained by supervised learning on the reference solutions until its validation accuracy reaches the
 world's target. The student is warmed up at a constant learning rate and stops when its validation accuracy first
 enters the world's band (checked every few steps): tiny models learn these tasks in a sharp phase transition whose
-timing moves by hundreds of steps, so a fixed step count would give starts anywhere from 0 % to 90 %.
+timing moves by hundreds of steps, so a fixed step count would give starts anywhere from 0 % to 90 %. Where chance
+accuracy sits near the band's low end (`World.n_confirm`), an entry must also hold on fresh problems.
 
 In a world with a privileged warm-up, the student first learns to read a reference in its prompt (privileged rows
 only, until it answers `READER_TARGET` of the validation problems given the full reference), as an LLM does
@@ -74,6 +75,8 @@ def sizes(world: World, scale: float = 1.0) -> dict:
     }
     if world.privileged_warmup:  # only there, so that the other worlds' cache keys stay as they were
         out["reader_steps"] = max(4, int(MAX_READER_STEPS * scale))
+    if world.n_confirm:  # likewise
+        out["n_confirm"] = max(8, int(world.n_confirm * scale))
     return out
 
 
@@ -195,13 +198,19 @@ def warm_up_student(world: World, tokenizer, train: Dataset, val: Dataset, size:
         train = concatenate_datasets([train, with_privileged_context(train, BUILD_SEED)]).shuffle(seed=BUILD_SEED)
     low, high = world.band
     state = {"acc": 0.0, "step": 0}
+    confirm = world.rows(size["n_confirm"], seed=BUILD_SEED + 7_500)[0] if "n_confirm" in size else None
 
     def on_step(step, model):
         every = 20 if state["acc"] < low / 2 else 4  # check often near the transition
         if step % every:
             return False
         state["acc"], state["step"] = heldout_accuracy(model, tokenizer, val, world.max_new_tokens), step
-        return state["acc"] >= low
+        if state["acc"] < low or confirm is None:
+            return state["acc"] >= low
+        state["confirm_acc"] = heldout_accuracy(model, tokenizer, confirm, world.max_new_tokens)
+        confirmed = state["confirm_acc"] >= low
+        state["rejected"] = state.get("rejected", 0) + (not confirmed)
+        return confirmed
 
     supervised_warmup(
         model,
@@ -215,6 +224,8 @@ def warm_up_student(world: World, tokenizer, train: Dataset, val: Dataset, size:
         on_step=on_step,
     )
     info.update(warmup_steps=state["step"], val_accuracy=state["acc"], in_band=low <= state["acc"] <= high)
+    if confirm is not None:
+        info.update(confirm_accuracy=state.get("confirm_acc"), entries_rejected=state.get("rejected", 0))
     if world.privileged_warmup:  # the skill must survive the warm-up
         full = reference_prompts(val, 1.0)
         info["val_accuracy_full_reference"] = heldout_accuracy(

@@ -68,7 +68,7 @@ def render_markdown(results: dict, plot_name: str) -> str:
         f"- teacher held-out greedy accuracy {results['teacher_accuracy']:.3f}; student start greedy "
         f"{start['greedy']:.3f}, average@{k} {start['average_at_k']:.3f}, mean length {start['mean_length']:.1f} "
         f"(warm-up stopped after {results['build']['warmup_steps']} steps at validation accuracy "
-        f"{results['build']['val_accuracy']:.3f})",
+        f"{results['build']['val_accuracy']:.3f}{confirmation_note(results['build'])})",
         f"- {results['steps']} steps per run, seeds {', '.join(map(str, seeds))}, {results['n_heldout']} held-out "
         f"problems; mean ± sample std over seeds; average@{k}: temperature-1 samples; length in tokens.",
     ]
@@ -96,6 +96,17 @@ def render_markdown(results: dict, plot_name: str) -> str:
             lines += ["", f"{title}, held-out greedy / average@{k}:", ""] + _paired_table(paired, seeds)
     lines += ["", f"![held-out accuracy and mechanism metrics]({plot_name})", ""]
     return "\n".join(lines)
+
+
+def confirmation_note(build: dict) -> str:
+    """`"; confirmed at X on fresh problems, after N entries that did not hold there"` for a world whose band entry
+    is confirmed (`World.n_confirm`); `""` otherwise."""
+    if build.get("confirm_accuracy") is None:
+        return ""
+    return (
+        f"; confirmed at {build['confirm_accuracy']:.3f} on fresh problems, after {build['entries_rejected']} "
+        "entries that did not hold there"
+    )
 
 
 def _paired_table(paired: dict, seeds: list) -> list[str]:

@@ -33,7 +33,7 @@ from ..launch.methods import get_spec, load_method
 from ..launch.recipe import ScriptArguments
 from ..testing import build_tiny_tokenizer
 from .build import Lab, LabError, build_lab
-from .report import write_outputs
+from .report import confirmation_note, write_outputs
 from .training import heldout_accuracy, score_model, supervised_warmup
 from .worlds import WORLDS
 
@@ -351,7 +351,8 @@ def run_lab(
     print(
         f"[{world.name}] {world.description}\n[{world.name}] teacher held-out greedy {teacher_acc:.3f}; student start "
         f"greedy {start_scores['greedy']:.3f}, average@{K_SAMPLES} {start_scores['average_at_k']:.3f} "
-        f"(warm-up {lab.info['warmup_steps']} steps, validation {lab.info['val_accuracy']:.3f})",
+        f"(warm-up {lab.info['warmup_steps']} steps, validation {lab.info['val_accuracy']:.3f}"
+        f"{confirmation_note(lab.info)})",
         flush=True,
     )
     diagnostic = world.diagnostic(world, lab)
