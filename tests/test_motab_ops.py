@@ -63,6 +63,27 @@ def test_monitor_signals_and_segment_scores():
     assert segment_stray_scores(monitor_signal(s, t, best, "teacher_margin"), mask).item() == pytest.approx(2.0)
 
 
+def test_max_stray_score_is_the_worst_unmasked_token():
+    """`max` against a dense per-row reference: masked tokens never count, an empty segment scores NaN."""
+    torch.manual_seed(0)
+    signal = torch.randn(5, 7, dtype=torch.float64)
+    mask = (torch.rand(5, 7) < 0.6).long()
+    mask[0] = 0  # empty segment
+    mask[1, 3] = 1
+    got = segment_stray_scores(signal, mask, "max")
+    assert got[0].isnan()
+    for row in range(1, 5):
+        assert got[row].item() == max(v for v, m in zip(signal[row].tolist(), mask[row].tolist()) if m)
+    # one bad token: `mean` dilutes it with the segment's length, `max` does not
+    short, long = torch.tensor([[0.0, 9.0]]), torch.tensor([[0.0] * 9 + [9.0]])
+    assert segment_stray_scores(short, torch.ones_like(short), "max") == segment_stray_scores(
+        long, torch.ones_like(long), "max"
+    )
+    assert segment_stray_scores(long, torch.ones_like(long)) < segment_stray_scores(short, torch.ones_like(short))
+    with pytest.raises(ValueError, match="reduction"):
+        segment_stray_scores(short, torch.ones_like(short), "median")
+
+
 def test_logprob_and_best_match_dense():
     torch.manual_seed(0)
     hidden, weight, targets = torch.randn(7, 8), torch.randn(50, 8), torch.randint(0, 50, (7,))

@@ -58,10 +58,13 @@ class Scripted:
         self.calls.append(("drop", list(rows)))
 
 
-def _run(student_script, teacher_script, boundary=0.5, max_backtracks=4, max_new_tokens=50, prompts=None):
+def _run(
+    student_script, teacher_script, boundary=0.5, max_backtracks=4, max_new_tokens=50, prompts=None, reduction="mean"
+):
     student, teacher = Scripted(student_script), Scripted(teacher_script)
     prompts = prompts or [[90 + r] for r in student_script]
-    engine = SegmentRollout(student, teacher, SegmentStopper(None, "\n\n", [EOS]), max_new_tokens, 8, max_backtracks)
+    stopper = SegmentStopper(None, "\n\n", [EOS])
+    engine = SegmentRollout(student, teacher, stopper, max_new_tokens, 8, max_backtracks, reduction=reduction)
     return engine.run(prompts, prompts, boundary), student, teacher
 
 
@@ -117,6 +120,16 @@ def test_batch_rows_finish_independently_and_budget_is_respected():
 def test_boundary_at_inf_never_backtracks():
     (trace,), _, teacher = _run({0: [[150, 151], [160, EOS]]}, {0: []}, boundary=math.inf)
     assert trace.backtracks == 0 and trace.teacher_mask == [0, 0, 0, 0] and trace.scores == [1.0, 0.5]
+
+
+def test_max_reduction_catches_one_bad_token_that_the_mean_dilutes():
+    """One bad token (log ratio 1) in a four-token segment: mean 0.25 stays under τ = 0.5, max 1.0 strays."""
+    script = {0: [[1, 2, 150, 3], [4, EOS]]}
+    (mean_trace,), _, _ = _run(script, {0: [[7, 8]]})
+    (max_trace,), _, _ = _run(script, {0: [[7, 8]]}, reduction="max")
+    assert mean_trace.backtracks == 0 and mean_trace.scores == [0.25, 0.0]
+    assert max_trace.backtracks == 1 and max_trace.scores == [1.0, 0.0]
+    assert max_trace.discarded == [(0, [1, 2, 150, 3])] and max_trace.segments[0] == ("teacher", [7, 8])
 
 
 def test_stopper_ends_at_delimiter_across_tokens_and_at_eos(tiny_tokenizer):

@@ -38,6 +38,7 @@ def _rollout(trainer, dataset, n=4):
         ({"boundary_quantile": 0.0}, "boundary_quantile"),
         ({"boundary_quantile": 1.0}, "boundary_quantile"),
         ({"monitor_signal": "x"}, "monitor_signal"),
+        ({"stray_reduction": "median"}, "stray_reduction"),
     ],
 )
 def test_bad_config_is_one_clear_error(tmp_path, bad, match):
@@ -184,6 +185,26 @@ def test_provenance_mask_and_strayed_rows(tmp_path, tiny_pair_dir, arithmetic_da
         assert torch.equal(inputs["prompt_ids"][row], inputs["prompt_ids"][i])
     assert inputs["num_items_in_batch"] == inputs["loss_token_mask"].sum()
     assert torch.isfinite(motab.compute_loss(motab.model, inputs))
+
+
+def test_stray_reduction_reaches_the_rollout(tmp_path, tiny_pair_dir, arithmetic_dataset):
+    """Same seed, no backtracks: the same segments, scored by their mean and by their worst token (`max >= mean`)."""
+    scores = {}
+    for reduction in ("mean", "max"):
+        motab = _trainer(
+            tiny_pair_dir,
+            arithmetic_dataset,
+            tmp_path / reduction,
+            fixed_boundary=math.inf,
+            max_segment_tokens=4,
+            monitor_signal="teacher_nll",
+            stray_reduction=reduction,
+        )
+        _rollout(motab, arithmetic_dataset)
+        scores[reduction] = list(motab.boundary.scores)
+    mean, worst = torch.tensor(scores["mean"]), torch.tensor(scores["max"])
+    assert mean.shape == worst.shape and len(mean) > 4
+    assert (worst >= mean - 1e-6).all() and (worst > mean + 1e-3).any()
 
 
 class RecordingVLLM:

@@ -13,6 +13,7 @@ from .chunked import PLAIN_HEAD, LogitHead, apply_logit_head, fused_distillation
 
 
 MONITOR_SIGNALS = ("log_ratio", "teacher_nll", "teacher_margin")
+STRAY_REDUCTIONS = ("mean", "max")
 
 
 def monitor_signal(
@@ -34,14 +35,21 @@ def monitor_signal(
     raise ValueError(f"signal must be one of {MONITOR_SIGNALS}, got {signal!r}")
 
 
-def segment_stray_scores(token_signal: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    r"""Stray score of each segment, `S_k = mean_{t∈k} m_t` over its unmasked tokens (NaN for an empty segment).
+def segment_stray_scores(token_signal: torch.Tensor, mask: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    r"""Stray score of each segment over its unmasked tokens (NaN for an empty segment). `(B, n), (B, n) -> (B,)`.
 
-    `(B, n), (B, n) -> (B,)`.
+    - `mean`: `S_k = mean_{t∈k} m_t` (a per-token average: one bad token weighs less in a longer segment),
+    - `max`: `S_k = max_{t∈k} m_t` (the segment's worst token; with `teacher_nll`, `S_k > τ` reads "the teacher gives
+      some token of the segment `p_T < e^{−τ}`", whatever the segment's length).
     """
-    mask = mask.to(token_signal.dtype)
-    total = torch.where(mask.bool(), token_signal, torch.zeros_like(token_signal)).sum(-1)
-    return total / mask.sum(-1)
+    keep = mask.bool()
+    if reduction == "mean":
+        total = torch.where(keep, token_signal, torch.zeros_like(token_signal)).sum(-1)
+        return total / keep.to(token_signal.dtype).sum(-1)
+    if reduction == "max":
+        worst = torch.where(keep, token_signal, torch.full_like(token_signal, -torch.inf)).amax(-1)
+        return torch.where(keep.any(-1), worst, torch.full_like(worst, torch.nan))
+    raise ValueError(f"reduction must be one of {STRAY_REDUCTIONS}, got {reduction!r}")
 
 
 @torch.no_grad()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ..ops.motab import MONITOR_SIGNALS
+from ..ops.motab import MONITOR_SIGNALS, STRAY_REDUCTIONS
 from .opd_config import OPDConfig
 
 
@@ -44,6 +44,17 @@ class MOTABConfig(OPDConfig):
             "help": "Per-token stray signal averaged over a segment: `log_ratio` (log p_S(y) - log p_T(y)), "
             "`teacher_nll` (-log p_T(y)) or `teacher_margin` (max_v log p_T(v) - log p_T(y)).",
             "choices": list(MONITOR_SIGNALS),
+        },
+    )
+    stray_reduction: str = field(
+        default="mean",
+        metadata={
+            "help": "How a segment's per-token signals make its stray score: `mean` (per-token average) or `max` (its "
+            "worst token, independent of the segment's length; with `teacher_nll` and `fixed_boundary: 6.9`, a "
+            "segment strays when the teacher gives one of its tokens p < 1e-3). Default `mean`: in the lab, `max` "
+            "at that threshold lost to it on `arith`, where most segments hold such a token; see docs/methods.md. "
+            "[design]",
+            "choices": list(STRAY_REDUCTIONS),
         },
     )
     boundary_quantile: float = field(
@@ -100,6 +111,8 @@ class MOTABConfig(OPDConfig):
             raise ValueError("step_delimiter must be a non-empty string")
         if self.monitor_signal not in MONITOR_SIGNALS:
             raise ValueError(f"monitor_signal must be one of {MONITOR_SIGNALS}, got {self.monitor_signal!r}")
+        if self.stray_reduction not in STRAY_REDUCTIONS:
+            raise ValueError(f"stray_reduction must be one of {STRAY_REDUCTIONS}, got {self.stray_reduction!r}")
         if self.boundary_window < 1:
             raise ValueError(f"boundary_window must be >= 1, got {self.boundary_window}")
         if self.boundary_warmup_steps < 0:

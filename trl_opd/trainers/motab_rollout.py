@@ -113,7 +113,8 @@ class SegmentRollout:
     Monitored segment-wise rollout of a batch (MOTAB).
 
     Round: every unfinished row's student writes one segment (stop at the delimiter, EOS, `max_segment_tokens` or
-    the completion budget); the teacher scores it; `S_k = mean m_t` ([`~trl_opd.ops.motab.monitor_signal`]). If
+    the completion budget); the teacher scores it; `S_k = mean m_t` or `max m_t` ([`~trl_opd.ops.motab.monitor_signal`],
+    [`~trl_opd.ops.motab.segment_stray_scores`]). If
     `S_k > τ` and the row has backtracks left, the segment is discarded, both models go back to the last safe state
     and the teacher writes one segment (accepted, teacher-written); else the segment is accepted. After
     `max_backtracks` the student runs on unmonitored. A row finishes at EOS or at `max_new_tokens`.
@@ -123,6 +124,7 @@ class SegmentRollout:
         stopper: a [`SegmentStopper`].
         max_new_tokens, max_segment_tokens, max_backtracks: budgets.
         signal: `log_ratio`, `teacher_nll` or `teacher_margin`.
+        reduction: `mean` or `max` of the signal over a segment.
         any_active: called with a local flag ("unfinished rows left", "a row strayed"), returns whether it holds on
             any process (an all-reduce). Rounds and teacher rounds then run on every process together, as backends
             whose calls are collective need (sharded forwards, vLLM); a process without rows calls them with none.
@@ -138,10 +140,11 @@ class SegmentRollout:
         max_backtracks: int = 4,
         signal: str = "log_ratio",
         any_active: Callable[[bool], bool] | None = None,
+        reduction: str = "mean",
     ):
         self.student, self.teacher, self.stopper = student, teacher, stopper
         self.max_new_tokens, self.max_segment_tokens = max_new_tokens, max_segment_tokens
-        self.max_backtracks, self.signal = max_backtracks, signal
+        self.max_backtracks, self.signal, self.reduction = max_backtracks, signal, reduction
         self.any_active = any_active or bool
 
     def run(self, prompts: Sequence[Sequence[int]], teacher_prompts: Sequence[Sequence[int]], boundary: float):
@@ -218,4 +221,4 @@ class SegmentRollout:
         mask = padded([[1.0] * len(s.tokens) for s in segments])
         s_logp = padded([s.logps if s.logps else [math.nan] * len(s.tokens) for s in segments])
         signal = monitor_signal(s_logp, padded(t_logps), padded(t_best), self.signal)
-        return segment_stray_scores(signal, mask).tolist()
+        return segment_stray_scores(signal, mask, self.reduction).tolist()

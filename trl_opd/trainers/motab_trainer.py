@@ -127,6 +127,7 @@ class MOTABTrainer(OPDTrainer):
                 self.args.max_backtracks,
                 self.args.monitor_signal,
                 any_active=self._any_process_active,
+                reduction=self.args.stray_reduction,
             )
             traces = engine.run(prompt_ids, self._teacher_prompt_ids(prompt_ids), tau)
         self._traces = traces
