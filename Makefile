@@ -46,7 +46,10 @@ lab: bootstrap
 	$(LAB) --output-dir benchmarks/results/ablations/exposure-prior --world privileged-cold --methods opsd,opsd:teacher_collapse_logp=-6.9,atesd:collapse_repair=false:alpha_prior_mean=null:teacher_collapse_logp=-6.9,atesd:collapse_repair=false:teacher_collapse_logp=-6.9 --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/exposure-prior --world arith --methods opsd,atesd:collapse_repair=false:alpha_prior_mean=null:teacher_collapse_logp=-6.9,atesd:collapse_repair=false:teacher_collapse_logp=-6.9 --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/boundary-floor --world long-chains --methods motab:boundary_floor=0.5 --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations/stray-reduction --world long-chains --methods motab:stray_reduction=max:monitor_signal=teacher_nll:fixed_boundary=6.9 --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations/stray-reduction --world arith --methods motab:stray_reduction=max:monitor_signal=teacher_nll:fixed_boundary=6.9 --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/lr-schedule --world long-chains --methods opd:lr_scheduler_type=linear,motab:lr_scheduler_type=linear --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations/lr-schedule --world arith --methods opd:lr_scheduler_type=linear,motab:lr_scheduler_type=linear --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/egrsd-guard --world privileged-cold --methods egrsd:teacher_collapse_logp=-6.9 --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/egrsd-guard --world ambiguous-noreader --methods egrsd:teacher_collapse_logp=-6.9:self_teacher_check=warn --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/egrsd-epsilon --world privileged-cold --methods egrsd:epsilon_w=1.0,egrsd:epsilon_w=1.0:teacher_collapse_logp=-6.9 --jobs 2
