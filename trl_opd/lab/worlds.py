@@ -292,6 +292,8 @@ WORLDS: dict[str, World] = {
             partial(chain_problem, n_ops=2, max_value=9),
             diagnose_arith,
             max_new_tokens=40,
+            n_confirm=512,
+            version="2",  # 2: a band entry is confirmed on 512 fresh problems (v1 stopped on lucky answers: first step right 1/256)
         ),
         World(
             "long-chains",
