@@ -143,6 +143,7 @@ def test_mechanism_plot_statistics_with_absent_and_nan_steps(tmp_path):
         (["--methods", "opd,motab:nope=1"], "is not `field=value` for a field of MOTABConfig"),
         (["--methods", "opd,motab:lambda_int"], "is not `field=value`"),
         (["--jobs", "0"], "--jobs must be >= 1"),
+        (["--lr-schedule", "cosine"], "invalid choice: 'cosine'"),
     ],
 )
 def test_bad_input_is_one_error_line_and_writes_nothing(args, message, tmp_path, capsys):
@@ -176,6 +177,27 @@ def test_two_identical_short_runs_give_identical_metrics_serial_or_in_parallel(c
         first, second = (o["runs"][method]["0"] for o in outputs)
         assert first["final"] == second["final"] and first["curve"] == second["curve"]
         assert first["mechanisms"] == second["mechanisms"]
+
+
+def test_lr_schedule_linear_decays_every_method_and_the_sft_control(cache, tmp_path, monkeypatch):
+    lab = SimpleNamespace(world=WORLDS["arith"], teacher_path=tmp_path)
+    for method in ("opd", "motab", "grpo", "gkd", "opd:lr_scheduler_type=cosine"):
+        constant, linear = (
+            lab_run.method_config(lab, method, str(tmp_path), 3, 0, *schedule).lr_scheduler_type
+            for schedule in ((), ("linear",))
+        )
+        cosine = "cosine" in method  # a variant still has the last word
+        assert linear == ("cosine" if cosine else "linear"), (method, linear)
+        assert constant == ("cosine" if cosine else "constant_with_warmup"), (method, constant)
+    decays = []
+    real = lab_run.supervised_warmup
+    monkeypatch.setattr(lab_run, "supervised_warmup", lambda *a, **kw: decays.append(kw["decay"]) or real(*a, **kw))
+    out = tmp_path / "out"
+    args = ["--world", "arith", "--methods", "opd,sft", "--output-dir", str(out), "--cache-dir", cache, *TINY]
+    assert lab_run.main([*args, "--lr-schedule", "linear"]) == 0
+    assert decays == [True]
+    assert json.loads((out / "arith.json").read_text())["lr_schedule"] == "linear"
+    assert "- learning rate: linear decay to 0 after the warm-up steps" in (out / "arith.md").read_text()
 
 
 def test_a_variant_overrides_config_fields_after_every_other_setting(tmp_path):
@@ -242,7 +264,9 @@ def test_a_band_entry_must_hold_on_fresh_problems_where_the_world_asks(n_confirm
 
     world = dataclasses.replace(WORLDS["long-chains"], n_val=12, n_confirm=n_confirm)
     size = {"n_val": 12, "student_steps": 100, **({"n_confirm": 40} if n_confirm else {})}
-    assert ("n_confirm" in build.sizes(world)) == bool(n_confirm) and "n_confirm" not in build.sizes(WORLDS["arith"])
+    assert ("n_confirm" in build.sizes(world)) == bool(n_confirm) and "n_confirm" not in build.sizes(
+        WORLDS["mismatch"]
+    )
     script = {12: {20: 0.125, 24: 0.125, 28: 0.125}, 40: {28: 0.1}}  # by dataset size, then step; else 0.05
     calls, step_now = [], [0]
 
@@ -273,7 +297,15 @@ def _lab_run_key(command: str) -> tuple:
     import shlex
 
     args = lab_run.build_parser().parse_args(shlex.split(command))
-    return (args.world, args.methods, args.seeds, args.steps, str(Path(args.output_dir)), args.eval_every)
+    return (
+        args.world,
+        args.methods,
+        args.seeds,
+        args.steps,
+        str(Path(args.output_dir)),
+        args.eval_every,
+        args.lr_schedule,
+    )
 
 
 def test_every_committed_lab_result_is_a_make_lab_line_and_each_line_has_its_result():

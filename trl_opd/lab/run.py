@@ -58,6 +58,9 @@ FAMILY_SETTINGS = {
     "grpo": {"per_device_train_batch_size": 32, "num_generations": 4, "learning_rate": LR / 100, "beta": 0.0},
 }
 SFT_SETTINGS = {"batch_size": 32, "learning_rate": LR}
+# `--lr-schedule`: TRL's `lr_scheduler_type` after the warm-up steps (the SFT control follows the same shape).
+LR_SCHEDULES = ("constant", "linear")
+SCHEDULER_TYPES = {"constant": "constant_with_warmup", "linear": "linear"}
 METHOD_SETTINGS: dict[str, dict] = {
     "motab": {"max_segment_tokens": 16, "boundary_warmup_steps": 5},
 }
@@ -81,6 +84,13 @@ def build_parser(prog: str = "trl-opd lab", description: str | None = None) -> a
     )
     parser.add_argument("--seeds", default="0,1,2", help="Comma-separated integer seeds (default: 0,1,2).")
     parser.add_argument("--steps", default="200", help="Optimizer steps per method and seed (default: 200).")
+    parser.add_argument(
+        "--lr-schedule",
+        default="constant",
+        choices=LR_SCHEDULES,
+        help="Learning rate after the warm-up steps, for every method and the SFT control: `constant` (default) or "
+        "`linear` decay to 0 (TRL's default schedule).",
+    )
     parser.add_argument("--eval-every", default=None, help="Held-out scoring interval in steps (default: steps/8).")
     parser.add_argument("--output-dir", default="lab_output", help="Where the results go (default: lab_output).")
     parser.add_argument("--cache-dir", default=None, help="Model cache (default: ~/.cache/trl-opd/lab).")
@@ -179,8 +189,9 @@ class HeldoutCurve(TrainerCallback):
         self.record(state.global_step, model, state.max_steps)
 
 
-def method_config(lab: Lab, method: str, output_dir: str, steps: int, seed: int):
-    """The method's config in the lab: its defaults, the family's fast settings, then the method's and the world's."""
+def method_config(lab: Lab, method: str, output_dir: str, steps: int, seed: int, lr_schedule: str = "constant"):
+    """The method's config in the lab: its defaults, the family's fast settings, then the method's and the world's;
+    `lr_schedule` one of `LR_SCHEDULES`."""
     method, variant = parse_variant(method)
     spec = get_spec(method)
     config_class, _ = load_method(method)
@@ -194,7 +205,7 @@ def method_config(lab: Lab, method: str, output_dir: str, steps: int, seed: int)
         "report_to": "none",
         "seed": seed,
         "disable_tqdm": False,
-        "lr_scheduler_type": "constant_with_warmup",
+        "lr_scheduler_type": SCHEDULER_TYPES[lr_schedule],
         "warmup_steps": min(10, steps // 10),
         "dataloader_num_workers": 0,
         **FAMILY_SETTINGS[spec.family],
@@ -220,13 +231,21 @@ def _mechanisms(log_history: list[dict]) -> dict[str, list[tuple[int, float]]]:
     return series
 
 
-def run_method(lab: Lab, method: str, seed: int, steps: int, every: int, on_trained: Callable | None = None) -> dict:
+def run_method(
+    lab: Lab,
+    method: str,
+    seed: int,
+    steps: int,
+    every: int,
+    on_trained: Callable | None = None,
+    lr_schedule: str = "constant",
+) -> dict:
     """Train `method` from the lab's student for `steps` steps with `seed`; its curve, final scores and mechanisms."""
     if method == SFT:
-        return run_sft(lab, seed, steps, every)
+        return run_sft(lab, seed, steps, every, lr_schedule)
     curve = HeldoutCurve(lab, every)
     with tempfile.TemporaryDirectory(prefix=f"trl-opd-lab-{method}-") as tmp:
-        config = method_config(lab, method, tmp, steps, seed)
+        config = method_config(lab, method, tmp, steps, seed, lr_schedule)
         trainer = build_trainer(
             ScriptArguments(method=parse_variant(method)[0]),
             config,
@@ -250,7 +269,7 @@ def run_method(lab: Lab, method: str, seed: int, steps: int, every: int, on_trai
     return result
 
 
-def run_sft(lab: Lab, seed: int, steps: int, every: int) -> dict:
+def run_sft(lab: Lab, seed: int, steps: int, every: int, lr_schedule: str = "constant") -> dict:
     """The control: supervised training on the reference solutions, same steps and batch size as the methods."""
     torch.manual_seed(seed)
     random.seed(seed)
@@ -265,7 +284,7 @@ def run_sft(lab: Lab, seed: int, steps: int, every: int) -> dict:
         batch_size=SFT_SETTINGS["batch_size"],
         lr=SFT_SETTINGS["learning_rate"],
         seed=seed,
-        decay=False,
+        decay=lr_schedule == "linear",
         warmup_steps=min(10, steps // 10),
         desc="sft",
         on_step=lambda step, m: curve.record(step, m, steps),
@@ -279,7 +298,7 @@ def run_sft(lab: Lab, seed: int, steps: int, every: int) -> dict:
 
 def _run_and_report(lab: Lab, method: str, seed: int, args, on_trained: Callable | None = None) -> dict:
     print(f"== {method}, seed {seed}", flush=True)
-    result = run_method(lab, method, seed, args.steps, args.eval_every, on_trained)
+    result = run_method(lab, method, seed, args.steps, args.eval_every, on_trained, args.lr_schedule)
     final = result["final"]
     print(
         f"   {method} seed {seed}: greedy {final['greedy']:.3f}, average@{K_SAMPLES} {final['average_at_k']:.3f}, "
@@ -374,6 +393,7 @@ def run_lab(
         "methods": args.methods,
         "seeds": args.seeds,
         "steps": args.steps,
+        "lr_schedule": args.lr_schedule,
         "k": K_SAMPLES,
         "n_heldout": len(lab.heldout),
         "teacher_accuracy": teacher_acc,
