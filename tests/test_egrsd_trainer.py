@@ -120,6 +120,7 @@ def _dense_reference(
     collapse_logp=None,
     gate_tau="median",
     weight_norm="none",
+    teacher_rollouts="all",
 ):
     """Token advantages from the full logits of the (initial) model, one unpadded row at a time; with
     `collapse_logp`, the guard, by a scan of each row: the plain advantage after the first collapsed token."""
@@ -156,6 +157,8 @@ def _dense_reference(
             for t in range(int(mask[b].sum())):
                 trusted[b, t] = not collapsed
                 collapsed = collapsed or bool(t_logp[b, t] < collapse_logp)
+    if teacher_rollouts == "penalized":  # rewarded (and zero-advantage) rollouts keep the plain A_i
+        trusted &= (base_advantages < 0)[:, None]
     if normalization == "mean":  # mean 1 over the (trusted) loss tokens
         gate = gate / gate[mask & trusted].mean()
     sign = torch.sign(base_advantages.double())[:, None]
@@ -173,20 +176,33 @@ def _dense_reference(
 
 
 @pytest.mark.parametrize(
-    ("g_min", "epsilon_w", "lookahead", "normalization", "centering", "collapse_logp", "gate_tau", "weight_norm"),
+    (
+        "g_min",
+        "epsilon_w",
+        "lookahead",
+        "normalization",
+        "centering",
+        "collapse_logp",
+        "gate_tau",
+        "weight_norm",
+        "rollouts",
+    ),
     [
-        (0.2, 0.2, 0, "mean", "none", None, "median", "none"),
-        (0.2, 0.2, 3, "mean", "none", None, "median", "none"),
-        (1.0, 0.2, 0, "mean", "none", None, "median", "none"),
-        (0.2, 0.2, 0, "none", "none", None, "median", "none"),
-        (0.2, 0.6, 0, "mean", "mean", None, "median", "none"),
-        (0.2, 0.6, 0, "mean", "none", GUARD_LOGP, "median", "none"),
-        (0.2, 0.6, 0, "mean", "mean", GUARD_LOGP, "median", "none"),
-        (0.2, 0.2, 0, "mean", "none", None, "mean", "none"),
-        (0.2, 0.2, 3, "none", "none", None, "mean", "none"),
-        (0.2, 0.6, 0, "mean", "none", None, "median", "rollout"),
+        (0.2, 0.2, 0, "mean", "none", None, "median", "none", "all"),
+        (0.2, 0.2, 3, "mean", "none", None, "median", "none", "all"),
+        (1.0, 0.2, 0, "mean", "none", None, "median", "none", "all"),
+        (0.2, 0.2, 0, "none", "none", None, "median", "none", "all"),
+        (0.2, 0.6, 0, "mean", "mean", None, "median", "none", "all"),
+        (0.2, 0.6, 0, "mean", "none", GUARD_LOGP, "median", "none", "all"),
+        (0.2, 0.6, 0, "mean", "mean", GUARD_LOGP, "median", "none", "all"),
+        (0.2, 0.2, 0, "mean", "none", None, "mean", "none", "all"),
+        (0.2, 0.2, 3, "none", "none", None, "mean", "none", "all"),
+        (0.2, 0.6, 0, "mean", "none", None, "median", "rollout", "all"),
         # rollout weights with the guard, at a threshold where rows keep several trusted tokens
-        (0.2, 0.6, 0, "mean", "none", GUARD_LOGP - 0.3, "median", "rollout"),
+        (0.2, 0.6, 0, "mean", "none", GUARD_LOGP - 0.3, "median", "rollout", "all"),
+        (0.2, 0.6, 0, "mean", "none", None, "median", "none", "penalized"),
+        (0.2, 0.6, 0, "mean", "none", GUARD_LOGP, "median", "none", "penalized"),
+        (0.2, 0.6, 0, "mean", "none", None, "median", "rollout", "penalized"),
     ],
     ids=[
         "egrsd",
@@ -200,6 +216,9 @@ def _dense_reference(
         "cl-egrsd-mean-tau-raw-gate",
         "egrsd-rollout-weights",
         "egrsd-rollout-weights-guard",
+        "egrsd-penalized-rollouts",
+        "egrsd-penalized-rollouts-guard",
+        "egrsd-penalized-rollouts-rollout-weights",
     ],
 )
 def test_token_advantages_match_dense_reference(
@@ -216,6 +235,7 @@ def test_token_advantages_match_dense_reference(
     collapse_logp,
     gate_tau,
     weight_norm,
+    rollouts,
 ):
     trainer = _egrsd(
         tmp_path,
@@ -230,6 +250,7 @@ def test_token_advantages_match_dense_reference(
         teacher_collapse_logp=collapse_logp,
         gate_tau=gate_tau,
         weight_normalization=weight_norm,
+        teacher_rollouts=rollouts,
     )
     base = {}
     original = GRPOTrainer._generate_and_score_completions
@@ -259,12 +280,21 @@ def test_token_advantages_match_dense_reference(
         collapse_logp,
         gate_tau,
         weight_norm,
+        rollouts,
     )
     advantages = trainer.token_advantages(out)  # the magnitude, when the loss applies it, from a no-grad forward
     torch.testing.assert_close(advantages, expected, rtol=1e-4, atol=1e-5)
     if collapse_logp is not None:  # the guard cut some rows, not all, and left their first tokens trusted
         after = trainer._metrics["train"]["guard/after_collapse"][-1]
         assert 0.0 < after < 0.9, after
+    if rollouts == "penalized":  # rewarded rollouts keep GRPO's A_i on every token; penalised ones do not
+        rewarded = base["advantages"] >= 0
+        plain = base["advantages"][:, None] * out["completion_mask"]
+        assert rewarded.any() and not rewarded.all()
+        torch.testing.assert_close(advantages[rewarded], plain[rewarded].float())
+        assert not torch.allclose(advantages[~rewarded], plain[~rewarded].float())
+        share = trainer._metrics["train"]["egrsd/teacher_weighted"][-1]
+        assert 0.0 < share < 1.0, share
     if weight_norm == "rollout" and collapse_logp is None:  # each rollout's summed advantage is GRPO's
         n = out["completion_mask"].sum(-1).float()
         torch.testing.assert_close(advantages.sum(-1), base["advantages"].float() * n, rtol=1e-4, atol=1e-4)
@@ -378,6 +408,7 @@ def test_peft_teacher_is_the_adapter_off_student(
         ({"weight_normalization": "batch"}, "weight_normalization"),
         ({"self_teacher": "ema"}, "self_teacher"),
         ({"teacher_collapse_logp": 0.5}, "teacher_collapse_logp"),
+        ({"teacher_rollouts": "rewarded"}, "teacher_rollouts"),
         ({"teacher_collapse_logp": float("nan")}, "teacher_collapse_logp"),
     ],
 )

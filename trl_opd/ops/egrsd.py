@@ -158,3 +158,14 @@ def normalize_gate(weights: dict[str, torch.Tensor], gate_mean: torch.Tensor | f
         "gate": weights["gate"] / scale,
         "raw_gate": weights["gate"],
     }
+
+
+def penalized_rollout_mask(advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    r"""1 at the loss tokens of rollouts with a negative advantage, 0 elsewhere: where EGRSD's
+    `teacher_rollouts: penalized` applies the teacher's token weights ($\hat{A}_t = A_i$ on the other rows).
+
+    $$P_{i,t} = \mathbb{1}[A_i < 0]\, M_{i,t}$$
+
+    `(B,), (B, T) -> (B, T)` in `mask`'s dtype.
+    """
+    return (advantages < 0).unsqueeze(-1).to(mask.dtype) * mask

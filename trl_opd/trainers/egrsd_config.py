@@ -16,6 +16,7 @@ EGRSD_SELF_TEACHER_KINDS = ("frozen", "live")
 GATE_NORMALIZATIONS = ("mean", "none")
 GATE_TAUS = ("median", "mean")
 WEIGHT_NORMALIZATIONS = ("none", "rollout")
+TEACHER_ROLLOUTS = ("all", "penalized")
 EGRSD_SELF_TEACHER_CHECKS = ("fallback", "warn", "error", "off")
 
 
@@ -96,6 +97,17 @@ class EGRSDConfig(CPUSafeConfigMixin, PromptLimitConfigMixin, GRPOConfig):
             "choices": list(GATE_TAUS),
         },
     )
+    teacher_rollouts: str = field(
+        default="all",
+        metadata={
+            "help": "Which rollouts take the teacher's token weights `m_t g_t`. `all`: every one (RLSD's and the "
+            "paper's form). `penalized`: only those with `A_i < 0`, where the teacher says which tokens to blame; "
+            "a rewarded rollout keeps GRPO's uniform `A_i` on every token, since each of its tokens led to a right "
+            "answer, including those where the student took a valid path the reference did not (the gate's mean "
+            "is then taken over the penalised rollouts' tokens).",
+            "choices": list(TEACHER_ROLLOUTS),
+        },
+    )
     teacher_collapse_logp: float | None = field(
         default=None,
         metadata={
@@ -156,6 +168,8 @@ class EGRSDConfig(CPUSafeConfigMixin, PromptLimitConfigMixin, GRPOConfig):
             raise ValueError(
                 f"weight_normalization must be one of {WEIGHT_NORMALIZATIONS}, got {self.weight_normalization!r}"
             )
+        if self.teacher_rollouts not in TEACHER_ROLLOUTS:
+            raise ValueError(f"teacher_rollouts must be one of {TEACHER_ROLLOUTS}, got {self.teacher_rollouts!r}")
         if self.gate_tau not in GATE_TAUS:
             raise ValueError(f"gate_tau must be one of {GATE_TAUS}, got {self.gate_tau!r}")
         if self.teacher_collapse_logp is not None and not self.teacher_collapse_logp <= 0.0:

@@ -26,6 +26,7 @@ from ..ops.egrsd import (
     masked_median,
     normalize_gate,
     normalize_per_rollout,
+    penalized_rollout_mask,
 )
 from ..ops.reductions import after_collapse_weights
 from ..runtime import UnwrapCacheMixin
@@ -61,7 +62,8 @@ class EGRSDTrainer(UnwrapCacheMixin, PromptLimitMixin, GRPOTrainer):
     `entropy_lookahead` tokens), `τ_H` its median (or mean, `gate_tau`) over the loss tokens of the global generation
     batch. The parent's clipped surrogate and loss aggregation (`loss_type`) are used unchanged. With
     `teacher_collapse_logp` (the guard), every token after the first one whose teacher log-prob falls below it keeps the
-    plain `A_i` (the gate's mean is then taken over the trusted tokens). `weight_normalization: rollout` rescales the weights `m_t g_t` to mean 1 over each
+    plain `A_i` (the gate's mean is then taken over the trusted tokens); `teacher_rollouts: penalized` does the same
+    for every token of a rollout with `A_i >= 0`. `weight_normalization: rollout` rescales the weights `m_t g_t` to mean 1 over each
     rollout's (trusted) loss tokens instead, so the teacher only moves credit within a rollout. With `g_min=1` this is
     RLSD; with `g_min=1, epsilon_w=0` it is the parent exactly (the teacher is then not run). When the parent has no old
     log-probs (no vLLM, aligned steps), `log p_S` is the loss forward's own: the magnitude is applied there
@@ -363,7 +365,7 @@ class EGRSDTrainer(UnwrapCacheMixin, PromptLimitMixin, GRPOTrainer):
             tau=self._gate_tau(teacher_entropy, mask),
             delta_offset=self._delta_offset(teacher_logp - student_logp, mask),
         )
-        trust = self._teacher_trust(teacher_logp, mask)  # None without the guard
+        trust = self._teacher_trust(teacher_logp, mask, output["advantages"])  # None: every token takes the weights
         raw_gate = weights["gate"]
         trusted = mask if trust is None else mask * trust
         if self.args.weight_normalization == "rollout":
@@ -372,7 +374,7 @@ class EGRSDTrainer(UnwrapCacheMixin, PromptLimitMixin, GRPOTrainer):
         elif self.args.gate_normalization == "mean":
             weights = normalize_gate(weights, self._global_masked_mean(raw_gate, trusted))
         advantages = weights["advantages"]
-        if trust is not None:  # the guard: after the teacher's collapse, the plain group advantage
+        if trust is not None:  # the guard and `teacher_rollouts`: elsewhere, the plain group advantage
             plain = output["advantages"].float().unsqueeze(-1) * mask
             advantages = torch.where(trust.bool(), advantages, plain)
         if deferred:
@@ -418,15 +420,28 @@ class EGRSDTrainer(UnwrapCacheMixin, PromptLimitMixin, GRPOTrainer):
             self._loss_inputs = None
         return result
 
-    def _teacher_trust(self, teacher_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
-        """`(B, T)`: 1 up to and including the first token whose teacher log-prob is below `teacher_collapse_logp`,
-        0 after it and at masked positions ([`~trl_opd.ops.after_collapse_weights`]); None when the guard is off or the
-        teacher does not run. Logs `guard/after_collapse`, the share of loss tokens after a collapse."""
-        if self.args.teacher_collapse_logp is None or not self._needs_teacher(self.args):
+    def _teacher_trust(
+        self, teacher_logp: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor
+    ) -> torch.Tensor | None:
+        """`(B, T)`: 1 where a token takes the teacher's weights, 0 where it keeps the plain `A_i`. The guard: 1 up to
+        and including the first token whose teacher log-prob is below `teacher_collapse_logp`, 0 after it and at
+        masked positions ([`~trl_opd.ops.after_collapse_weights`]); `teacher_rollouts: penalized`: 0 on rollouts with
+        `A_i >= 0` ([`~trl_opd.ops.egrsd.penalized_rollout_mask`]). None when neither is on or the teacher does not
+        run. Logs `guard/after_collapse` (the share of loss tokens after a collapse) and `egrsd/teacher_weighted`
+        (the share of loss tokens that take the teacher's weights)."""
+        guard = self.args.teacher_collapse_logp is not None
+        if not (guard or self.args.teacher_rollouts == "penalized") or not self._needs_teacher(self.args):
             return None
-        trust = after_collapse_weights(teacher_logp, mask, self.args.teacher_collapse_logp)
-        after = self._global_token_means({"after_collapse": 1.0 - trust}, mask)["after_collapse"]
-        self._metrics["train" if self.model.training else "eval"]["guard/after_collapse"].append(after)
+        trust = torch.ones_like(mask, dtype=teacher_logp.dtype) * mask
+        shares = {}
+        if guard:
+            trust = after_collapse_weights(teacher_logp, mask, self.args.teacher_collapse_logp)
+            shares["guard/after_collapse"] = 1.0 - trust
+        if self.args.teacher_rollouts == "penalized":
+            trust = trust * penalized_rollout_mask(advantages, mask).to(trust.dtype)
+            shares["egrsd/teacher_weighted"] = trust
+        for name, value in self._global_token_means(shares, mask).items():
+            self._metrics["train" if self.model.training else "eval"][name].append(value)
         return trust.to(mask.dtype)
 
     def _delta_offset(self, delta: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | float:
