@@ -48,13 +48,14 @@ lab: bootstrap
 	$(LAB) --output-dir benchmarks/results/ablations/boundary-floor --world long-chains --methods motab:boundary_floor=0.5 --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/stray-reduction --world long-chains --methods motab:stray_reduction=max:monitor_signal=teacher_nll:fixed_boundary=6.9 --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/stray-reduction --world arith --methods motab:stray_reduction=max:monitor_signal=teacher_nll:fixed_boundary=6.9 --jobs 2
-	$(LAB) --output-dir benchmarks/results/ablations/lr-schedule --world long-chains --methods opd:lr_scheduler_type=linear,motab:lr_scheduler_type=linear --jobs 2
-	$(LAB) --output-dir benchmarks/results/ablations/lr-schedule --world arith --methods opd:lr_scheduler_type=linear,motab:lr_scheduler_type=linear --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations/lr-schedule --lr-schedule linear --world long-chains --methods opd,gkd,sft,motab --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations/lr-schedule --lr-schedule linear --world arith --methods opd,gkd,sft,motab --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/egrsd-guard --world privileged-cold --methods egrsd:teacher_collapse_logp=-6.9 --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/egrsd-guard --world ambiguous-noreader --methods egrsd:teacher_collapse_logp=-6.9:self_teacher_check=warn --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/egrsd-epsilon --world privileged-cold --methods egrsd:epsilon_w=1.0,egrsd:epsilon_w=1.0:teacher_collapse_logp=-6.9 --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/egrsd-epsilon --world ambiguous-reader --methods egrsd:epsilon_w=1.0,egrsd:epsilon_w=1.0:teacher_collapse_logp=-6.9 --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/egrsd-weights --world ambiguous --methods grpo,rlsd:weight_normalization=rollout,egrsd:weight_normalization=rollout --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations/egrsd-penalized --world ambiguous --methods grpo,rlsd:teacher_rollouts=penalized,egrsd:teacher_rollouts=penalized,cl-egrsd:teacher_rollouts=penalized --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/self-distillation --world ambiguous --methods opsd,atesd,atesd:teacher_collapse_logp=-6.9,opsd:teacher_collapse_logp=-6.9:collapse_repair=true,opsd:teacher_collapse_logp=-0.69:collapse_repair=true --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/tropd-parts --world mismatch --methods opd,tropd,tropd:collapse_repair=false:teacher_collapse_logp=null,tropd:guidance_prob_start=0,tropd:trust_threshold=0 --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/collapse-repair --world long-chains --methods opd,opd:teacher_collapse_logp=-6.9:collapse_repair=true --jobs 2
