@@ -59,8 +59,8 @@ FAMILY_SETTINGS = {
 }
 SFT_SETTINGS = {"batch_size": 32, "learning_rate": LR}
 # `--lr-schedule`: TRL's `lr_scheduler_type` after the warm-up steps (the SFT control follows the same shape).
-LR_SCHEDULES = ("constant", "linear")
 SCHEDULER_TYPES = {"constant": "constant_with_warmup", "linear": "linear"}
+LR_SCHEDULES = tuple(SCHEDULER_TYPES)
 METHOD_SETTINGS: dict[str, dict] = {
     "motab": {"max_segment_tokens": 16, "boundary_warmup_steps": 5},
 }

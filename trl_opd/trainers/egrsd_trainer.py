@@ -432,8 +432,7 @@ class EGRSDTrainer(UnwrapCacheMixin, PromptLimitMixin, GRPOTrainer):
         guard = self.args.teacher_collapse_logp is not None
         if not (guard or self.args.teacher_rollouts == "penalized") or not self._needs_teacher(self.args):
             return None
-        trust = torch.ones_like(mask, dtype=teacher_logp.dtype) * mask
-        shares = {}
+        trust, shares = mask.to(teacher_logp.dtype), {}
         if guard:
             trust = after_collapse_weights(teacher_logp, mask, self.args.teacher_collapse_logp)
             shares["guard/after_collapse"] = 1.0 - trust
