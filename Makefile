@@ -33,35 +33,35 @@ LAB_STEPS ?= 200
 LAB := $(VENV)/bin/trl-opd lab --seeds $(LAB_SEEDS) --steps $(LAB_STEPS) --output-dir benchmarks/results
 
 lab: bootstrap
-	$(LAB) --world arith --methods opd,gkd,sft,motab,tropd,tropd:trust_region_loss=divergence,opd:teacher_collapse_logp=-6.9:collapse_repair=true,opd:divergence=k1,grpo,rlsd,egrsd,cl-egrsd,egrsd:self_teacher_check=warn,opsd,atesd,atesd:teacher_collapse_logp=-6.9 --jobs 2
-	$(LAB) --world long-chains --methods opd,gkd,sft,motab,motab:train_on_strayed=true --jobs 2
-	$(LAB) --world mismatch --methods opd,gkd,sft,tropd,tropd:trust_region_loss=divergence,opd:teacher_collapse_logp=-6.9:collapse_repair=true --jobs 2
-	$(LAB) --world ambiguous --methods grpo,rlsd,egrsd,cl-egrsd,egrsd:gate_tau=mean,egrsd:delta_centering=mean,opsd,sft --jobs 2
-	$(LAB) --world ambiguous-noreader --methods grpo,rlsd,egrsd,cl-egrsd,egrsd:self_teacher_check=warn,opsd,sft --jobs 2
-	$(LAB) --world privileged --methods opsd,atesd,opsd:teacher_collapse_logp=-0.69:collapse_repair=true,grpo,rlsd,egrsd,cl-egrsd,sft --jobs 2
-	$(LAB) --world privileged-cold --methods opsd,atesd,atesd:teacher_collapse_logp=-6.9,atesd:collapse_repair=false:teacher_collapse_logp=-6.9,atesd:alpha_prior_mean=null:teacher_collapse_logp=-6.9,opsd:teacher_collapse_logp=-6.9,opsd:teacher_collapse_logp=-6.9:collapse_repair=true,opsd:teacher_collapse_logp=-0.69:collapse_repair=true,grpo,rlsd,egrsd,egrsd:weight_normalization=rollout,sft --jobs 2
-	$(LAB) --world ambiguous-reader --methods grpo,rlsd,egrsd,sft --jobs 2
-	$(LAB) --output-dir benchmarks/results/ablations --world ambiguous-noreader --methods grpo,rlsd:delta_centering=mean,egrsd:delta_centering=mean:self_teacher_check=warn --jobs 2
-	$(LAB) --output-dir benchmarks/results/ablations --world privileged-cold --methods opsd:learning_rate=3e-4,opsd:teacher_collapse_logp=-6.9:learning_rate=3e-4,atesd:learning_rate=3e-4:collapse_repair=false:alpha_prior_mean=null:teacher_collapse_logp=-6.9 --jobs 2
-	$(LAB) --output-dir benchmarks/results/ablations/exposure-prior --world privileged-cold --methods opsd,opsd:teacher_collapse_logp=-6.9,atesd:collapse_repair=false:alpha_prior_mean=null:teacher_collapse_logp=-6.9,atesd:collapse_repair=false:teacher_collapse_logp=-6.9 --jobs 2
-	$(LAB) --output-dir benchmarks/results/ablations/exposure-prior --world arith --methods opsd,atesd:collapse_repair=false:alpha_prior_mean=null:teacher_collapse_logp=-6.9,atesd:collapse_repair=false:teacher_collapse_logp=-6.9 --jobs 2
-	$(LAB) --output-dir benchmarks/results/ablations/boundary-floor --world long-chains --methods motab:boundary_floor=0.5 --jobs 2
-	$(LAB) --output-dir benchmarks/results/ablations/stray-reduction --world long-chains --methods motab:stray_reduction=max:monitor_signal=teacher_nll:fixed_boundary=6.9 --jobs 2
-	$(LAB) --output-dir benchmarks/results/ablations/stray-reduction --world arith --methods motab:stray_reduction=max:monitor_signal=teacher_nll:fixed_boundary=6.9 --jobs 2
+	$(LAB) --lr-schedule constant --world arith --methods opd,gkd,sft,motab,tropd,tropd:trust_region_loss=divergence,opd:teacher_collapse_logp=-6.9:collapse_repair=true,opd:divergence=k1,grpo,rlsd,egrsd,cl-egrsd,egrsd:self_teacher_check=warn,opsd,atesd,atesd:teacher_collapse_logp=-6.9 --jobs 2
+	$(LAB) --lr-schedule constant --world long-chains --methods opd,gkd,sft,motab,motab:train_on_strayed=true --jobs 2
+	$(LAB) --lr-schedule constant --world mismatch --methods opd,gkd,sft,tropd,tropd:trust_region_loss=divergence,opd:teacher_collapse_logp=-6.9:collapse_repair=true --jobs 2
+	$(LAB) --lr-schedule constant --world ambiguous --methods grpo,rlsd,egrsd,cl-egrsd,egrsd:gate_tau=mean,egrsd:delta_centering=mean,opsd,sft --jobs 2
+	$(LAB) --lr-schedule constant --world ambiguous-noreader --methods grpo,rlsd,egrsd,cl-egrsd,egrsd:self_teacher_check=warn,opsd,sft --jobs 2
+	$(LAB) --lr-schedule constant --world privileged --methods opsd,atesd,opsd:teacher_collapse_logp=-0.69:collapse_repair=true,grpo,rlsd,egrsd,cl-egrsd,sft --jobs 2
+	$(LAB) --lr-schedule constant --world privileged-cold --methods opsd,atesd,atesd:teacher_collapse_logp=-6.9,atesd:collapse_repair=false:teacher_collapse_logp=-6.9,atesd:alpha_prior_mean=null:teacher_collapse_logp=-6.9,opsd:teacher_collapse_logp=-6.9,opsd:teacher_collapse_logp=-6.9:collapse_repair=true,opsd:teacher_collapse_logp=-0.69:collapse_repair=true,grpo,rlsd,egrsd,egrsd:weight_normalization=rollout,sft --jobs 2
+	$(LAB) --lr-schedule constant --world ambiguous-reader --methods grpo,rlsd,egrsd,sft --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations --lr-schedule constant --world ambiguous-noreader --methods grpo,rlsd:delta_centering=mean,egrsd:delta_centering=mean:self_teacher_check=warn --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations --lr-schedule constant --world privileged-cold --methods opsd:learning_rate=3e-4,opsd:teacher_collapse_logp=-6.9:learning_rate=3e-4,atesd:learning_rate=3e-4:collapse_repair=false:alpha_prior_mean=null:teacher_collapse_logp=-6.9 --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations/exposure-prior --lr-schedule constant --world privileged-cold --methods opsd,opsd:teacher_collapse_logp=-6.9,atesd:collapse_repair=false:alpha_prior_mean=null:teacher_collapse_logp=-6.9,atesd:collapse_repair=false:teacher_collapse_logp=-6.9 --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations/exposure-prior --lr-schedule constant --world arith --methods opsd,atesd:collapse_repair=false:alpha_prior_mean=null:teacher_collapse_logp=-6.9,atesd:collapse_repair=false:teacher_collapse_logp=-6.9 --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations/boundary-floor --lr-schedule constant --world long-chains --methods motab:boundary_floor=0.5 --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations/stray-reduction --lr-schedule constant --world long-chains --methods motab:stray_reduction=max:monitor_signal=teacher_nll:fixed_boundary=6.9 --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations/stray-reduction --lr-schedule constant --world arith --methods motab:stray_reduction=max:monitor_signal=teacher_nll:fixed_boundary=6.9 --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/lr-schedule --lr-schedule linear --world long-chains --methods opd,gkd,sft,motab --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/lr-schedule --lr-schedule linear --world arith --methods opd,gkd,sft,motab --jobs 2
-	$(LAB) --output-dir benchmarks/results/ablations/egrsd-guard --world privileged-cold --methods egrsd:teacher_collapse_logp=-6.9 --jobs 2
-	$(LAB) --output-dir benchmarks/results/ablations/egrsd-guard --world ambiguous-noreader --methods egrsd:teacher_collapse_logp=-6.9:self_teacher_check=warn --jobs 2
-	$(LAB) --output-dir benchmarks/results/ablations/egrsd-epsilon --world privileged-cold --methods egrsd:epsilon_w=1.0,egrsd:epsilon_w=1.0:teacher_collapse_logp=-6.9 --jobs 2
-	$(LAB) --output-dir benchmarks/results/ablations/egrsd-epsilon --world ambiguous-reader --methods egrsd:epsilon_w=1.0,egrsd:epsilon_w=1.0:teacher_collapse_logp=-6.9 --jobs 2
-	$(LAB) --output-dir benchmarks/results/ablations/egrsd-weights --world ambiguous --methods grpo,rlsd:weight_normalization=rollout,egrsd:weight_normalization=rollout --jobs 2
-	$(LAB) --output-dir benchmarks/results/ablations/egrsd-penalized --world ambiguous --methods grpo,rlsd:teacher_rollouts=penalized,egrsd:teacher_rollouts=penalized,cl-egrsd:teacher_rollouts=penalized --jobs 2
-	$(LAB) --output-dir benchmarks/results/ablations/self-distillation --world ambiguous --methods opsd,atesd,atesd:teacher_collapse_logp=-6.9,opsd:teacher_collapse_logp=-6.9:collapse_repair=true,opsd:teacher_collapse_logp=-0.69:collapse_repair=true --jobs 2
-	$(LAB) --output-dir benchmarks/results/ablations/tropd-parts --world mismatch --methods opd,tropd,tropd:collapse_repair=false:teacher_collapse_logp=null,tropd:guidance_prob_start=0,tropd:trust_threshold=0 --jobs 2
-	$(LAB) --output-dir benchmarks/results/ablations/collapse-repair --world long-chains --methods opd,opd:teacher_collapse_logp=-6.9:collapse_repair=true --jobs 2
-	$(LAB) --output-dir benchmarks/results/ablations/trust-threshold --world mismatch --methods tropd:trust_threshold=0.1:trust_region_loss=k1 --jobs 2
-	$(LAB) --output-dir benchmarks/results/ablations/trust-threshold --world arith --methods tropd:trust_threshold=0.1:trust_region_loss=k1 --jobs 2
-	$(LAB) --output-dir benchmarks/results/ablations/grpo-settings --world arith --methods grpo,grpo:learning_rate=3e-5,grpo:learning_rate=1e-4,grpo:learning_rate=1e-4:loss_type=grpo,grpo:num_generations=16,grpo:num_generations=16:learning_rate=1e-4 --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations/egrsd-guard --lr-schedule constant --world privileged-cold --methods egrsd:teacher_collapse_logp=-6.9 --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations/egrsd-guard --lr-schedule constant --world ambiguous-noreader --methods egrsd:teacher_collapse_logp=-6.9:self_teacher_check=warn --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations/egrsd-epsilon --lr-schedule constant --world privileged-cold --methods egrsd:epsilon_w=1.0,egrsd:epsilon_w=1.0:teacher_collapse_logp=-6.9 --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations/egrsd-epsilon --lr-schedule constant --world ambiguous-reader --methods egrsd:epsilon_w=1.0,egrsd:epsilon_w=1.0:teacher_collapse_logp=-6.9 --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations/egrsd-weights --lr-schedule constant --world ambiguous --methods grpo,rlsd:weight_normalization=rollout,egrsd:weight_normalization=rollout --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations/egrsd-penalized --lr-schedule constant --world ambiguous --methods grpo,rlsd:teacher_rollouts=penalized,egrsd:teacher_rollouts=penalized,cl-egrsd:teacher_rollouts=penalized --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations/self-distillation --lr-schedule constant --world ambiguous --methods opsd,atesd,atesd:teacher_collapse_logp=-6.9,opsd:teacher_collapse_logp=-6.9:collapse_repair=true,opsd:teacher_collapse_logp=-0.69:collapse_repair=true --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations/tropd-parts --lr-schedule constant --world mismatch --methods opd,tropd,tropd:collapse_repair=false:teacher_collapse_logp=null,tropd:guidance_prob_start=0,tropd:trust_threshold=0 --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations/collapse-repair --lr-schedule constant --world long-chains --methods opd,opd:teacher_collapse_logp=-6.9:collapse_repair=true --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations/trust-threshold --lr-schedule constant --world mismatch --methods tropd:trust_threshold=0.1:trust_region_loss=k1 --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations/trust-threshold --lr-schedule constant --world arith --methods tropd:trust_threshold=0.1:trust_region_loss=k1 --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations/grpo-settings --lr-schedule constant --world arith --methods grpo,grpo:learning_rate=3e-5,grpo:learning_rate=1e-4,grpo:learning_rate=1e-4:loss_type=grpo,grpo:num_generations=16,grpo:num_generations=16:learning_rate=1e-4 --jobs 2
 
 test: bootstrap
 	$(VENV)/bin/ruff check trl_opd tests benchmarks

@@ -179,25 +179,29 @@ def test_two_identical_short_runs_give_identical_metrics_serial_or_in_parallel(c
         assert first["mechanisms"] == second["mechanisms"]
 
 
-def test_lr_schedule_linear_decays_every_method_and_the_sft_control(cache, tmp_path, monkeypatch):
+def test_lr_schedule_linear_by_default_or_constant_for_every_method_and_the_sft_control(cache, tmp_path, monkeypatch):
     lab = SimpleNamespace(world=WORLDS["arith"], teacher_path=tmp_path)
     for method in ("opd", "motab", "grpo", "gkd", "opd:lr_scheduler_type=cosine"):
-        constant, linear = (
+        default, constant, linear = (
             lab_run.method_config(lab, method, str(tmp_path), 3, 0, *schedule).lr_scheduler_type
-            for schedule in ((), ("linear",))
+            for schedule in ((), ("constant",), ("linear",))
         )
         cosine = "cosine" in method  # a variant still has the last word
-        assert linear == ("cosine" if cosine else "linear"), (method, linear)
+        assert default == linear == ("cosine" if cosine else "linear"), (method, default, linear)
         assert constant == ("cosine" if cosine else "constant_with_warmup"), (method, constant)
     decays = []
     real = lab_run.supervised_warmup
     monkeypatch.setattr(lab_run, "supervised_warmup", lambda *a, **kw: decays.append(kw["decay"]) or real(*a, **kw))
-    out = tmp_path / "out"
-    args = ["--world", "arith", "--methods", "opd,sft", "--output-dir", str(out), "--cache-dir", cache, *TINY]
-    assert lab_run.main([*args, "--lr-schedule", "linear"]) == 0
-    assert decays == [True]
-    assert json.loads((out / "arith.json").read_text())["lr_schedule"] == "linear"
-    assert "- learning rate: linear decay to 0 after the warm-up steps" in (out / "arith.md").read_text()
+    for flag, decay, line in (
+        ([], True, "- learning rate: linear decay to 0 after the warm-up steps (`--lr-schedule`)"),
+        (["--lr-schedule", "constant"], False, "- learning rate: constant after the warm-up steps"),
+    ):
+        out = tmp_path / f"out{len(flag)}"
+        args = ["--world", "arith", "--methods", "opd,sft", "--output-dir", str(out), "--cache-dir", cache, *TINY]
+        assert lab_run.main([*args, *flag]) == 0
+        assert decays.pop() is decay and not decays
+        assert json.loads((out / "arith.json").read_text())["lr_schedule"] == ("constant" if flag else "linear")
+        assert line in (out / "arith.md").read_text()
 
 
 def test_a_variant_overrides_config_fields_after_every_other_setting(tmp_path):
@@ -323,6 +327,7 @@ def test_every_committed_lab_result_is_a_make_lab_line_and_each_line_has_its_res
         command = re.fullmatch(r"command: `trl-opd lab (.*)`", header).group(1)
         key = _lab_run_key(command)
         assert Path(key[4]) / f"{key[0]}.md" == md.relative_to(root), md  # written where its command writes
+        assert f"\n- learning rate: {key[6]} " in md.read_text(), md  # the schedule it says is its command's
         committed.add(key)
     assert committed == made
 

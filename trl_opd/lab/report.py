@@ -72,8 +72,11 @@ def render_markdown(results: dict, plot_name: str) -> str:
         f"- {results['steps']} steps per run, seeds {', '.join(map(str, seeds))}, {results['n_heldout']} held-out "
         f"problems; mean ± sample std over seeds; average@{k}: temperature-1 samples; length in tokens.",
     ]
-    if results.get("lr_schedule", "constant") != "constant":  # absent from results made before it was an option
-        lines.append(f"- learning rate: {results['lr_schedule']} decay to 0 after the warm-up steps (`--lr-schedule`)")
+    schedule = results.get("lr_schedule", "constant")  # absent from results made before it was an option
+    if schedule == "constant":
+        lines.append("- learning rate: constant after the warm-up steps (`--lr-schedule constant`)")
+    else:
+        lines.append(f"- learning rate: {schedule} decay to 0 after the warm-up steps (`--lr-schedule`)")
     machine = results.get("machine")  # absent from results made before it was recorded
     if machine:
         lines.append(

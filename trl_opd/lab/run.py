@@ -59,8 +59,11 @@ FAMILY_SETTINGS = {
 }
 SFT_SETTINGS = {"batch_size": 32, "learning_rate": LR}
 # `--lr-schedule`: TRL's `lr_scheduler_type` after the warm-up steps (the SFT control follows the same shape).
+# `linear` is what a user's config gets (TRL's default); the results made while `constant` was the default (before
+# 2026-12-04) say `--lr-schedule constant` in their command.
 SCHEDULER_TYPES = {"constant": "constant_with_warmup", "linear": "linear"}
 LR_SCHEDULES = tuple(SCHEDULER_TYPES)
+DEFAULT_LR_SCHEDULE = "linear"
 METHOD_SETTINGS: dict[str, dict] = {
     "motab": {"max_segment_tokens": 16, "boundary_warmup_steps": 5},
 }
@@ -86,10 +89,11 @@ def build_parser(prog: str = "trl-opd lab", description: str | None = None) -> a
     parser.add_argument("--steps", default="200", help="Optimizer steps per method and seed (default: 200).")
     parser.add_argument(
         "--lr-schedule",
-        default="constant",
+        default=DEFAULT_LR_SCHEDULE,
         choices=LR_SCHEDULES,
-        help="Learning rate after the warm-up steps, for every method and the SFT control: `constant` (default) or "
-        "`linear` decay to 0 (TRL's default schedule).",
+        help="Learning rate after the warm-up steps, for every method and the SFT control: `linear` decay to 0 "
+        "(default: TRL's default schedule, what a user's config gets) or `constant` (the default before 2026-12-04; "
+        "the results made then say `--lr-schedule constant` in their command).",
     )
     parser.add_argument("--eval-every", default=None, help="Held-out scoring interval in steps (default: steps/8).")
     parser.add_argument("--output-dir", default="lab_output", help="Where the results go (default: lab_output).")
@@ -189,7 +193,9 @@ class HeldoutCurve(TrainerCallback):
         self.record(state.global_step, model, state.max_steps)
 
 
-def method_config(lab: Lab, method: str, output_dir: str, steps: int, seed: int, lr_schedule: str = "constant"):
+def method_config(
+    lab: Lab, method: str, output_dir: str, steps: int, seed: int, lr_schedule: str = DEFAULT_LR_SCHEDULE
+):
     """The method's config in the lab: its defaults, the family's fast settings, then the method's and the world's;
     `lr_schedule` one of `LR_SCHEDULES`."""
     method, variant = parse_variant(method)
@@ -238,7 +244,7 @@ def run_method(
     steps: int,
     every: int,
     on_trained: Callable | None = None,
-    lr_schedule: str = "constant",
+    lr_schedule: str = DEFAULT_LR_SCHEDULE,
 ) -> dict:
     """Train `method` from the lab's student for `steps` steps with `seed`; its curve, final scores and mechanisms."""
     if method == SFT:
@@ -269,7 +275,7 @@ def run_method(
     return result
 
 
-def run_sft(lab: Lab, seed: int, steps: int, every: int, lr_schedule: str = "constant") -> dict:
+def run_sft(lab: Lab, seed: int, steps: int, every: int, lr_schedule: str = DEFAULT_LR_SCHEDULE) -> dict:
     """The control: supervised training on the reference solutions, same steps and batch size as the methods."""
     torch.manual_seed(seed)
     random.seed(seed)
