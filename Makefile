@@ -37,6 +37,7 @@ LAB := $(VENV)/bin/trl-opd lab --seeds $(LAB_SEEDS) --steps $(LAB_STEPS) --outpu
 lab: bootstrap
 	$(LAB) --output-dir benchmarks/results/linear --world long-chains --methods opd,gkd,sft,motab --jobs 2
 	$(LAB) --output-dir benchmarks/results/linear --world arith --methods opd,gkd,sft,motab,grpo,rlsd,egrsd,cl-egrsd,opsd --jobs 2
+	$(LAB) --output-dir benchmarks/results/linear --world ambiguous --methods grpo,rlsd,egrsd,cl-egrsd,opsd,sft --jobs 2
 	$(LAB) --lr-schedule constant --world arith --methods opd,gkd,sft,motab,tropd,tropd:trust_region_loss=divergence,opd:teacher_collapse_logp=-6.9:collapse_repair=true,opd:divergence=k1,grpo,rlsd,egrsd,cl-egrsd,egrsd:self_teacher_check=warn,opsd,atesd,atesd:teacher_collapse_logp=-6.9 --jobs 2
 	$(LAB) --lr-schedule constant --world long-chains --methods opd,gkd,sft,motab,motab:train_on_strayed=true --jobs 2
 	$(LAB) --lr-schedule constant --world mismatch --methods opd,gkd,sft,tropd,tropd:trust_region_loss=divergence,opd:teacher_collapse_logp=-6.9:collapse_repair=true --jobs 2
@@ -65,6 +66,7 @@ lab: bootstrap
 	$(LAB) --output-dir benchmarks/results/ablations/collapse-repair --lr-schedule constant --world long-chains --methods opd,opd:teacher_collapse_logp=-6.9:collapse_repair=true --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/trust-threshold --lr-schedule constant --world mismatch --methods tropd:trust_threshold=0.1:trust_region_loss=k1 --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/trust-threshold --lr-schedule constant --world arith --methods tropd:trust_threshold=0.1:trust_region_loss=k1 --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations/grpo-settings/linear --world arith --methods grpo,grpo:learning_rate=3e-5,grpo:learning_rate=1e-4 --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/grpo-settings --lr-schedule constant --world arith --methods grpo,grpo:learning_rate=3e-5,grpo:learning_rate=1e-4,grpo:learning_rate=1e-4:loss_type=grpo,grpo:num_generations=16,grpo:num_generations=16:learning_rate=1e-4 --jobs 2
 
 test: bootstrap
