@@ -39,6 +39,7 @@ lab: bootstrap
 	$(LAB) --output-dir benchmarks/results/linear --seeds 0,1,2,3,4 --world arith --methods opd,gkd,sft,motab,grpo,rlsd,egrsd,cl-egrsd,opsd --jobs 2
 	$(LAB) --output-dir benchmarks/results/linear --world ambiguous --methods grpo,rlsd,egrsd,cl-egrsd,opsd,sft --jobs 2
 	$(LAB) --output-dir benchmarks/results/linear --world mismatch --methods opd,gkd,sft,tropd,opd:teacher_collapse_logp=-6.9:collapse_repair=true --jobs 2
+	$(LAB) --output-dir benchmarks/results/linear --world privileged --methods opsd,atesd,opsd:teacher_collapse_logp=-0.69:collapse_repair=true,grpo,egrsd,sft --jobs 2
 	$(LAB) --lr-schedule constant --world arith --methods opd,gkd,sft,motab,tropd,tropd:trust_region_loss=divergence,opd:teacher_collapse_logp=-6.9:collapse_repair=true,opd:divergence=k1,grpo,rlsd,egrsd,cl-egrsd,egrsd:self_teacher_check=warn,opsd,atesd,atesd:teacher_collapse_logp=-6.9 --jobs 2
 	$(LAB) --lr-schedule constant --world long-chains --methods opd,gkd,sft,motab,motab:train_on_strayed=true --jobs 2
 	$(LAB) --lr-schedule constant --world mismatch --methods opd,gkd,sft,tropd,tropd:trust_region_loss=divergence,opd:teacher_collapse_logp=-6.9:collapse_repair=true --jobs 2
