@@ -77,15 +77,16 @@ def token_roles(offsets: list[tuple[int, int]], wrong_at: int | None, free: list
 
 @torch.no_grad()
 def self_teacher_signal_by_role(lab, n: int = 256) -> dict:
-    """`Δ` and the self-teacher's entropy on the start student's own samples of `n` held-out problems, per token role;
-    and how often a wrong rollout's first wrong token is its most negative `Δ` (the token RLSD blames most)."""
+    """`Δ`, the self-teacher's and the student's entropy (nats) on the start student's own samples of `n` held-out
+    problems, per token role; and how often a wrong rollout's first wrong token is its most negative `Δ` (the token
+    RLSD blames most)."""
     rows = lab.heldout.select(range(min(n, len(lab.heldout))))
     completions = student_samples(lab, rows)
     teacher = completion_logprobs_and_entropy(lab.student, lab.tokenizer, reference_prompts(rows, 1.0), completions)
     student = completion_logprobs_and_entropy(lab.student, lab.tokenizer, list(rows["prompt"]), completions)
-    by_role = {role: ([], []) for role in ROLES}
+    by_role = {role: ([], [], []) for role in ROLES}
     ranks = []
-    for completion, meta, (t_logp, entropy), (s_logp, _) in zip(
+    for completion, meta, (t_logp, entropy), (s_logp, s_entropy) in zip(
         completions, lab.heldout_meta, teacher, student, strict=False
     ):
         wrong_at, free = first_wrong_position(completion, meta["numbers"])
@@ -93,9 +94,10 @@ def self_teacher_signal_by_role(lab, n: int = 256) -> dict:
         delta = (t_logp - s_logp).tolist()
         roles = token_roles(offsets[: len(delta)], wrong_at, free)
         delta = delta[: len(roles)]  # the completion's own tokens (not an appended EOS)
-        for role, d, h in zip(roles, delta, entropy.tolist(), strict=False):
+        for role, d, h, h_s in zip(roles, delta, entropy.tolist(), s_entropy.tolist(), strict=False):
             by_role[role][0].append(d)
             by_role[role][1].append(h)
+            by_role[role][2].append(h_s)
         if ROLES[4] in roles:
             error = roles.index(ROLES[4])
             ranks.append(1 + sum(d < delta[error] for d in delta))
@@ -105,8 +107,9 @@ def self_teacher_signal_by_role(lab, n: int = 256) -> dict:
             "delta_mean": statistics.fmean(d),
             "delta_below_minus_1": sum(x < -1 for x in d) / len(d),
             "teacher_entropy_mean": statistics.fmean(h),
+            "student_entropy_mean": statistics.fmean(h_s),
         }
-        for role, (d, h) in by_role.items()
+        for role, (d, h, h_s) in by_role.items()
         if d
     }
     return {
@@ -121,13 +124,13 @@ def self_teacher_signal_by_role(lab, n: int = 256) -> dict:
 def signal_markdown(result: dict) -> str:
     """[`self_teacher_signal_by_role`]'s result as a markdown table and a closing line."""
     lines = [
-        "| tokens | n | mean Δ (nats) | share with Δ < −1 | mean self-teacher entropy (nats) |",
-        "|---|---|---|---|---|",
+        "| tokens | n | mean Δ (nats) | share with Δ < −1 | mean self-teacher entropy | mean student entropy |",
+        "|---|---|---|---|---|---|",
     ]
     for role, row in result["roles"].items():
         lines.append(
             f"| {role} | {row['tokens']} | {row['delta_mean']:.3f} | {row['delta_below_minus_1']:.2f} | "
-            f"{row['teacher_entropy_mean']:.3f} |"
+            f"{row['teacher_entropy_mean']:.3f} | {row['student_entropy_mean']:.3f} |"
         )
     lines.append(
         f"\n{result['samples']} samples, {result['wrong_with_error']} wrong: the first wrong token is its rollout's "
