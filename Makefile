@@ -40,6 +40,7 @@ lab: bootstrap
 	$(LAB) --output-dir benchmarks/results/linear --world ambiguous --methods grpo,rlsd,egrsd,cl-egrsd,opsd,sft --jobs 2
 	$(LAB) --output-dir benchmarks/results/linear --world ambiguous-noreader --methods grpo,rlsd,egrsd,cl-egrsd,egrsd:self_teacher_check=warn,opsd,sft --jobs 2
 	$(LAB) --output-dir benchmarks/results/linear --world ambiguous-reader --methods grpo,rlsd,egrsd,sft --jobs 2
+	$(LAB) --output-dir benchmarks/results/linear --world privileged-cold --methods opsd,atesd,atesd:teacher_collapse_logp=-6.9,atesd:collapse_repair=false:teacher_collapse_logp=-6.9,atesd:alpha_prior_mean=null:teacher_collapse_logp=-6.9,opsd:teacher_collapse_logp=-6.9,opsd:teacher_collapse_logp=-6.9:collapse_repair=true,opsd:teacher_collapse_logp=-0.69:collapse_repair=true,grpo,rlsd,egrsd,egrsd:weight_normalization=rollout,sft --jobs 2
 	$(LAB) --output-dir benchmarks/results/linear --world mismatch --methods opd,gkd,sft,tropd,opd:teacher_collapse_logp=-6.9:collapse_repair=true --jobs 2
 	$(LAB) --output-dir benchmarks/results/linear --world privileged --methods opsd,atesd,opsd:teacher_collapse_logp=-0.69:collapse_repair=true,grpo,egrsd,sft --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/egrsd-options/linear --world ambiguous --methods grpo,rlsd,egrsd,rlsd:teacher_rollouts=penalized,egrsd:teacher_rollouts=penalized,cl-egrsd:teacher_rollouts=penalized,rlsd:epsilon_w=1.0:teacher_rollouts=penalized,egrsd:epsilon_w=1.0:teacher_rollouts=penalized,egrsd:epsilon_w=1.0,egrsd:gate_tau=mean,egrsd:weight_normalization=rollout --jobs 2
