@@ -5,7 +5,7 @@
 
 Builds (or reads from the lab's cache) the `ambiguous` world, samples the start student at temperature 1 on held-out
 problems, scores each completion with the self-teacher (the same student, the full reference in its prompt) and prints
-`Δ = log p_T − log p_S` and the self-teacher's entropy per token role (`trl_opd.lab.credit`). A mechanism diagnostic,
+`Δ = log p_T − log p_S`, the self-teacher's and the student's entropy per token role (`trl_opd.lab.credit`). A mechanism diagnostic,
 not a timing: it reads the same on every run on one kind of CPU.
 """
 

@@ -63,7 +63,8 @@ def test_smoke_run_per_world_writes_files_plot_and_diagnostic(world, cache, tmp_
 def test_first_wrong_position_finds_each_kind_of_error_and_roles_follow_it():
     numbers = [3, 8, 5, 11]
     right = "8+3=11\n\n11+5=16\n\n16+11=27\n\nThe answer is \\boxed{27}."
-    assert first_wrong_position(right, numbers) == (None, [0, 2, 11])
+    assert first_wrong_position(right, numbers) is None
+    assert [start for start, _ in free_choice_spans(right)] == [0, 2, 11]
     cases = {
         "8+4=12\n\n12+5=17": 2,  # a term that is not one of the numbers
         "8+3=11\n\n11+3=14": 11,  # a number used twice
@@ -73,7 +74,7 @@ def test_first_wrong_position_finds_each_kind_of_error_and_roles_follow_it():
         "8+3=11\n\nso": 8,  # a line that is not a step
     }
     for completion, position in cases.items():
-        assert first_wrong_position(completion, numbers)[0] == position, completion
+        assert first_wrong_position(completion, numbers) == position, completion
     # one token per character: before the error, the error's token, after it
     offsets = [(i, i + 1) for i in range(8)]
     roles = token_roles(offsets, 4, [0, 2])
@@ -90,9 +91,9 @@ def test_world_problems_are_well_formed():
         # the diagnostic's parser finds the same spans in a completion as the generator marked in its reference
         assert free_choice_spans(row["solution"]) == meta["choices"]
     assert free_choice_spans("3+8=11\n\nno step here") == [(0, 1), (2, 3)]
-    # the credit diagnostic's checker: every reference is right, and its free numbers are the generator's
+    # the credit diagnostic's checker: every reference is right
     for row, meta in zip(rows, metas):
-        assert first_wrong_position(row["solution"], meta["numbers"]) == (None, [a for a, _ in meta["choices"]])
+        assert first_wrong_position(row["solution"], meta["numbers"]) is None
     rows, metas = WORLDS["long-chains"].rows(10, seed=0)
     for row, meta in zip(rows, metas):
         lines = row["solution"].split("\n")

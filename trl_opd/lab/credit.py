@@ -5,7 +5,8 @@ RLSD's magnitude and EGRSD's gate move credit between the tokens of a rollout by
 `Δ_t = log p_T(y_t) − log p_S(y_t)` and its entropy `H_t`. That can only beat the reward's uniform credit if they tell
 the token that made a wrong rollout wrong from the tokens that did not. This module sorts the tokens of the start
 student's temperature-1 samples by their role (a freely chosen number of a right rollout, a correct token before a
-wrong rollout's first error, the error itself, the tokens after it) and reports `Δ` and `H` for each role.
+wrong rollout's first error, the error itself, the tokens after it) and reports `Δ`, `H` and the student's own
+entropy for each role.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import statistics
 import torch
 
 from .tasks import SUM_LINE
-from .worlds import completion_logprobs_and_entropy, reference_prompts, student_samples
+from .worlds import completion_logprobs_and_entropy, free_choice_spans, reference_prompts, student_samples
 
 
 ROLES = (
@@ -28,39 +29,35 @@ ROLES = (
 )
 
 
-def first_wrong_position(completion: str, numbers: list[int], delimiter: str = "\n\n") -> tuple[int | None, list]:
-    """Check a completion of a sum problem (`tasks.sum_problem`) step by step.
-
-    Returns `(position, free)`: the character position of the first wrong field (a term that is not one of the numbers
-    left, a running total that is not the previous sum, a wrong sum, a line that is not a step, a wrong or missing
-    boxed answer), None for a right completion; and the start positions of the freely chosen numbers before it."""
-    remaining, total, offset, free = list(numbers), None, 0, []
+def first_wrong_position(completion: str, numbers: list[int], delimiter: str = "\n\n") -> int | None:
+    """The character position of the first wrong field of a completion of a sum problem (`tasks.sum_problem`), checked
+    step by step: a term that is not one of the numbers left, a running total that is not the previous sum, a wrong
+    sum, a line that is not a step, a wrong or missing boxed answer. None for a right completion."""
+    remaining, total, offset = list(numbers), None, 0
     lines = completion.split(delimiter)
     for i in range(len(numbers) - 1):
         match = SUM_LINE.fullmatch(lines[i]) if i < len(lines) else None
         if match is None:
-            return offset, free
+            return offset
         a, b, c = (int(x) for x in match.groups())
-        terms = [(1, a), (2, b)] if i == 0 else [(2, b)]
         if i > 0 and a != total:
-            return offset + match.start(1), free
-        for group, term in terms:
+            return offset + match.start(1)
+        for group, term in [(1, a), (2, b)] if i == 0 else [(2, b)]:
             if term not in remaining:
-                return offset + match.start(group), free
-            if len(remaining) > 1:
-                free.append(offset + match.start(group))
+                return offset + match.start(group)
             remaining.remove(term)
         if c != a + b:
-            return offset + match.start(3), free
+            return offset + match.start(3)
         total = c
         offset += len(lines[i]) + len(delimiter)
     if len(lines) < len(numbers) or f"\\boxed{{{total}}}" not in lines[len(numbers) - 1]:
-        return offset, free
-    return None, free
+        return offset
+    return None
 
 
 def token_roles(offsets: list[tuple[int, int]], wrong_at: int | None, free: list[int]) -> list[str]:
-    """Each token's role ([`ROLES`]) from its character offsets, the first wrong position and the free numbers."""
+    """Each token's role ([`ROLES`]) from its character offsets, the first wrong position and the start positions of
+    the freely chosen numbers (`worlds.free_choice_spans`; only those before the first wrong token count)."""
     free_starts, roles, seen_error = set(free), [], False
     for start, end in offsets:
         if wrong_at is None:
@@ -89,7 +86,8 @@ def self_teacher_signal_by_role(lab, n: int = 256) -> dict:
     for completion, meta, (t_logp, entropy), (s_logp, s_entropy) in zip(
         completions, lab.heldout_meta, teacher, student, strict=False
     ):
-        wrong_at, free = first_wrong_position(completion, meta["numbers"])
+        wrong_at = first_wrong_position(completion, meta["numbers"])
+        free = [start for start, _ in free_choice_spans(completion)]
         offsets = lab.tokenizer(completion, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
         delta = (t_logp - s_logp).tolist()
         roles = token_roles(offsets[: len(delta)], wrong_at, free)
