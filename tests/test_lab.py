@@ -12,6 +12,7 @@ import torch
 from trl_opd.cli import main as cli_main
 from trl_opd.lab import run as lab_run
 from trl_opd.lab.credit import ROLES, first_wrong_position, token_roles
+from trl_opd.lab.oracle import LABEL_NATS, StepOracleTrainer, split_oracle_variant, step_labels
 from trl_opd.lab.report import SHARED_PANELS, _band, _panels, add_statistics, write_plot
 from trl_opd.lab.stats import mean, paired_differences, std
 from trl_opd.lab.tasks import STEP, make_rows, sum_problem
@@ -80,6 +81,72 @@ def test_first_wrong_position_finds_each_kind_of_error_and_roles_follow_it():
     roles = token_roles(offsets, 4, [0, 2])
     assert roles == [ROLES[2], ROLES[3], ROLES[2], ROLES[3], ROLES[4], ROLES[5], ROLES[5], ROLES[5]]
     assert token_roles(offsets[:3], None, [0, 2]) == [ROLES[0], ROLES[1], ROLES[0]]
+
+
+def test_step_oracle_labels_blame_the_first_error_and_credit_the_determined_tokens():
+    numbers = [3, 8, 5, 11]
+    wrong = "8+3=12\n\n12+5=17"  # the sum `12` is the first error (character 4)
+    pieces = list(wrong)  # one character per token, as the lab's tokenizer
+    after = step_labels(pieces, numbers, "after", False)
+    assert after == [1.0] * 4 + [-1.0] * (len(wrong) - 4)
+    first = step_labels(pieces, numbers, "first", False)
+    assert first == [1.0] * 4 + [-1.0] + [0.0] * (len(wrong) - 5)
+    # a multi-character token that holds the error is blamed; the ones before are credited
+    assert step_labels(["8+", "3=", "12", "\n\n", "12+5=17"], numbers, "first", False) == [1, 1, -1, 0, 0]
+    right = "8+3=11\n\n11+5=16\n\n16+11=27\n\nThe answer is \\boxed{27}."
+    assert step_labels(list(right), numbers, "after", False) == [0.0] * len(right)
+    labels = step_labels(list(right), numbers, "after", True)
+    free = {0, 2, 11}  # 8, 3, then 5: the freely chosen numbers; every other token is determined
+    assert labels == [-1.0 if i in free else 1.0 for i in range(len(right))]
+    assert split_oracle_variant("step-oracle:blame=first:epsilon_w=1.0:right_rollouts=true") == (
+        "rlsd:epsilon_w=1.0",
+        {"blame": "first", "right_rollouts": True},
+    )
+
+
+def test_step_oracle_trains_on_rlsd_magnitude_of_its_labels(cache, tmp_path, monkeypatch):
+    from trl import GRPOTrainer
+
+    from trl_opd.trainers.egrsd_trainer import EGRSDTrainer
+
+    grpo_advantages, seen = [], []
+    grpo_step, oracle_step = GRPOTrainer._generate_and_score_completions, EGRSDTrainer._generate_and_score_completions
+
+    def grpo(self, inputs):  # the toy student earns no reward yet: group advantages of both signs stand in for it
+        output = grpo_step(self, inputs)
+        output["advantages"] = torch.linspace(-1.0, 1.0, len(output["advantages"]))
+        grpo_advantages.append(output["advantages"].clone())
+        return output
+
+    def oracle(self, inputs):
+        output = oracle_step(self, inputs)
+        seen.append((inputs, {k: v.clone() for k, v in output.items() if torch.is_tensor(v)}))
+        return output
+
+    monkeypatch.setattr(GRPOTrainer, "_generate_and_score_completions", grpo)
+    monkeypatch.setattr(StepOracleTrainer, "_generate_and_score_completions", oracle, raising=False)
+    method = "step-oracle:epsilon_w=1.0:right_rollouts=true"
+    out, tok = tmp_path / "out", lab_run.build_tiny_tokenizer()
+    args = ["--world", "ambiguous", "--methods", method, "--output-dir", str(out), "--cache-dir", cache, *TINY]
+    assert lab_run.main(args) == 0
+    assert len(seen) == len(grpo_advantages) == 2
+    ratios = set()
+    for (inputs, output), plain in zip(seen, grpo_advantages, strict=True):
+        mask = output["completion_mask"]
+        for row, example in enumerate(inputs):
+            ids = output["completion_ids"][row][mask[row].bool()].tolist()
+            numbers = [int(n) for n in example["problem"][4:-1].replace(" and", ",").split(",")]  # "Add 3, 8 and 5."
+            labels = torch.tensor(step_labels([tok.decode([t]) for t in ids], numbers, "after", True))
+            a = plain[row].item()  # RLSD's magnitude at ε_w = 1: clip(exp(sign(A)·Δ), 0, 2), Δ = L·label
+            expected = a * torch.exp(math.copysign(1.0, a) * LABEL_NATS * labels).clamp(0.0, 2.0)
+            torch.testing.assert_close(output["advantages"][row][: len(ids)].float(), expected.float())
+            assert (output["advantages"][row][len(ids) :] == 0).all()
+            if a != 0:
+                ratios.update(round(r, 3) for r in (output["advantages"][row][: len(ids)] / a).tolist())
+    assert ratios == {0.0, 2.0}  # every token at a clip bound, both bounds reached: the labels moved the credit
+    assert (
+        "egrsd/magnitude_mean" in json.loads((out / "ambiguous.json").read_text())["runs"][method]["0"]["mechanisms"]
+    )
 
 
 def test_world_problems_are_well_formed():
@@ -170,6 +237,9 @@ def test_mechanism_plot_statistics_with_absent_and_nan_steps(tmp_path):
         (["--methods", "opd,motab:lambda_int"], "is not `field=value`"),
         (["--jobs", "0"], "--jobs must be >= 1"),
         (["--lr-schedule", "cosine"], "invalid choice: 'cosine'"),
+        (["--methods", "grpo,step-oracle"], "step-oracle needs a world of four-term sums"),
+        (["--world", "ambiguous", "--methods", "grpo,step-oracle:blame=last"], "blame must be one of"),
+        (["--world", "ambiguous", "--methods", "grpo,step-oracle:nope=1"], "a field of EGRSDConfig"),
     ],
 )
 def test_bad_input_is_one_error_line_and_writes_nothing(args, message, tmp_path, capsys):

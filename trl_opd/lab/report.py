@@ -16,11 +16,13 @@ METRICS = (("greedy", "held-out greedy"), ("average_at_k", "average@k"), ("mean_
 
 def own_baselines(method: str, methods: list[str]) -> list[str]:
     """The methods in this run that `method` must beat, other than the first (its plain method for a variant
-    `name:field=value`, then the registry's `baselines`)."""
+    `name:field=value`, then the registry's `baselines`; the `step-oracle` control's are `grpo` and `rlsd`)."""
     from ..launch.methods import METHODS
+    from .oracle import ORACLE_BASE, STEP_ORACLE
 
     name = method.split(":")[0]
-    candidates = ([name] if name != method else []) + list(METHODS[name].baselines if name in METHODS else ())
+    registry = METHODS[name].baselines if name in METHODS else ("grpo", ORACLE_BASE) if name == STEP_ORACLE else ()
+    candidates = ([name] if name != method else []) + list(registry)
     return [b for b in candidates if b in methods and b != methods[0] and b != method]
 
 

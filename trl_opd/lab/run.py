@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
 import platform
@@ -28,11 +29,12 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 from transformers.utils import logging as hf_logging
 from trl import ModelConfig
 
-from ..launch.build import build_trainer
+from ..launch.build import build_trainer, model_init_kwargs
 from ..launch.methods import get_spec, load_method
 from ..launch.recipe import ScriptArguments
 from ..testing import build_tiny_tokenizer
 from .build import Lab, LabError, build_lab
+from .oracle import ORACLE_CONFIG, StepOracleTrainer, check_oracle_world, is_step_oracle, split_oracle_variant
 from .report import confirmation_note, write_outputs
 from .training import heldout_accuracy, score_model, supervised_warmup
 from .worlds import WORLDS
@@ -83,7 +85,9 @@ def build_parser(prog: str = "trl-opd lab", description: str | None = None) -> a
         "--methods",
         default="opd,sft",
         help="Comma-separated methods; the first is the baseline. A variant overrides config fields after a colon: "
-        "`motab:train_on_strayed=true:lambda_int=0.5` (values read as YAML).",
+        "`motab:train_on_strayed=true:lambda_int=0.5` (values read as YAML). Controls: `sft`, and on the sum worlds "
+        "`step-oracle` (RLSD's magnitude from the step checker's labels; options `blame=after|first`, "
+        "`right_rollouts=true|false`, and RLSD's fields).",
     )
     parser.add_argument("--seeds", default="0,1,2", help="Comma-separated integer seeds (default: 0,1,2).")
     parser.add_argument("--steps", default="200", help="Optimizer steps per method and seed (default: 200).")
@@ -155,7 +159,10 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
     if len(set(methods)) != len(methods):
         raise LabError(f"--methods names a method twice: {args.methods!r}.")
     for method in methods:
-        if method != SFT:
+        if is_step_oracle(method):
+            check_oracle_world(WORLDS[args.world])
+            parse_variant(split_oracle_variant(method)[0])
+        elif method != SFT:
             parse_variant(method)
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -250,16 +257,8 @@ def run_method(
     if method == SFT:
         return run_sft(lab, seed, steps, every, lr_schedule)
     curve = HeldoutCurve(lab, every)
-    with tempfile.TemporaryDirectory(prefix=f"trl-opd-lab-{method}-") as tmp:
-        config = method_config(lab, method, tmp, steps, seed, lr_schedule)
-        trainer = build_trainer(
-            ScriptArguments(method=parse_variant(method)[0]),
-            config,
-            ModelConfig(model_name_or_path=str(lab.student_path)),
-            train_dataset=lab.train,
-            processing_class=build_tiny_tokenizer(),
-            callbacks=[curve],
-        )
+    with tempfile.TemporaryDirectory(prefix=f"trl-opd-lab-{method.split(':')[0]}-") as tmp:
+        trainer = _build_lab_trainer(lab, method, tmp, steps, seed, lr_schedule, curve)
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start
@@ -273,6 +272,37 @@ def run_method(
         if on_trained is not None:
             on_trained(trainer, method, result)
     return result
+
+
+def _build_lab_trainer(lab: Lab, method: str, output_dir: str, steps: int, seed: int, lr_schedule: str, curve):
+    """The method's trainer through the CLI's `build_trainer`; the `step-oracle` control as RLSD's config with its
+    step labels ([`~trl_opd.lab.oracle.StepOracleTrainer`])."""
+    if is_step_oracle(method):
+        from ..rewards import math_accuracy_reward
+
+        base, options = split_oracle_variant(method)
+        fixed = ":".join(
+            f"{key}={json.dumps(value)}" for key, value in ORACLE_CONFIG.items()
+        )  # "off": not YAML's False
+        config = method_config(lab, f"{base}:{fixed}", output_dir, steps, seed, lr_schedule)
+        config.model_init_kwargs = model_init_kwargs(ModelConfig(model_name_or_path=str(lab.student_path)))
+        return StepOracleTrainer(
+            model=str(lab.student_path),
+            reward_funcs=[math_accuracy_reward],
+            args=config,
+            train_dataset=lab.train,
+            processing_class=build_tiny_tokenizer(),
+            callbacks=[curve],
+            **options,
+        )
+    return build_trainer(
+        ScriptArguments(method=parse_variant(method)[0]),
+        method_config(lab, method, output_dir, steps, seed, lr_schedule),
+        ModelConfig(model_name_or_path=str(lab.student_path)),
+        train_dataset=lab.train,
+        processing_class=build_tiny_tokenizer(),
+        callbacks=[curve],
+    )
 
 
 def run_sft(lab: Lab, seed: int, steps: int, every: int, lr_schedule: str = DEFAULT_LR_SCHEDULE) -> dict:
