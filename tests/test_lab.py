@@ -15,8 +15,8 @@ from trl_opd.lab.credit import ROLES, first_wrong_position, token_roles
 from trl_opd.lab.oracle import LABEL_NATS, StepOracleTrainer, split_oracle_variant, step_labels
 from trl_opd.lab.report import SHARED_PANELS, _band, _panels, add_statistics, write_plot
 from trl_opd.lab.stats import mean, paired_differences, std
-from trl_opd.lab.tasks import STEP, make_rows, sum_problem
-from trl_opd.lab.worlds import WORLDS, free_choice_spans
+from trl_opd.lab.tasks import STEP
+from trl_opd.lab.worlds import WORLDS, free_choice_spans, sum_terms
 
 
 TINY = ["--scale", "0.005", "--steps", "2", "--seeds", "0", "--eval-every", "1"]
@@ -25,6 +25,7 @@ DIAGNOSTIC_KEYS = {
     "long-chains": "next_step_acc_after_correct",
     "mismatch": "low_teacher_prob_share",
     "ambiguous": "self_teacher_entropy_free",
+    "ambiguous-long": "self_teacher_entropy_free",
     "ambiguous-noreader": "teacher_entropy_ambiguous",
     "ambiguous-reader": "self_teacher_acc_full",
     "privileged": "self_teacher_acc_full",
@@ -150,17 +151,19 @@ def test_step_oracle_trains_on_rlsd_magnitude_of_its_labels(cache, tmp_path, mon
 
 
 def test_world_problems_are_well_formed():
-    rows, metas = make_rows(sum_problem, 20, seed=3)
-    for row, meta in zip(rows, metas):
-        assert sum(meta["numbers"]) == int(row["answer"])
-        # three freely chosen numbers (4, 3 then 2 choices); the last one is determined
-        assert [row["solution"][a:b] for a, b in meta["choices"]] == [str(x) for x in meta["order"][:3]]
-        # the diagnostic's parser finds the same spans in a completion as the generator marked in its reference
-        assert free_choice_spans(row["solution"]) == meta["choices"]
+    for world in ("ambiguous", "ambiguous-long"):
+        n = sum_terms(WORLDS[world])
+        rows, metas = WORLDS[world].rows(20, seed=3)
+        for row, meta in zip(rows, metas):
+            assert len(meta["numbers"]) == n and sum(meta["numbers"]) == int(row["answer"])
+            # n - 1 freely chosen numbers (n, n - 1, ..., 2 choices); the last one is determined
+            assert [row["solution"][a:b] for a, b in meta["choices"]] == [str(x) for x in meta["order"][: n - 1]]
+            # the diagnostic's parser finds the same spans in a completion as the generator marked in its reference
+            assert free_choice_spans(row["solution"], n_terms=n) == meta["choices"]
+            # the credit diagnostic's checker: every reference is right
+            assert first_wrong_position(row["solution"], meta["numbers"]) is None
     assert free_choice_spans("3+8=11\n\nno step here") == [(0, 1), (2, 3)]
-    # the credit diagnostic's checker: every reference is right
-    for row, meta in zip(rows, metas):
-        assert first_wrong_position(row["solution"], meta["numbers"]) is None
+    assert sum_terms(WORLDS["arith"]) is None
     rows, metas = WORLDS["long-chains"].rows(10, seed=0)
     for row, meta in zip(rows, metas):
         lines = row["solution"].split("\n")
@@ -237,7 +240,7 @@ def test_mechanism_plot_statistics_with_absent_and_nan_steps(tmp_path):
         (["--methods", "opd,motab:lambda_int"], "is not `field=value`"),
         (["--jobs", "0"], "--jobs must be >= 1"),
         (["--lr-schedule", "cosine"], "invalid choice: 'cosine'"),
-        (["--methods", "grpo,step-oracle"], "step-oracle needs a world of four-term sums"),
+        (["--methods", "grpo,step-oracle"], "step-oracle needs a world of sums"),
         (["--world", "ambiguous", "--methods", "grpo,step-oracle:blame=last"], "blame must be one of"),
         (["--world", "ambiguous", "--methods", "grpo,step-oracle:nope=1"], "a field of EGRSDConfig"),
     ],

@@ -87,7 +87,7 @@ def self_teacher_signal_by_role(lab, n: int = 256) -> dict:
         completions, lab.heldout_meta, teacher, student, strict=False
     ):
         wrong_at = first_wrong_position(completion, meta["numbers"])
-        free = [start for start, _ in free_choice_spans(completion)]
+        free = [start for start, _ in free_choice_spans(completion, n_terms=len(meta["numbers"]))]
         offsets = lab.tokenizer(completion, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
         delta = (t_logp - s_logp).tolist()
         roles = token_roles(offsets[: len(delta)], wrong_at, free)

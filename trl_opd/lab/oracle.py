@@ -19,8 +19,7 @@ import yaml
 from ..trainers.egrsd_trainer import EGRSDTrainer
 from .build import LabError
 from .credit import first_wrong_position
-from .tasks import sum_problem
-from .worlds import free_choice_spans
+from .worlds import free_choice_spans, sum_terms
 
 
 STEP_ORACLE = "step-oracle"
@@ -55,9 +54,9 @@ def split_oracle_variant(method: str) -> tuple[str, dict]:
 
 
 def check_oracle_world(world) -> None:
-    """The step checker knows one task: the four-term sums of `sum_problem` (`ambiguous` and its versions)."""
-    if world.generator is not sum_problem:
-        raise LabError(f"{STEP_ORACLE} needs a world of four-term sums (ambiguous*), not {world.name!r}.")
+    """The step checker knows one task: the sums of `sum_problem` (`ambiguous` and its versions)."""
+    if sum_terms(world) is None:
+        raise LabError(f"{STEP_ORACLE} needs a world of sums (ambiguous*), not {world.name!r}.")
 
 
 def step_labels(pieces: list[str], numbers: list[int], blame: str, right_rollouts: bool) -> list[float]:
@@ -71,7 +70,7 @@ def step_labels(pieces: list[str], numbers: list[int], blame: str, right_rollout
     """
     text, labels, position = "".join(pieces), [], 0
     wrong = first_wrong_position(text, numbers)
-    free = free_choice_spans(text) if wrong is None and right_rollouts else []
+    free = free_choice_spans(text, n_terms=len(numbers)) if wrong is None and right_rollouts else []
     for piece in pieces:
         start, position = position, position + len(piece)
         if wrong is None:

@@ -191,12 +191,12 @@ def diagnose_external_teacher_entropy(world, lab, n: int = 96) -> dict:
     }
 
 
-def free_choice_spans(completion: str, delimiter: str = "\n\n") -> list[tuple[int, int]]:
-    """Character spans of the freely chosen numbers in a completion of a four-term sum (`sum_problem`'s rule): both
-    terms of the first line and the added term of the second; the last term is forced. Stops at a line that is not
-    `a+b=c`."""
+def free_choice_spans(completion: str, delimiter: str = "\n\n", n_terms: int = 4) -> list[tuple[int, int]]:
+    """Character spans of the freely chosen numbers in a completion of an `n_terms`-term sum (`sum_problem`'s rule):
+    both terms of the first line and the added term of each next line while more than one number is left (the last
+    term is forced). Stops at a line that is not `a+b=c`."""
     spans, offset = [], 0
-    for i, line in enumerate(completion.split(delimiter)[:2]):
+    for i, line in enumerate(completion.split(delimiter)[: n_terms - 2]):
         match = SUM_LINE.match(line)
         if not match:
             break
@@ -207,6 +207,15 @@ def free_choice_spans(completion: str, delimiter: str = "\n\n") -> list[tuple[in
     return spans
 
 
+def sum_terms(world) -> int | None:
+    """How many numbers a problem of `world` adds, or None when it is not a world of `sum_problem`s."""
+    generator = world.generator
+    keywords = generator.keywords if isinstance(generator, partial) else {}
+    if (generator.func if isinstance(generator, partial) else generator) is not sum_problem:
+        return None
+    return keywords.get("n_terms", 4)
+
+
 def self_teacher_entropy_on_samples(lab, n: int = 96) -> dict:
     """EGRSD's gate input where it is computed: the self-teacher's entropy (the student with the full reference in its
     prompt) on the student's own temperature-1 samples, at freely chosen numbers vs at every other token."""
@@ -215,7 +224,7 @@ def self_teacher_entropy_on_samples(lab, n: int = 96) -> dict:
     scored = completion_logprobs_and_entropy(lab.student, lab.tokenizer, reference_prompts(rows, 1.0), completions)
     free, other = [], []
     for (_, entropy), completion in zip(scored, completions):
-        starts = {start for start, _ in free_choice_spans(completion)}
+        starts = {start for start, _ in free_choice_spans(completion, n_terms=sum_terms(lab.world))}
         offsets = lab.tokenizer(completion, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
         for position, (start, _) in enumerate(offsets):
             (free if start in starts else other).append(entropy[position].item())
@@ -324,6 +333,16 @@ WORLDS: dict[str, World] = {
             band=(0.40, 0.60),
             max_new_tokens=48,
             version="2",  # 2: a reading student and a warm start (version 1 is `ambiguous-noreader`)
+        ),
+        World(
+            "ambiguous-long",
+            "`ambiguous` with six numbers: rollouts of about 55 tokens (37 in `ambiguous`), so the reward's uniform "
+            "credit spreads a wrong rollout's blame over more tokens; a reading student from a warm start",
+            partial(sum_problem, n_terms=6),
+            diagnose_ambiguous,
+            privileged_warmup=True,
+            band=(0.30, 0.50),
+            max_new_tokens=80,
         ),
         World(
             "ambiguous-noreader",
