@@ -27,7 +27,7 @@ demo: bootstrap
 	$(VENV)/bin/trl-opd demo --output-dir demo_output
 
 # The sweeps whose results are committed under benchmarks/results (each file is headed by its exact command).
-# About 8.7 h on 2 CPU cores in all (`--jobs 2` runs two (method, seed) pairs at once). The first lines run the lab's
+# About 9.3 h on 2 CPU cores in all (`--jobs 2` runs two (method, seed) pairs at once). The first lines run the lab's
 # default schedule (linear decay: benchmarks/results/linear/ and the ablations' linear/ folders); the others made their
 # files while the default was a constant rate, and say so.
 LAB_SEEDS ?= 0,1,2
@@ -38,12 +38,14 @@ lab: bootstrap
 	$(LAB) --output-dir benchmarks/results/linear --seeds 0,1,2,3,4 --world long-chains --methods opd,gkd,sft,motab --jobs 2
 	$(LAB) --output-dir benchmarks/results/linear --seeds 0,1,2,3,4 --world arith --methods opd,gkd,sft,motab,grpo,rlsd,egrsd,cl-egrsd,opsd --jobs 2
 	$(LAB) --output-dir benchmarks/results/linear --world ambiguous --methods grpo,rlsd,egrsd,cl-egrsd,opsd,sft --jobs 2
+	$(LAB) --output-dir benchmarks/results/linear --world ambiguous-long --methods grpo,rlsd,egrsd,step-oracle:epsilon_w=1.0,step-oracle:right_rollouts=true,sft --jobs 2
 	$(LAB) --output-dir benchmarks/results/linear --world ambiguous-noreader --methods grpo,rlsd,egrsd,cl-egrsd,egrsd:self_teacher_check=warn,opsd,sft --jobs 2
 	$(LAB) --output-dir benchmarks/results/linear --world ambiguous-reader --methods grpo,rlsd,egrsd,sft --jobs 2
 	$(LAB) --output-dir benchmarks/results/linear --world privileged-cold --methods opsd,atesd,atesd:teacher_collapse_logp=-6.9,atesd:collapse_repair=false:teacher_collapse_logp=-6.9,atesd:alpha_prior_mean=null:teacher_collapse_logp=-6.9,opsd:teacher_collapse_logp=-6.9,opsd:teacher_collapse_logp=-6.9:collapse_repair=true,opsd:teacher_collapse_logp=-0.69:collapse_repair=true,grpo,rlsd,egrsd,egrsd:weight_normalization=rollout,sft --jobs 2
 	$(LAB) --output-dir benchmarks/results/linear --world mismatch --methods opd,gkd,sft,tropd,opd:teacher_collapse_logp=-6.9:collapse_repair=true --jobs 2
 	$(LAB) --output-dir benchmarks/results/linear --world privileged --methods opsd,atesd,opsd:teacher_collapse_logp=-0.69:collapse_repair=true,grpo,egrsd,sft --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/egrsd-options/linear --world ambiguous --methods grpo,rlsd,egrsd,rlsd:teacher_rollouts=penalized,egrsd:teacher_rollouts=penalized,cl-egrsd:teacher_rollouts=penalized,rlsd:epsilon_w=1.0:teacher_rollouts=penalized,egrsd:epsilon_w=1.0:teacher_rollouts=penalized,egrsd:epsilon_w=1.0,egrsd:gate_tau=mean,egrsd:weight_normalization=rollout --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations/egrsd-options/linear --world ambiguous-long --methods grpo,egrsd:teacher_rollouts=penalized,egrsd:delta_centering=mean,rlsd:teacher_rollouts=penalized --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/step-oracle/linear --world ambiguous --methods grpo,rlsd,step-oracle,step-oracle:epsilon_w=1.0,step-oracle:blame=first:epsilon_w=1.0,step-oracle:right_rollouts=true,step-oracle:right_rollouts=true:epsilon_w=1.0 --jobs 2
 	$(LAB) --lr-schedule constant --world arith --methods opd,gkd,sft,motab,tropd,tropd:trust_region_loss=divergence,opd:teacher_collapse_logp=-6.9:collapse_repair=true,opd:divergence=k1,grpo,rlsd,egrsd,cl-egrsd,egrsd:self_teacher_check=warn,opsd,atesd,atesd:teacher_collapse_logp=-6.9 --jobs 2
 	$(LAB) --lr-schedule constant --world long-chains --methods opd,gkd,sft,motab,motab:train_on_strayed=true --jobs 2
