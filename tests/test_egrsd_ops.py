@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from trl_opd.ops.egrsd import (
+    delta_gap_sums,
     egrsd_token_advantages,
     entropy_gate,
     likelihood_ratio_magnitude,
@@ -196,3 +197,22 @@ def test_per_rollout_weights_keep_each_rollouts_total_and_only_move_credit_withi
     for b in (1, 2):
         torch.testing.assert_close(out[b][mask[b].bool()].mean(), torch.tensor(1.0))
     torch.testing.assert_close(normalize_per_rollout(torch.full((3, 6), 0.8), MASK)[MASK.bool()], torch.ones(14))
+
+
+def test_delta_gap_sums_against_a_loop_over_rollouts():
+    torch.manual_seed(0)
+    delta = torch.randn(5, 7)
+    advantages = torch.tensor([0.5, -1.0, 0.0, 2.0, -0.3])
+    mask = (torch.rand(5, 7) > 0.3).float()
+    mask[1, :] = 0.0  # a penalised rollout without loss tokens counts for nothing
+    kept = {
+        sign: [delta[i, t].item() for i in range(5) for t in range(7) if mask[i, t] and sign * advantages[i] > 0]
+        for sign in (1, -1)
+    }
+    want = [sum(kept[1]), len(kept[1]), sum(kept[-1]), len(kept[-1])]
+    torch.testing.assert_close(delta_gap_sums(delta, advantages, mask), torch.tensor(want, dtype=torch.float32))
+    rewarded, n_rewarded, penalised, n_penalised = delta_gap_sums(delta, advantages, mask).tolist()
+    assert n_penalised == mask[4].sum() and n_rewarded == mask[0].sum() + mask[3].sum()  # A = 0: neither
+    # a teacher that disagrees by the same amount everywhere has no gap
+    same = delta_gap_sums(torch.full((5, 7), -0.7), advantages, mask)
+    assert same[0] / same[1] - same[2] / same[3] == pytest.approx(0.0, abs=1e-6)

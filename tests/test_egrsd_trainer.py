@@ -322,7 +322,7 @@ def test_magnitude_from_the_loss_forward_equals_the_extra_forward(
             torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-7, msg=name)
     deferred.student_token_logps = skipped
     torch.testing.assert_close(deferred.token_advantages(out), ref["advantages"], rtol=1e-5, atol=1e-7)
-    for name in ("egrsd/magnitude_mean", "egrsd/delta_mean", "egrsd/gate_mean"):
+    for name in ("egrsd/magnitude_mean", "egrsd/delta_mean", "egrsd/gate_mean", "egrsd/delta_gap"):
         logged, want = deferred._metrics["train"][name], eager._metrics["train"][name]
         assert logged and logged[-1] == pytest.approx(want[-1], rel=1e-5), name
 

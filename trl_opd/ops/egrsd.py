@@ -169,3 +169,19 @@ def penalized_rollout_mask(advantages: torch.Tensor, mask: torch.Tensor) -> torc
     `(B,), (B, T) -> (B, T)` in `mask`'s dtype.
     """
     return (advantages < 0).unsqueeze(-1).to(mask.dtype) * mask
+
+
+def delta_gap_sums(delta: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    r"""The sums behind the gap between the teacher's disagreement on rewarded and on penalised rollouts,
+
+    $$\bar{\Delta}_{+} - \bar{\Delta}_{-},\qquad \bar{\Delta}_{\pm} = \frac{\sum_{i: \pm A_i > 0} \sum_t M_{i,t}\,
+    \Delta_{i,t}}{\sum_{i: \pm A_i > 0} \sum_t M_{i,t}}$$
+
+    as `[ΣΔ₊, n₊, ΣΔ₋, n₋]`, so that a trainer can add them over processes before dividing. A gap near 0 says the
+    teacher disagrees as much with what the reward credits as with what it penalises: its token weights then carry no
+    more than the reward does. `(B, T), (B,), (B, T) -> (4,)`.
+    """
+    keep = mask.to(delta.dtype)
+    rewarded = keep * (advantages > 0).unsqueeze(-1).to(delta.dtype)  # (B, T)
+    penalised = keep * (advantages < 0).unsqueeze(-1).to(delta.dtype)  # (B, T)
+    return torch.stack([(delta * rewarded).sum(), rewarded.sum(), (delta * penalised).sum(), penalised.sum()])

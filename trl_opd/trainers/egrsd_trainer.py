@@ -21,6 +21,7 @@ from ..data import ColumnMap, prepare_dataset, privileged_prompt
 from ..heads import logit_head
 from ..ops import token_logprobs_and_entropy
 from ..ops.egrsd import (
+    delta_gap_sums,
     egrsd_token_advantages,
     likelihood_ratio_magnitude,
     masked_median,
@@ -75,7 +76,8 @@ class EGRSDTrainer(UnwrapCacheMixin, PromptLimitMixin, GRPOTrainer):
     The teacher is a frozen copy of the student (prepared like GRPO's reference model: ZeRO-3 / FSDP / device), or,
     with PEFT, the student with its adapter switched off (no copy); `self_teacher: live` scores with the current
     weights. Logged: `egrsd/gate_mean`, `egrsd/gate_below_half`, `egrsd/magnitude_mean`, `egrsd/teacher_entropy`,
-    `egrsd/tau_H`, `egrsd/delta_mean`, next to the parent's `reward` and `completions/mean_length`.
+    `egrsd/tau_H`, `egrsd/delta_mean`, `egrsd/delta_gap` (mean `Δ` on rewarded minus on penalised rollouts: near 0, the
+    teacher's disagreement does not track the reward), next to the parent's `reward` and `completions/mean_length`.
     """
 
     _tag_names = ["trl", "trl-opd", "grpo", "egrsd"]
@@ -377,14 +379,17 @@ class EGRSDTrainer(UnwrapCacheMixin, PromptLimitMixin, GRPOTrainer):
         if trust is not None:  # the guard and `teacher_rollouts`: elsewhere, the plain group advantage
             plain = output["advantages"].float().unsqueeze(-1) * mask
             advantages = torch.where(trust.bool(), advantages, plain)
+        sign = torch.sign(output["advantages"].float())  # (B,): the group advantages' signs, before the weights
         if deferred:
-            output["egrsd_sign"] = torch.sign(output["advantages"].float())
+            output["egrsd_sign"] = sign
             output["egrsd_teacher_logps"] = teacher_logp
             if trust is not None:
                 output["egrsd_trust"] = trust
         output["advantages"] = advantages.to(output["advantages"].dtype)
         delta = None if deferred else teacher_logp - student_logp
         self._log_weights(weights, raw_gate, teacher_entropy, delta, mask)
+        if delta is not None and self.args.epsilon_w > 0.0:  # Δ from both models (ε_w = 0 skips the student's)
+            self._log_delta_gap(delta, sign, mask)
         return output
 
     def token_advantages(self, inputs: dict[str, Any], student_logp: torch.Tensor | None = None) -> torch.Tensor:
@@ -402,6 +407,7 @@ class EGRSDTrainer(UnwrapCacheMixin, PromptLimitMixin, GRPOTrainer):
         advantages = torch.where(mask.bool(), inputs["advantages"] * magnitude, 0.0).to(inputs["advantages"].dtype)
         if self._loss_inputs is not None:
             self._log_magnitude(magnitude, teacher_logp - student_logp, mask)
+            self._log_delta_gap(teacher_logp - student_logp, sign, mask)
         return advantages
 
     def _compute_loss(self, model, inputs):
@@ -490,6 +496,15 @@ class EGRSDTrainer(UnwrapCacheMixin, PromptLimitMixin, GRPOTrainer):
         means = self._global_token_means({"magnitude_mean": magnitude, "delta_mean": delta}, mask)
         for name, value in means.items():
             self._metrics[mode][f"egrsd/{name}"].append(value)
+
+    def _log_delta_gap(self, delta, advantages, mask) -> None:
+        """`egrsd/delta_gap`: mean `Δ` over the loss tokens of rewarded rollouts minus over penalised ones, over every
+        process's batch ([`~trl_opd.ops.egrsd.delta_gap_sums`]); not logged for a batch without both."""
+        sums = self.accelerator.gather(delta_gap_sums(delta.float(), advantages, mask).unsqueeze(0)).sum(0)
+        rewarded, n_rewarded, penalised, n_penalised = sums.tolist()
+        if n_rewarded > 0 and n_penalised > 0:
+            mode = "train" if self.model.training else "eval"
+            self._metrics[mode]["egrsd/delta_gap"].append(rewarded / n_rewarded - penalised / n_penalised)
 
     def _global_token_means(self, values: dict[str, torch.Tensor], mask: torch.Tensor) -> dict[str, float]:
         """Each tensor's mean over the loss tokens of every process's batch, in one gather."""
