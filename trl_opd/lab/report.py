@@ -21,7 +21,10 @@ def own_baselines(method: str, methods: list[str]) -> list[str]:
     from .oracle import ORACLE_BASE, STEP_ORACLE
 
     name = method.split(":")[0]
-    registry = METHODS[name].baselines if name in METHODS else ("grpo", ORACLE_BASE) if name == STEP_ORACLE else ()
+    if name in METHODS:
+        registry = METHODS[name].baselines
+    else:
+        registry = ("grpo", ORACLE_BASE) if name == STEP_ORACLE else ()
     candidates = ([name] if name != method else []) + list(registry)
     return [b for b in candidates if b in methods and b != methods[0] and b != method]
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import os
 import platform
@@ -201,10 +200,16 @@ class HeldoutCurve(TrainerCallback):
 
 
 def method_config(
-    lab: Lab, method: str, output_dir: str, steps: int, seed: int, lr_schedule: str = DEFAULT_LR_SCHEDULE
+    lab: Lab,
+    method: str,
+    output_dir: str,
+    steps: int,
+    seed: int,
+    lr_schedule: str = DEFAULT_LR_SCHEDULE,
+    overrides: dict | None = None,
 ):
-    """The method's config in the lab: its defaults, the family's fast settings, then the method's and the world's;
-    `lr_schedule` one of `LR_SCHEDULES`."""
+    """The method's config in the lab: its defaults, the family's fast settings, then the method's and the world's,
+    the variant's, and last `overrides` (a control's fixed fields); `lr_schedule` one of `LR_SCHEDULES`."""
     method, variant = parse_variant(method)
     spec = get_spec(method)
     config_class, _ = load_method(method)
@@ -226,6 +231,7 @@ def method_config(
         **METHOD_SETTINGS.get(method, {}),
         **lab.world.method_settings.get(method, {}),
         **variant,
+        **(overrides or {}),
     }
     if spec.family == "gkd":
         kwargs["max_new_tokens"] = kwargs.pop("max_completion_length")
@@ -281,10 +287,7 @@ def _build_lab_trainer(lab: Lab, method: str, output_dir: str, steps: int, seed:
         from ..rewards import math_accuracy_reward
 
         base, options = split_oracle_variant(method)
-        fixed = ":".join(
-            f"{key}={json.dumps(value)}" for key, value in ORACLE_CONFIG.items()
-        )  # "off": not YAML's False
-        config = method_config(lab, f"{base}:{fixed}", output_dir, steps, seed, lr_schedule)
+        config = method_config(lab, base, output_dir, steps, seed, lr_schedule, overrides=ORACLE_CONFIG)
         config.model_init_kwargs = model_init_kwargs(ModelConfig(model_name_or_path=str(lab.student_path)))
         return StepOracleTrainer(
             model=str(lab.student_path),

@@ -5,6 +5,7 @@ method settings, diagnostic), each CPU-sized and offline, each built so that one
 
 from __future__ import annotations
 
+import inspect
 import math
 import random
 from collections.abc import Callable
@@ -209,11 +210,10 @@ def free_choice_spans(completion: str, delimiter: str = "\n\n", n_terms: int = 4
 
 def sum_terms(world) -> int | None:
     """How many numbers a problem of `world` adds, or None when it is not a world of `sum_problem`s."""
-    generator = world.generator
-    keywords = generator.keywords if isinstance(generator, partial) else {}
-    if (generator.func if isinstance(generator, partial) else generator) is not sum_problem:
+    if getattr(world.generator, "func", world.generator) is not sum_problem:
         return None
-    return keywords.get("n_terms", 4)
+    default = inspect.signature(sum_problem).parameters["n_terms"].default
+    return getattr(world.generator, "keywords", {}).get("n_terms", default)
 
 
 def self_teacher_entropy_on_samples(lab, n: int = 96) -> dict:

@@ -181,7 +181,6 @@ def delta_gap_sums(delta: torch.Tensor, advantages: torch.Tensor, mask: torch.Te
     teacher disagrees as much with what the reward credits as with what it penalises: its token weights then carry no
     more than the reward does. `(B, T), (B,), (B, T) -> (4,)`.
     """
-    keep = mask.to(delta.dtype)
-    rewarded = keep * (advantages > 0).unsqueeze(-1).to(delta.dtype)  # (B, T)
-    penalised = keep * (advantages < 0).unsqueeze(-1).to(delta.dtype)  # (B, T)
+    rewarded = penalized_rollout_mask(-advantages, mask).to(delta.dtype)  # (B, T): A > 0
+    penalised = penalized_rollout_mask(advantages, mask).to(delta.dtype)  # (B, T): A < 0
     return torch.stack([(delta * rewarded).sum(), rewarded.sum(), (delta * penalised).sum(), penalised.sum()])

@@ -406,8 +406,9 @@ class EGRSDTrainer(UnwrapCacheMixin, PromptLimitMixin, GRPOTrainer):
         mask = inputs["completion_mask"] * inputs["tool_mask"] if "tool_mask" in inputs else inputs["completion_mask"]
         advantages = torch.where(mask.bool(), inputs["advantages"] * magnitude, 0.0).to(inputs["advantages"].dtype)
         if self._loss_inputs is not None:
-            self._log_magnitude(magnitude, teacher_logp - student_logp, mask)
-            self._log_delta_gap(teacher_logp - student_logp, sign, mask)
+            delta = teacher_logp - student_logp
+            self._log_magnitude(magnitude, delta, mask)
+            self._log_delta_gap(delta, sign, mask)
         return advantages
 
     def _compute_loss(self, model, inputs):
