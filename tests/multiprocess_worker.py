@@ -7,7 +7,7 @@ batch (as `_generate_and_score_completions` would hand it: TRL's global token co
 advantages), averages them over processes as DDP does, then trains one optimizer step on sampled rollouts. Rank 0
 saves `{method: {"loss", "grads", "steps", "backtracks"}}`. The tests compute the same `loss_and_grads` in one process
 (`world=1`) and compare. Mode `step` (sharded models, FSDP2 / ZeRO-3, where the loss must go through the prepared
-model): [`fixed_step`]; a method may carry a variant of [`VARIANTS`] (`motab:nogather`).
+model): [`fixed_step`]. In either mode a method may carry a variant of [`VARIANTS`] (`motab:nogather`, `egrsd:trust`).
 
 MOTAB trains with a fixed boundary of `-inf` on rank 0 (every segment strays, up to `max_backtracks`) and `+inf` on
 rank 1 (none does): the ranks' rollouts make different numbers of forwards, which must not hang. ATESD trains with
@@ -31,6 +31,9 @@ VARIANTS = {
     "": {},
     "nogather": {"ds3_gather_for_generation": False},
     "ema": {"self_teacher": "ema", "teacher_ema_decay": 0.5},  # the student's own EMA as teacher, no external one
+    # EGRSD's rank agreement: its gathers (the fixed batch ranks as the reward does, D = 1 on each rank and pooled, so
+    # this checks the collectives; the pooling itself is `test_magnitude_trust_pools_every_process`)
+    "trust": {"magnitude_trust": "rank"},
 }
 GROUP = 2  # EGRSD generations per prompt; the fixed batch is 2 prompts x GROUP completions
 
@@ -283,7 +286,7 @@ def main(out_path: str, mode: str, methods: list[str]) -> None:
         if mode == "step":
             results[name] = {**fixed_step(method, output_dir, world, rank, **VARIANTS[variant]), "world": world}
             continue
-        trainer = build_trainer(method, output_dir, world, rank)
+        trainer = build_trainer(method, output_dir, world, rank, **VARIANTS[variant])
         assert trainer.accelerator.num_processes == world
         loss, grads = loss_and_grads(trainer, method, rank, world)
         backtracks = []
@@ -298,7 +301,7 @@ def main(out_path: str, mode: str, methods: list[str]) -> None:
         if method == "atesd":  # collapse repair on rank 0 only (every token collapses there), none on rank 1
             trainer.args.teacher_collapse_logp = 0.0 if rank == 0 else -1e9
         trainer.train()
-        results[method] = {
+        results[name] = {
             "loss": loss,
             "grads": grads,
             "steps": trainer.state.global_step,

@@ -21,6 +21,7 @@ from multiprocess_worker import METHODS, VARIANTS, build_trainer, fixed_step, la
 
 WORKER = str(Path(__file__).with_name("multiprocess_worker.py"))
 CONFIGS = Path(__file__).with_name("accelerate_configs")
+DDP_METHODS = (*METHODS, "egrsd:trust")
 FSDP2_METHODS = ("opd", "tropd", "motab", "opd:ema")
 ZERO3_METHODS = ("opd", "tropd", "motab", "motab:nogather", "opd:ema")
 HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
@@ -32,9 +33,10 @@ def _run_worker(out: Path, mode: str, methods, config_file: str | None = None) -
     return torch.load(out)
 
 
-def _assert_matches_one_process(result: dict, method: str, tmp_path) -> None:
+def _assert_matches_one_process(result: dict, entry: str, tmp_path) -> None:
     assert result["world"] == 2 and result["steps"] == 1
-    trainer = build_trainer(method, str(tmp_path / method), world=1)
+    method, _, variant = entry.partition(":")
+    trainer = build_trainer(method, str(tmp_path / method), world=1, **VARIANTS[variant])
     loss, grads = loss_and_grads(trainer, method, rank=0, world=1)
     # each rank's loss is its share of the global objective; DDP averages the gradients over processes
     torch.testing.assert_close(result["loss"], loss, atol=1e-6, rtol=1e-5)
@@ -45,11 +47,11 @@ def _assert_matches_one_process(result: dict, method: str, tmp_path) -> None:
 
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory) -> dict:
-    return _run_worker(tmp_path_factory.mktemp("ddp") / "out.pt", "split", METHODS)
+    return _run_worker(tmp_path_factory.mktemp("ddp") / "out.pt", "split", DDP_METHODS)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", DDP_METHODS)
 def test_two_processes_match_one(ddp_results, method, tmp_path):
     _assert_matches_one_process(ddp_results[method], method, tmp_path)
 

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from scipy.stats import mannwhitneyu
 
 from trl_opd.ops.egrsd import (
     delta_gap_sums,
@@ -15,6 +16,8 @@ from trl_opd.ops.egrsd import (
     likelihood_ratio_magnitude,
     lookahead_min,
     masked_median,
+    rank_agreement,
+    rollout_means,
 )
 
 
@@ -216,3 +219,25 @@ def test_delta_gap_sums_against_a_loop_over_rollouts():
     # a teacher that disagrees by the same amount everywhere has no gap
     same = delta_gap_sums(torch.full((5, 7), -0.7), advantages, mask)
     assert same[0] / same[1] - same[2] / same[3] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_rollout_means_against_a_loop():
+    torch.manual_seed(1)
+    values, mask = torch.randn(4, 6), (torch.rand(4, 6) > 0.4).float()
+    mask[2, :] = 0.0  # no loss tokens: 0
+    want = [values[b][mask[b].bool()].mean().item() if mask[b].any() else 0.0 for b in range(4)]
+    torch.testing.assert_close(rollout_means(values, mask), torch.tensor(want))
+
+
+def test_rank_agreement_is_somers_d_from_scipys_mann_whitney_u():
+    torch.manual_seed(2)
+    scores = torch.randn(40).round(decimals=1)  # rounded: ties count one half
+    advantages = torch.randn(40)
+    advantages[::7] = 0.0  # A = 0 takes no part
+    rewarded, penalised = scores[advantages > 0], scores[advantages < 0]
+    auc = mannwhitneyu(rewarded.numpy(), penalised.numpy()).statistic / (len(rewarded) * len(penalised))
+    assert rank_agreement(scores, advantages).item() == pytest.approx(2 * auc - 1, abs=1e-6)
+    # ordered as the reward orders them: 1; reversed: -1; one side missing: 0 (no evidence)
+    assert rank_agreement(advantages, advantages).item() == 1.0
+    assert rank_agreement(-advantages, advantages).item() == -1.0
+    assert rank_agreement(scores, advantages.abs()).item() == 0.0

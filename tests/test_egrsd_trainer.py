@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from scipy.stats import mannwhitneyu
 from trl import GRPOTrainer
 
 from trl_opd.data import DatasetValidationError, privileged_prompt
@@ -121,9 +122,11 @@ def _dense_reference(
     gate_tau="median",
     weight_norm="none",
     teacher_rollouts="all",
+    magnitude_trust="none",
 ):
     """Token advantages from the full logits of the (initial) model, one unpadded row at a time; with
-    `collapse_logp`, the guard, by a scan of each row: the plain advantage after the first collapsed token."""
+    `collapse_logp`, the guard, by a scan of each row: the plain advantage after the first collapsed token; with
+    `magnitude_trust: rank`, `ε_w` times `max(0, 2·AUC − 1)` from scipy's Mann–Whitney U of the rows' mean `Δ`."""
     t_logp, t_ent, s_logp = [], [], []
     with torch.no_grad():
         for i, row in enumerate(rows):
@@ -163,6 +166,11 @@ def _dense_reference(
         gate = gate / gate[mask & trusted].mean()
     sign = torch.sign(base_advantages.double())[:, None]
     delta = t_logp - s_logp
+    if magnitude_trust == "rank":
+        means = torch.stack([delta[b][mask[b]].mean() for b in range(mask.size(0))])
+        rewarded, penalised = means[base_advantages > 0].numpy(), means[base_advantages < 0].numpy()
+        auc = mannwhitneyu(rewarded, penalised).statistic / (len(rewarded) * len(penalised))
+        epsilon_w = epsilon_w * max(0.0, 2.0 * auc - 1.0)
     if centering == "mean":  # minus the mean of Δ over the loss tokens
         delta = delta - delta[mask].mean()
     magnitude = torch.exp(sign * delta).clamp(1 - epsilon_w, 1 + epsilon_w)
@@ -173,6 +181,24 @@ def _dense_reference(
             weighted[b] = weighted[b] / weighted[b][keep].mean()
     weighted = torch.where(trusted, weighted, 1.0)
     return torch.where(mask, base_advantages.double()[:, None] * weighted, 0.0).float()
+
+
+def _generate_with_group_advantages(trainer, rows):
+    """The trainer's output on `rows`, and the parent's group advantages `A_i` before EGRSD reweights them."""
+    base = {}
+    original = GRPOTrainer._generate_and_score_completions
+
+    def spy(self, inputs):
+        result = original(self, inputs)
+        base["advantages"] = result["advantages"].clone()
+        return result
+
+    GRPOTrainer._generate_and_score_completions = spy
+    try:
+        out = trainer._generate_and_score_completions(copy.deepcopy(rows))
+    finally:
+        GRPOTrainer._generate_and_score_completions = original
+    return out, base
 
 
 @pytest.mark.parametrize(
@@ -252,19 +278,7 @@ def test_token_advantages_match_dense_reference(
         weight_normalization=weight_norm,
         teacher_rollouts=rollouts,
     )
-    base = {}
-    original = GRPOTrainer._generate_and_score_completions
-
-    def spy(self, inputs):  # the parent's group advantages A_i, before EGRSD reweights them
-        result = original(self, inputs)
-        base["advantages"] = result["advantages"].clone()
-        return result
-
-    GRPOTrainer._generate_and_score_completions = spy
-    try:
-        out = trainer._generate_and_score_completions(copy.deepcopy(rows))
-    finally:
-        GRPOTrainer._generate_and_score_completions = original
+    out, base = _generate_with_group_advantages(trainer, rows)
     initial = build_tiny_model(tiny_tokenizer, "student", seed=0).eval()
     expected = _dense_reference(
         initial,
@@ -299,6 +313,93 @@ def test_token_advantages_match_dense_reference(
         n = out["completion_mask"].sum(-1).float()
         torch.testing.assert_close(advantages.sum(-1), base["advantages"].float() * n, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(advantages, base["advantages"][:, None] * out["completion_mask"])
+
+
+@pytest.mark.parametrize("g_min", [0.2, 1.0], ids=["egrsd", "rlsd"])
+def test_magnitude_trust_matches_dense_reference(
+    tmp_path, tiny_tokenizer, arithmetic_dataset, rows, fixed_completions, g_min
+):
+    """`magnitude_trust: rank` is the dense reference at `ε_w · max(0, D)`, `D` from scipy; the logged trust is that
+    factor, and the magnitude is computed at generation (nothing left for the loss)."""
+    trust = {"g_min": g_min, "epsilon_w": 0.6, "magnitude_trust": "rank"}
+    trainer = _egrsd(tmp_path, tiny_tokenizer, arithmetic_dataset, fixed_completions, **trust)
+    out, base = _generate_with_group_advantages(trainer, rows)
+    assert "egrsd_teacher_logps" not in out
+    initial = build_tiny_model(tiny_tokenizer, "student", seed=0).eval()
+    expected = _dense_reference(
+        initial, tiny_tokenizer, rows, out, g_min, 0.6, 0, base["advantages"], magnitude_trust="rank"
+    )
+    torch.testing.assert_close(out["advantages"], expected, rtol=1e-4, atol=1e-5)
+    untrusted = _dense_reference(initial, tiny_tokenizer, rows, out, g_min, 0.6, 0, base["advantages"])
+    trust = trainer._metrics["train"]["egrsd/magnitude_trust"][-1]
+    assert 0.0 < trust < 1.0 and not torch.allclose(expected, untrusted), trust
+
+
+@pytest.mark.parametrize("direction", [1.0, -1.0], ids=["agrees", "reversed"])
+def test_magnitude_trust_follows_the_self_teacher_ranking(
+    tmp_path, tiny_tokenizer, arithmetic_dataset, rows, fixed_completions, direction
+):
+    """A stand-in self-teacher whose `Δ` is `+1` on every rewarded rollout and `−1` on every penalised one (`D = 1`)
+    keeps RLSD's full magnitude; the reverse (`D = −1`) gives GRPO's advantages exactly."""
+    rlsd = {"g_min": 1.0, "epsilon_w": 0.5}
+    trainer = _egrsd(
+        tmp_path / "trust", tiny_tokenizer, arithmetic_dataset, fixed_completions, **rlsd, magnitude_trust="rank"
+    )
+    correct = torch.tensor([i % G < 2 for i in range(len(rows))])  # two right completions per prompt
+    trainer.student_token_logps = lambda output: torch.zeros_like(output["completion_mask"], dtype=torch.float32)
+    signal = direction * (2.0 * correct.float() - 1.0)  # (B,)
+
+    def stand_in_teacher(inputs, output):
+        mask = output["completion_mask"].float()
+        return signal[:, None] * mask, torch.zeros_like(mask)
+
+    trainer.teacher_token_stats = stand_in_teacher
+    out, base = _generate_with_group_advantages(trainer, rows)
+    assert ((base["advantages"] > 0) == correct).all()
+    plain = base["advantages"][:, None] * out["completion_mask"]
+    if direction > 0:  # the magnitude at its bound, 1 + ε_w on every token (|Δ| = 1 > log 1.5)
+        assert trainer._metrics["train"]["egrsd/magnitude_trust"][-1] == 1.0
+        torch.testing.assert_close(out["advantages"], (1.5 * plain).float())
+    else:
+        assert trainer._metrics["train"]["egrsd/magnitude_trust"][-1] == 0.0
+        torch.testing.assert_close(out["advantages"], plain.float(), rtol=0, atol=0)
+
+
+def test_magnitude_trust_pools_every_process(tmp_path, tiny_tokenizer, arithmetic_dataset, rows, fixed_completions):
+    """`D` is taken over every process's rollouts: with this process's `Δ` ranking as the reward does (`D = 1` alone)
+    and a stand-in second process holding the reverse ranking (its gathers: `−scores`, the same advantages), the
+    pooled `D` is 0 and the advantages are GRPO's."""
+    trainer = _egrsd(
+        tmp_path,
+        tiny_tokenizer,
+        arithmetic_dataset,
+        fixed_completions,
+        g_min=1.0,
+        epsilon_w=0.5,
+        magnitude_trust="rank",
+    )
+    correct = torch.tensor([i % G < 2 for i in range(len(rows))])
+    trainer.student_token_logps = lambda output: torch.zeros_like(output["completion_mask"], dtype=torch.float32)
+    trainer.teacher_token_stats = lambda inputs, output: (
+        (2.0 * correct.float() - 1.0)[:, None] * output["completion_mask"].float(),
+        torch.zeros_like(output["completion_mask"], dtype=torch.float32),
+    )
+    trusted_epsilon_w, gathers = trainer._trusted_epsilon_w, []
+
+    def with_a_second_process(delta, advantages, mask):  # its two gathers: the rollout scores, then the advantages
+        second = iter([lambda x: -x, lambda x: x])
+        trainer.accelerator.gather = lambda x: gathers.append(x.numel()) or torch.cat([x, next(second)(x)])
+        try:
+            return trusted_epsilon_w(delta, advantages, mask)
+        finally:
+            del trainer.accelerator.gather  # the instance attribute: the class's gather again
+
+    trainer._trusted_epsilon_w = with_a_second_process
+    out, base = _generate_with_group_advantages(trainer, rows)
+    assert gathers == [len(rows), len(rows)]
+    assert trainer._metrics["train"]["egrsd/magnitude_trust"][-1] == 0.0
+    plain = base["advantages"][:, None] * out["completion_mask"]
+    torch.testing.assert_close(out["advantages"], plain.float(), rtol=0, atol=0)
 
 
 def test_magnitude_from_the_loss_forward_equals_the_extra_forward(
@@ -409,6 +510,7 @@ def test_peft_teacher_is_the_adapter_off_student(
         ({"self_teacher": "ema"}, "self_teacher"),
         ({"teacher_collapse_logp": 0.5}, "teacher_collapse_logp"),
         ({"teacher_rollouts": "rewarded"}, "teacher_rollouts"),
+        ({"magnitude_trust": "auc"}, "magnitude_trust"),
         ({"teacher_collapse_logp": float("nan")}, "teacher_collapse_logp"),
     ],
 )

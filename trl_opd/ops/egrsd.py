@@ -184,3 +184,24 @@ def delta_gap_sums(delta: torch.Tensor, advantages: torch.Tensor, mask: torch.Te
     rewarded = penalized_rollout_mask(-advantages, mask).to(delta.dtype)  # (B, T): A > 0
     penalised = penalized_rollout_mask(advantages, mask).to(delta.dtype)  # (B, T): A < 0
     return torch.stack([(delta * rewarded).sum(), rewarded.sum(), (delta * penalised).sum(), penalised.sum()])
+
+
+def rollout_means(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    r"""Each rollout's mean of `values` over its loss tokens, $\bar{v}_i = \sum_t M_{i,t} v_{i,t} / \sum_t M_{i,t}$;
+    0 for a row without loss tokens. `(B, T), (B, T) -> (B,)`."""
+    keep = mask.to(values.dtype)
+    return (values * keep).sum(-1) / keep.sum(-1).clamp(min=1.0)
+
+
+def rank_agreement(scores: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
+    r"""How well `scores` rank the rollouts the reward credits above those it penalises: Somers' `D`, `2·AUC − 1`.
+
+    $$D = \frac{1}{n_+ n_-} \sum_{i: A_i > 0} \sum_{j: A_j < 0} \mathrm{sign}(s_i - s_j)$$
+
+    `D = 1`: every rewarded rollout scores above every penalised one; `D = 0`: no better than chance (or no pair:
+    rollouts with `A = 0` take no part); `D = −1`: reversed. Dense over the `n₊·n₋` pairs. `(B,), (B,) -> ()`.
+    """
+    rewarded, penalised = scores[advantages > 0], scores[advantages < 0]
+    if rewarded.numel() == 0 or penalised.numel() == 0:
+        return scores.new_zeros(())
+    return torch.sign(rewarded.unsqueeze(1) - penalised.unsqueeze(0)).mean()

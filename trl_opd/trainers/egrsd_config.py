@@ -17,6 +17,7 @@ GATE_NORMALIZATIONS = ("mean", "none")
 GATE_TAUS = ("median", "mean")
 WEIGHT_NORMALIZATIONS = ("none", "rollout")
 TEACHER_ROLLOUTS = ("all", "penalized")
+MAGNITUDE_TRUSTS = ("none", "rank")
 EGRSD_SELF_TEACHER_CHECKS = ("fallback", "warn", "error", "off")
 
 
@@ -108,6 +109,18 @@ class EGRSDConfig(CPUSafeConfigMixin, PromptLimitConfigMixin, GRPOConfig):
             "choices": list(TEACHER_ROLLOUTS),
         },
     )
+    magnitude_trust: str = field(
+        default="none",
+        metadata={
+            "help": "`rank`: each step, scale `ε_w` by `max(0, D)`, the self-teacher's agreement with the reward: "
+            "Somers' `D` (`2·AUC − 1`) of the rollouts' mean `Δ`, rewarded (`A_i > 0`) against penalised (`A_i < 0`) "
+            "rollouts of the global batch (logged as `egrsd/magnitude_trust`). A self-teacher whose `Δ` ranks the "
+            "rollouts no better than chance leaves GRPO's advantages (the gate aside); one that ranks them as the "
+            "reward does keeps the full magnitude. The magnitude is then computed at generation (one no-grad "
+            "student forward). `none`: `ε_w` as set (RLSD's and the paper's form).",
+            "choices": list(MAGNITUDE_TRUSTS),
+        },
+    )
     teacher_collapse_logp: float | None = field(
         default=None,
         metadata={
@@ -170,6 +183,8 @@ class EGRSDConfig(CPUSafeConfigMixin, PromptLimitConfigMixin, GRPOConfig):
             )
         if self.teacher_rollouts not in TEACHER_ROLLOUTS:
             raise ValueError(f"teacher_rollouts must be one of {TEACHER_ROLLOUTS}, got {self.teacher_rollouts!r}")
+        if self.magnitude_trust not in MAGNITUDE_TRUSTS:
+            raise ValueError(f"magnitude_trust must be one of {MAGNITUDE_TRUSTS}, got {self.magnitude_trust!r}")
         if self.gate_tau not in GATE_TAUS:
             raise ValueError(f"gate_tau must be one of {GATE_TAUS}, got {self.gate_tau!r}")
         if self.teacher_collapse_logp is not None and not self.teacher_collapse_logp <= 0.0:

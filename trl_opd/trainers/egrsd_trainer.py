@@ -21,13 +21,13 @@ from ..data import ColumnMap, prepare_dataset, privileged_prompt
 from ..heads import logit_head
 from ..ops import token_logprobs_and_entropy
 from ..ops.egrsd import (
-    delta_gap_sums,
     egrsd_token_advantages,
     likelihood_ratio_magnitude,
-    masked_median,
     normalize_gate,
     normalize_per_rollout,
     penalized_rollout_mask,
+    rank_agreement,
+    rollout_means,
 )
 from ..ops.reductions import after_collapse_weights
 from ..runtime import UnwrapCacheMixin
@@ -42,13 +42,14 @@ from ..teacher import (
     tokenize_teacher_prompts,
 )
 from .egrsd_config import EGRSDConfig
+from .egrsd_stats import EGRSDStatsMixin
 from .prompts import PromptLimitMixin
 
 
 logger = logging.getLogger("trl_opd")
 
 
-class EGRSDTrainer(UnwrapCacheMixin, PromptLimitMixin, GRPOTrainer):
+class EGRSDTrainer(EGRSDStatsMixin, UnwrapCacheMixin, PromptLimitMixin, GRPOTrainer):
     r"""
     Entropy-Guided Reinforced Self-Distillation (arXiv 2605.13255) on [`~trl.GRPOTrainer`].
 
@@ -66,7 +67,9 @@ class EGRSDTrainer(UnwrapCacheMixin, PromptLimitMixin, GRPOTrainer):
     plain `A_i` (the gate's mean is then taken over the trusted tokens); `teacher_rollouts: penalized` does the same
     for every token of a rollout with `A_i >= 0`. `weight_normalization: rollout` rescales the weights `m_t g_t` to mean 1 over each
     rollout's (trusted) loss tokens instead, so the teacher only moves credit within a rollout. With `g_min=1` this is
-    RLSD; with `g_min=1, epsilon_w=0` it is the parent exactly (the teacher is then not run). When the parent has no old
+    RLSD; with `g_min=1, epsilon_w=0` it is the parent exactly (the teacher is then not run). `magnitude_trust: rank`
+    scales `ε_w` each step by how well the rollouts' mean `Δ` ranks rewarded above penalised rollouts (`max(0, D)`,
+    Somers' `D`; logged as `egrsd/magnitude_trust`). When the parent has no old
     log-probs (no vLLM, aligned steps), `log p_S` is the loss forward's own: the magnitude is applied there
     ([`EGRSDTrainer.token_advantages`]) instead of after a second, no-grad student forward.
 
@@ -332,13 +335,15 @@ class EGRSDTrainer(UnwrapCacheMixin, PromptLimitMixin, GRPOTrainer):
     # ----------------------------------------------------------------- advantages
     def _defers_magnitude(self, output: dict[str, Any]) -> bool:
         """Whether the magnitude waits for the loss: with `ε_w > 0`, no offset to gather (`delta_centering: none`), no
-        per-rollout normalisation (`weight_normalization: none`) and no old log-probs (no vLLM, aligned steps: the
+        per-rollout normalisation (`weight_normalization: none`), no trust to gather (`magnitude_trust: none`) and no
+        old log-probs (no vLLM, aligned steps: the
         parent then scores the loss at the sampling weights), the student log-probs `Δ` needs are the loss forward's
         own, and the no-grad forward is skipped."""
         return (
             self.args.epsilon_w > 0.0
             and self.args.delta_centering == "none"
             and self.args.weight_normalization == "none"
+            and self.args.magnitude_trust == "none"
             and "old_per_token_logps" not in output
         )
 
@@ -353,8 +358,10 @@ class EGRSDTrainer(UnwrapCacheMixin, PromptLimitMixin, GRPOTrainer):
         if self._needs_teacher(self.args):
             teacher_logp, teacher_entropy = self.teacher_token_stats(inputs, output)
         deferred = self._defers_magnitude(output)
+        epsilon_w = 0.0  # deferred: magnitude 1 here, applied in the loss
         if self.args.epsilon_w > 0.0 and not deferred:
             student_logp = self.student_token_logps(output)
+            epsilon_w = self._trusted_epsilon_w(teacher_logp - student_logp, output["advantages"], mask)
         weights = egrsd_token_advantages(
             output["advantages"].float(),
             teacher_logp,
@@ -362,7 +369,7 @@ class EGRSDTrainer(UnwrapCacheMixin, PromptLimitMixin, GRPOTrainer):
             teacher_entropy,
             mask,
             g_min=self.args.g_min,
-            epsilon_w=0.0 if deferred else self.args.epsilon_w,  # deferred: magnitude 1 here, applied in the loss
+            epsilon_w=epsilon_w,
             lookahead=self.args.entropy_lookahead,
             tau=self._gate_tau(teacher_entropy, mask),
             delta_offset=self._delta_offset(teacher_logp - student_logp, mask),
@@ -450,66 +457,24 @@ class EGRSDTrainer(UnwrapCacheMixin, PromptLimitMixin, GRPOTrainer):
             self._metrics["train" if self.model.training else "eval"][name].append(value)
         return trust.to(mask.dtype)
 
+    def _trusted_epsilon_w(self, delta: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor) -> float:
+        """`ε_w`, times `max(0, D)` with `magnitude_trust: rank` ([`~trl_opd.ops.egrsd.rank_agreement`] of the
+        rollouts' mean `Δ` over every process's batch; logged as `egrsd/magnitude_trust`)."""
+        if self.args.magnitude_trust == "none" or self.args.epsilon_w == 0.0:
+            return self.args.epsilon_w
+        scores = self.accelerator.gather(rollout_means(delta.float(), mask))
+        trust = max(float(rank_agreement(scores, self.accelerator.gather(advantages.float()))), 0.0)
+        self._metrics["train" if self.model.training else "eval"]["egrsd/magnitude_trust"].append(trust)
+        return self.args.epsilon_w * trust
+
     def _delta_offset(self, delta: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | float:
         """The magnitude's offset `c`: the global mean of `Δ` with `delta_centering: mean`, else 0."""
         if self.args.delta_centering == "mean" and self.args.epsilon_w > 0.0:
             return self._global_masked_mean(delta, mask)
         return 0.0
 
-    def _global_masked_mean(self, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Mean of `values` over the loss tokens of every process's generation batch."""
-        keep = mask.bool()
-        sums = torch.stack([values[keep].sum(), keep.sum().to(values.dtype)]).unsqueeze(0)
-        total, count = self.accelerator.gather(sums).sum(0)
-        return total / count.clamp(min=1.0)
-
     def _gate_tau(self, teacher_entropy: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The gate's `τ_H` (`gate_tau`): the median or the mean teacher entropy over the global batch's loss tokens."""
         if self.args.gate_tau == "mean":
             return self._global_masked_mean(teacher_entropy.float(), mask)
         return self._global_median(teacher_entropy, mask)
-
-    def _global_median(self, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Median of `values` over the loss tokens of every process's generation batch."""
-        if self.accelerator.num_processes > 1:
-            values = self.accelerator.gather(self.accelerator.pad_across_processes(values, dim=1))
-            mask = self.accelerator.gather(self.accelerator.pad_across_processes(mask, dim=1))
-        return masked_median(values, mask)
-
-    def _log_weights(self, weights, raw_gate, teacher_entropy, delta, mask) -> None:
-        """Global means over the loss tokens: the raw gate (its mean, spread and share below 0.5), the share of
-        tokens whose gate the lookahead changed, the teacher entropy, and (unless deferred to the loss: `delta` None)
-        the magnitude and `Δ`; and `τ_H`."""
-        names = ("gate_mean", "gate_sq", "gate_below_half", "lookahead_changed", "teacher_entropy")
-        values = (raw_gate, raw_gate.square(), (raw_gate < 0.5).float(), weights["lookahead_changed"], teacher_entropy)
-        if delta is not None:
-            names, values = (*names, "magnitude_mean", "delta_mean"), (*values, weights["magnitude"], delta)
-        means = self._global_token_means(dict(zip(names, values, strict=True)), mask)
-        means["gate_std"] = max(means.pop("gate_sq") - means["gate_mean"] ** 2, 0.0) ** 0.5
-        mode = "train" if self.model.training else "eval"
-        for name, value in means.items():
-            self._metrics[mode][f"egrsd/{name}"].append(value)
-        self._metrics[mode]["egrsd/tau_H"].append(float(weights["tau"]))
-
-    def _log_magnitude(self, magnitude, delta, mask) -> None:
-        """`egrsd/magnitude_mean` and `egrsd/delta_mean` of a loss micro-batch (the magnitude deferred to the loss)."""
-        mode = "train" if self.model.training else "eval"
-        means = self._global_token_means({"magnitude_mean": magnitude, "delta_mean": delta}, mask)
-        for name, value in means.items():
-            self._metrics[mode][f"egrsd/{name}"].append(value)
-
-    def _log_delta_gap(self, delta, advantages, mask) -> None:
-        """`egrsd/delta_gap`: mean `Δ` over the loss tokens of rewarded rollouts minus over penalised ones, over every
-        process's batch ([`~trl_opd.ops.egrsd.delta_gap_sums`]); not logged for a batch without both."""
-        sums = self.accelerator.gather(delta_gap_sums(delta.float(), advantages, mask).unsqueeze(0)).sum(0)
-        rewarded, n_rewarded, penalised, n_penalised = sums.tolist()
-        if n_rewarded > 0 and n_penalised > 0:
-            mode = "train" if self.model.training else "eval"
-            self._metrics[mode]["egrsd/delta_gap"].append(rewarded / n_rewarded - penalised / n_penalised)
-
-    def _global_token_means(self, values: dict[str, torch.Tensor], mask: torch.Tensor) -> dict[str, float]:
-        """Each tensor's mean over the loss tokens of every process's batch, in one gather."""
-        keep = mask.bool()
-        sums = torch.stack([v[keep].float().sum() for v in values.values()] + [keep.sum().float()])
-        *totals, count = self.accelerator.gather(sums.unsqueeze(0)).sum(0).tolist()
-        return {name: total / max(count, 1.0) for name, total in zip(values, totals, strict=True)}
