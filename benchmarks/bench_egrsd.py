@@ -2,6 +2,7 @@
 """EGRSD vs plain GRPO on the same batch: step time and peak memory ratios.
 
     .venv/bin/python benchmarks/bench_egrsd.py [--steps 8] [--hidden 64] [--layers 2] [--completion-length 40]
+        [--set FIELD=VALUE ...]
 
 Both trainers wrap the same tiny student (same weights, never updated: `learning_rate=0`) and see the same rows.
 - Time: one process, the two trainers interleaved step by step (A, B, B, A, ...) so that load on a shared machine hits
@@ -26,6 +27,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+import yaml
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -77,7 +80,7 @@ def build(method: str, opts: argparse.Namespace):
         )
     else:
         trainer = EGRSDTrainer(
-            model=model, args=EGRSDConfig(**kwargs), train_dataset=dataset, processing_class=tokenizer
+            model=model, args=EGRSDConfig(**kwargs, **opts.egrsd), train_dataset=dataset, processing_class=tokenizer
         )
     trainer.model.train()
     trainer.current_gradient_accumulation_steps = 1  # set by the training loop otherwise
@@ -147,8 +150,17 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--completion-length", type=int, default=40)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--set",
+        dest="egrsd",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="an EGRSDConfig field for the EGRSD side (YAML value), e.g. --set magnitude_trust=rank; repeatable",
+    )
     parser.add_argument("--memory-child", choices=["grpo", "egrsd"], help=argparse.SUPPRESS)
     opts = parser.parse_args()
+    opts.egrsd = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in opts.egrsd)}
     if opts.memory_child:
         print("RESULT " + json.dumps(measure_memory(opts.memory_child, opts)))
         return
@@ -170,6 +182,7 @@ def main() -> None:
     print(
         f"device: {device}, student hidden {opts.hidden} x {opts.layers} layers, batch 8 (2 prompts x 4), "
         f"{opts.completion_length} new tokens, {opts.steps} interleaved steps (medians after a warm-up)"
+        + (f"; EGRSD with {opts.egrsd}" if opts.egrsd else "")
     )
     print(f"{'':24}{'grpo':>10}{'egrsd':>10}{'ratio':>8}  target")
     rows = [
