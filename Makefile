@@ -27,7 +27,7 @@ demo: bootstrap
 	$(VENV)/bin/trl-opd demo --output-dir demo_output
 
 # The sweeps whose results are committed under benchmarks/results (each file is headed by its exact command).
-# About 10 h on 2 CPU cores in all (`--jobs 2` runs two (method, seed) pairs at once). The first lines run the lab's
+# About 10.2 h on 2 CPU cores in all (`--jobs 2` runs two (method, seed) pairs at once). The first lines run the lab's
 # default schedule (linear decay: benchmarks/results/linear/ and the ablations' linear/ folders); the others made their
 # files while the default was a constant rate, and say so.
 LAB_SEEDS ?= 0,1,2
@@ -51,6 +51,7 @@ lab: bootstrap
 	$(LAB) --output-dir benchmarks/results/ablations/egrsd-trust/linear --world ambiguous --methods grpo,rlsd,egrsd,rlsd:magnitude_trust=rank,egrsd:magnitude_trust=rank,cl-egrsd:magnitude_trust=rank --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/egrsd-trust/linear --world privileged --methods grpo,rlsd,egrsd,rlsd:magnitude_trust=rank,egrsd:magnitude_trust=rank,cl-egrsd:magnitude_trust=rank --jobs 2
 	$(LAB) --output-dir benchmarks/results/ablations/egrsd-trust/linear --world ambiguous-noreader --methods grpo,rlsd,egrsd:self_teacher_check=warn,rlsd:magnitude_trust=rank,egrsd:self_teacher_check=warn:magnitude_trust=rank --jobs 2
+	$(LAB) --output-dir benchmarks/results/ablations/egrsd-trust/linear --seeds 0,1,2,3,4 --world arith --methods grpo,rlsd,egrsd:self_teacher_check=warn,rlsd:magnitude_trust=rank,egrsd:self_teacher_check=warn:magnitude_trust=rank --jobs 2
 	$(LAB) --lr-schedule constant --world arith --methods opd,gkd,sft,motab,tropd,tropd:trust_region_loss=divergence,opd:teacher_collapse_logp=-6.9:collapse_repair=true,opd:divergence=k1,grpo,rlsd,egrsd,cl-egrsd,egrsd:self_teacher_check=warn,opsd,atesd,atesd:teacher_collapse_logp=-6.9 --jobs 2
 	$(LAB) --lr-schedule constant --world long-chains --methods opd,gkd,sft,motab,motab:train_on_strayed=true --jobs 2
 	$(LAB) --lr-schedule constant --world mismatch --methods opd,gkd,sft,tropd,tropd:trust_region_loss=divergence,opd:teacher_collapse_logp=-6.9:collapse_repair=true --jobs 2
