@@ -69,9 +69,10 @@ class EGRSDTrainer(EGRSDStatsMixin, UnwrapCacheMixin, PromptLimitMixin, GRPOTrai
     rollout's (trusted) loss tokens instead, so the teacher only moves credit within a rollout. With `g_min=1` this is
     RLSD; with `g_min=1, epsilon_w=0` it is the parent exactly (the teacher is then not run). `magnitude_trust: rank`
     scales `ε_w` each step by how well the rollouts' mean `Δ` ranks rewarded above penalised rollouts (`max(0, D)`,
-    Somers' `D`; logged as `egrsd/magnitude_trust`). When the parent has no old
-    log-probs (no vLLM, aligned steps), `log p_S` is the loss forward's own: the magnitude is applied there
-    ([`EGRSDTrainer.token_advantages`]) instead of after a second, no-grad student forward.
+    Somers' `D`; logged as `egrsd/magnitude_trust`). When the parent has no old log-probs (no vLLM, aligned steps)
+    and no option needs `Δ` at generation (`delta_centering`, `weight_normalization`, `magnitude_trust`), `log p_S` is
+    the loss forward's own: the magnitude is applied there ([`EGRSDTrainer.token_advantages`]) instead of after a
+    second, no-grad student forward.
 
     Before the first step, [`EGRSDTrainer.check_self_teacher`] checks that the reference helps the self-teacher; where
     it does not, `self_teacher_check: fallback` (the default) trains with the parent's own advantages.
@@ -336,9 +337,8 @@ class EGRSDTrainer(EGRSDStatsMixin, UnwrapCacheMixin, PromptLimitMixin, GRPOTrai
     def _defers_magnitude(self, output: dict[str, Any]) -> bool:
         """Whether the magnitude waits for the loss: with `ε_w > 0`, no offset to gather (`delta_centering: none`), no
         per-rollout normalisation (`weight_normalization: none`), no trust to gather (`magnitude_trust: none`) and no
-        old log-probs (no vLLM, aligned steps: the
-        parent then scores the loss at the sampling weights), the student log-probs `Δ` needs are the loss forward's
-        own, and the no-grad forward is skipped."""
+        old log-probs (no vLLM, aligned steps: the parent then scores the loss at the sampling weights), the student
+        log-probs `Δ` needs are the loss forward's own, and the no-grad forward is skipped."""
         return (
             self.args.epsilon_w > 0.0
             and self.args.delta_centering == "none"
