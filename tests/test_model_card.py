@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from trl_opd.launch.hub import push_model_with_card
 from trl_opd.launch.model_card import (
     METHOD_PAPERS,
     load_eval_results,
     load_template,
-    push_model_with_card,
     render_model_card,
     write_model_card,
 )

@@ -123,8 +123,9 @@ def _dry_run(script_args, config, model_args, spec, notes=None, needs=()) -> int
         f"teacher={getattr(config, 'teacher_model_name_or_path', None) or 'self'}, "
         f"dataset={', '.join(dataset_sources(script_args)) or None} ({data}), output_dir={config.output_dir}{unchecked}"
     )
+    from .launch.card_info import card_info_from_parsed
     from .launch.extras import needs_line
-    from .launch.model_card import card_info_from_parsed, render_model_card
+    from .launch.model_card import render_model_card
 
     line = needs_line(list(needs))
     if line:
@@ -163,7 +164,7 @@ def effective_recipe(config_path: str | None, argv: list[str], parsed: tuple) ->
 def _train(script_args, config, model_args, dataset, recipe: dict | None = None) -> int:
     from .checkpoints import preemption_guard, resolve_resume
     from .launch.build import build_trainer
-    from .launch.model_card import save_recipe_copy
+    from .launch.card_info import save_recipe_copy
 
     output_dir = Path(config.output_dir)
     created = not output_dir.exists()
@@ -183,7 +184,7 @@ def _train(script_args, config, model_args, dataset, recipe: dict | None = None)
         _save_run_records(trainer, result, script_args, model_args)
         card = _write_card(script_args, config, model_args)
         if config.push_to_hub and trainer.accelerator.is_main_process:
-            from .launch.model_card import push_model_with_card
+            from .launch.hub import push_model_with_card
 
             hub_model_id = config.hub_model_id or Path(config.output_dir).name
             push_model_with_card(
@@ -223,7 +224,8 @@ def _save_run_records(trainer, result, script_args, model_args) -> None:
 
 def _write_card(script_args, config, model_args) -> str:
     """Our model card (method, paper, recipe, hyperparameters, evaluation) in place of TRL's generic one."""
-    from .launch.model_card import card_info_from_parsed, render_model_card, write_model_card
+    from .launch.card_info import card_info_from_parsed
+    from .launch.model_card import render_model_card, write_model_card
 
     card = render_model_card(card_info_from_parsed(script_args, config, model_args, config.output_dir))
     if config.should_save:
@@ -251,7 +253,8 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
 
 def card_command(argv: list[str]) -> int:
     """`trl-opd card OUTPUT_DIR`: re-render `OUTPUT_DIR/README.md` from the recipe copy, state and eval results."""
-    from .launch.model_card import card_from_output_dir, write_model_card
+    from .launch.card_info import card_from_output_dir
+    from .launch.model_card import write_model_card
 
     args = _parse(_card_parser("trl-opd card", push=False), argv)
     path = write_model_card(args.output_dir, card_from_output_dir(args.output_dir, args.hub_model_id))
@@ -262,7 +265,8 @@ def card_command(argv: list[str]) -> int:
 def push_command(argv: list[str]) -> int:
     """`trl-opd push OUTPUT_DIR --hub-model-id ID`: re-render the card and upload the folder (no token-bearing file,
     no `training_args.bin`, no checkpoints)."""
-    from .launch.model_card import card_from_output_dir, push_model_with_card
+    from .launch.card_info import card_from_output_dir
+    from .launch.hub import push_model_with_card
 
     args = _parse(_card_parser("trl-opd push", push=True), argv)
     card = card_from_output_dir(args.output_dir, args.hub_model_id)

@@ -36,7 +36,8 @@ def select_methods(requested: str) -> list[str]:
 
 def write_demo_card(trainer, method: str, result: dict, output_dir: Path, teacher: str | None, world: str) -> None:
     """Save the distilled student with a complete model card (its eval table: the held-out arithmetic accuracy)."""
-    from ..launch.model_card import render_model_card, training_card_info, write_model_card
+    from ..launch.card_info import training_card_info
+    from ..launch.model_card import render_model_card, write_model_card
 
     trainer.save_model(str(output_dir))
     final = result["final"]

@@ -149,7 +149,8 @@ def use_our_card(trainer, script_args: ScriptArguments, config, model_args: Mode
     def create_model_card(*args, **kwargs):
         if not trainer.is_world_process_zero():
             return
-        from .model_card import card_info_from_parsed, render_model_card, write_model_card
+        from .card_info import card_info_from_parsed
+        from .model_card import render_model_card, write_model_card
 
         info = card_info_from_parsed(script_args, config, model_args, config.output_dir)
         info["adapter"] = bool(model_args.use_peft)
