@@ -10,7 +10,7 @@ from transformers import TrainerControl, TrainerState
 
 from trl_opd.eval import callback as callback_module
 from trl_opd.eval.callback import LightevalCallback
-from trl_opd.eval.runner import EvalError
+from trl_opd.eval.process import EvalError
 
 
 def fake_result(model_dir: str, step_hint: int = 0) -> dict:

@@ -223,7 +223,7 @@ def test_lora_train_merge_eval_card_push(recipe, capsys, tmp_path, monkeypatch):
 
 
 def test_eval_progress_and_error_lines_are_read_from_the_lighteval_log(tmp_path):
-    from trl_opd.eval.runner import last_error_line, progress_line, read_progress
+    from trl_opd.eval.process import last_error_line, progress_line, read_progress
 
     log = tmp_path / "lighteval.log"
     log.write_text("INFO: Cache: Starting to process 30/30 samples (not found in cache) for tasks opd_aime24|0\n")

@@ -23,7 +23,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from trl_opd.eval.runner import RESULTS_FILE, EvalError, evaluate_model
+from trl_opd.eval.process import EvalError
+from trl_opd.eval.runner import RESULTS_FILE, evaluate_model
 
 
 logger = logging.getLogger(__name__)
