@@ -128,6 +128,13 @@ def egrsd_token_advantages(
     }
 
 
+def rollout_means(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    r"""Each rollout's mean of `values` over its loss tokens, $\bar{v}_i = \sum_t M_{i,t} v_{i,t} / \sum_t M_{i,t}$;
+    0 for a row without loss tokens. `(B, T), (B, T) -> (B,)`."""
+    keep = mask.to(values.dtype)
+    return (values * keep).sum(-1) / keep.sum(-1).clamp(min=1.0)
+
+
 def normalize_per_rollout(weights: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     r"""Token weights rescaled to mean 1 over each rollout's loss tokens: they only move credit between the tokens of
     a rollout, and its total, $\sum_t A_i \tilde{w}_{i,t} = A_i\, n_i$, is GRPO's (the reward's alone).
@@ -137,9 +144,8 @@ def normalize_per_rollout(weights: torch.Tensor, mask: torch.Tensor) -> torch.Te
 
     The mean is floored at 1e-8; a row without loss tokens keeps its weights. `(B, T), (B, T) -> (B, T)`.
     """
-    keep = mask.to(weights.dtype)
-    count = keep.sum(-1, keepdim=True)  # (B, 1)
-    mean = (weights * keep).sum(-1, keepdim=True) / count.clamp(min=1.0)  # (B, 1)
+    count = mask.sum(-1, keepdim=True)  # (B, 1)
+    mean = rollout_means(weights, mask).unsqueeze(-1)  # (B, 1)
     return torch.where(count > 0, weights / mean.clamp(min=1e-8), weights)
 
 
@@ -184,13 +190,6 @@ def delta_gap_sums(delta: torch.Tensor, advantages: torch.Tensor, mask: torch.Te
     rewarded = penalized_rollout_mask(-advantages, mask).to(delta.dtype)  # (B, T): A > 0
     penalised = penalized_rollout_mask(advantages, mask).to(delta.dtype)  # (B, T): A < 0
     return torch.stack([(delta * rewarded).sum(), rewarded.sum(), (delta * penalised).sum(), penalised.sum()])
-
-
-def rollout_means(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    r"""Each rollout's mean of `values` over its loss tokens, $\bar{v}_i = \sum_t M_{i,t} v_{i,t} / \sum_t M_{i,t}$;
-    0 for a row without loss tokens. `(B, T), (B, T) -> (B,)`."""
-    keep = mask.to(values.dtype)
-    return (values * keep).sum(-1) / keep.sum(-1).clamp(min=1.0)
 
 
 def rank_agreement(scores: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:

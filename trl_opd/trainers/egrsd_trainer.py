@@ -358,10 +358,11 @@ class EGRSDTrainer(EGRSDStatsMixin, UnwrapCacheMixin, PromptLimitMixin, GRPOTrai
         if self._needs_teacher(self.args):
             teacher_logp, teacher_entropy = self.teacher_token_stats(inputs, output)
         deferred = self._defers_magnitude(output)
-        epsilon_w = 0.0  # deferred: magnitude 1 here, applied in the loss
         if self.args.epsilon_w > 0.0 and not deferred:
             student_logp = self.student_token_logps(output)
-            epsilon_w = self._trusted_epsilon_w(teacher_logp - student_logp, output["advantages"], mask)
+        delta = teacher_logp - student_logp  # Δ (deferred: computed again in the loss, from its forward)
+        # deferred: magnitude 1 here, applied in the loss
+        epsilon_w = 0.0 if deferred else self._trusted_epsilon_w(delta, output["advantages"], mask)
         weights = egrsd_token_advantages(
             output["advantages"].float(),
             teacher_logp,
@@ -372,7 +373,7 @@ class EGRSDTrainer(EGRSDStatsMixin, UnwrapCacheMixin, PromptLimitMixin, GRPOTrai
             epsilon_w=epsilon_w,
             lookahead=self.args.entropy_lookahead,
             tau=self._gate_tau(teacher_entropy, mask),
-            delta_offset=self._delta_offset(teacher_logp - student_logp, mask),
+            delta_offset=self._delta_offset(delta, mask),
         )
         trust = self._teacher_trust(teacher_logp, mask, output["advantages"])  # None: every token takes the weights
         raw_gate = weights["gate"]
@@ -393,9 +394,8 @@ class EGRSDTrainer(EGRSDStatsMixin, UnwrapCacheMixin, PromptLimitMixin, GRPOTrai
             if trust is not None:
                 output["egrsd_trust"] = trust
         output["advantages"] = advantages.to(output["advantages"].dtype)
-        delta = None if deferred else teacher_logp - student_logp
-        self._log_weights(weights, raw_gate, teacher_entropy, delta, mask)
-        if delta is not None and self.args.epsilon_w > 0.0:  # Δ from both models (ε_w = 0 skips the student's)
+        self._log_weights(weights, raw_gate, teacher_entropy, None if deferred else delta, mask)
+        if not deferred and self.args.epsilon_w > 0.0:  # Δ from both models (ε_w = 0 skips the student's)
             self._log_delta_gap(delta, sign, mask)
         return output
 
